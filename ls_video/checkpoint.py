@@ -1,0 +1,79 @@
+"""Read Lightning checkpoints safely (``weights_only=True``) and turn them into pipelines."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ls_video.loading import load_components
+from ls_video.pipeline import LatentShiftPipeline
+from ls_video.unet import TemporalConfig, apply_temporal_mixing
+
+EMA_STATE_PREFIX = "EMA"
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a ``.ckpt`` without unpickling arbitrary objects."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means an unreadable/unsafe file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+
+
+def find_ema_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The EMA callback's shadow weights (U-Net parameter names), if the run used EMA."""
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith(EMA_STATE_PREFIX) and "shadow" in state:
+            return state["shadow"]
+    return None
+
+
+def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) -> dict[str, torch.Tensor]:
+    """Trainable U-Net tensors from a checkpoint: the raw weights, or the EMA ones with ``ema``."""
+    if ema:
+        shadow = find_ema_state(checkpoint)
+        if shadow is None:
+            raise ValueError("--ema was asked for but the checkpoint holds no EMA state")
+        return shadow
+    prefix = "unet."
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
+def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: str | None = None
+                             ) -> LatentShiftPipeline:
+    """Rebuild the sampling pipeline of a training checkpoint: base components + trained U-Net."""
+    checkpoint = load_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters", {})
+    base = base or hparams.get("pretrained_model_name_or_path")
+    if base is None:
+        raise ValueError(f"{path} does not name its base model; pass it explicitly")
+    parts = load_components(base)
+    unet = parts["unet"]
+    missing, unexpected = unet.load_state_dict(unet_state_from_checkpoint(checkpoint, ema), strict=False)
+    if unexpected:
+        raise ValueError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
+    config = TemporalConfig(hparams.get("temporal_mixing", "shift"), hparams.get("shift_fraction", 0.125))
+    apply_temporal_mixing(unet, config)
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(parts["noise_scheduler"].config)
+    return LatentShiftPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"],
+                               tokenizer=parts["tokenizer"], unet=unet, scheduler=scheduler)
+
+
+def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPipeline:
+    """A pipeline from a diffusers folder (SD layout or exported) or a Lightning ``.ckpt``."""
+    model = str(model)
+    if model.endswith(".ckpt"):
+        return pipeline_from_checkpoint(model, ema=ema)
+    if os.path.exists(model) and not os.path.isdir(model):
+        raise ValueError(f"--model must be a diffusers folder or a .ckpt file, got {model}")
+    if (os.path.sep in model or model.startswith(".")) and not os.path.isdir(model):
+        raise FileNotFoundError(f"model not found: {model}")
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
+        raise FileNotFoundError(f"{model} has no model_index.json (not a diffusers pipeline folder)")
+    return LatentShiftPipeline.from_pretrained(model)

@@ -1,0 +1,243 @@
+"""``LatentShiftModule``: the LightningModule that fine-tunes a shifted SD U-Net on video latents.
+
+It composes a frozen VAE, a frozen text encoder + tokenizer, the shift-augmented U-Net and a
+diffusers noise scheduler. ``training_step`` stays short: text embeddings, noise and one timestep
+per clip, the U-Net on ``(B*F, C, h, w)``, an MSE against the scheduler's target, logging.
+EMA, video logging and joint image batches live in ``callbacks/``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ls_video.loading import load_components
+from ls_video.pipeline import LatentShiftPipeline, vae_to_latents
+from ls_video.text import encode_prompts
+from ls_video.unet import TemporalConfig, TemporalMixing, apply_temporal_mixing, video_unet_forward
+
+FROZEN = ("vae.", "text_encoder.")
+
+
+class LatentShiftModule(L.LightningModule):
+    """Latent-Shift text-to-video fine-tuning of a Stable-Diffusion-layout model.
+
+    Args:
+        pretrained_model_name_or_path: diffusers folder or hub id of the base (``vae/``,
+            ``text_encoder/``, ``tokenizer/``, ``unet/``, ``scheduler/``). Omit only when passing
+            every component explicitly from Python.
+        vae, text_encoder, tokenizer, unet, noise_scheduler: explicit components (override the base).
+        revision: hub revision of the base.
+        temporal_mixing: ``shift`` (Latent-Shift) or ``none`` (frames independent; the ablation).
+        shift_fraction: share of channels shifted each way in every residual block.
+        prediction_type: override the scheduler's target (``epsilon`` or ``v_prediction``).
+        learning_rate: AdamW peak learning rate.
+        betas: AdamW betas.
+        weight_decay: AdamW weight decay.
+        adam_epsilon: AdamW epsilon.
+        warmup_steps: linear learning-rate warmup steps.
+        lr_schedule: ``constant`` after warmup, or ``cosine`` decay to 0 over the run.
+        trainable_patterns: regexes over U-Net parameter names that train; ``None`` trains all
+            (as in the paper). Example: ``["conv1", "conv2"]`` trains only ResNet convolutions.
+        caption_dropout: probability of replacing a caption by the empty prompt (enables CFG).
+        snr_gamma: min-SNR-gamma loss weighting (e.g. 5.0); ``None`` gives plain MSE.
+        gradient_checkpointing: trade compute for memory in the U-Net.
+        val_timesteps: fixed timesteps for the validation loss (default: 5 evenly spaced).
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str | None = None,
+        vae: AutoencoderKL | None = None,
+        text_encoder: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        unet: UNet2DConditionModel | None = None,
+        noise_scheduler: DDPMScheduler | None = None,
+        revision: str | None = None,
+        temporal_mixing: TemporalMixing = "shift",
+        shift_fraction: float = 0.125,
+        prediction_type: Literal["epsilon", "v_prediction"] | None = None,
+        learning_rate: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 1e-2,
+        adam_epsilon: float = 1e-8,
+        warmup_steps: int = 500,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+        trainable_patterns: list[str] | None = None,
+        caption_dropout: float = 0.1,
+        snr_gamma: float | None = None,
+        gradient_checkpointing: bool = False,
+        val_timesteps: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["vae", "text_encoder", "tokenizer", "unet", "noise_scheduler"])
+        given = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                     noise_scheduler=noise_scheduler)
+        if any(v is None for v in given.values()):
+            if pretrained_model_name_or_path is None:
+                missing = [k for k, v in given.items() if v is None]
+                raise ValueError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
+            loaded = load_components(pretrained_model_name_or_path, revision)
+            given = {k: v if v is not None else loaded[k] for k, v in given.items()}
+        self.vae, self.text_encoder, self.unet = given["vae"], given["text_encoder"], given["unet"]
+        self.tokenizer = given["tokenizer"]
+        scheduler = given["noise_scheduler"]
+        if not isinstance(scheduler, DDPMScheduler):
+            scheduler = DDPMScheduler.from_config(scheduler.config)
+        if prediction_type is not None:
+            scheduler.register_to_config(prediction_type=prediction_type)
+        self.noise_scheduler = scheduler
+        apply_temporal_mixing(self.unet, TemporalConfig(temporal_mixing, shift_fraction))
+
+        for frozen in (self.vae, self.text_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+        if trainable_patterns is not None:
+            regexes = [re.compile(p) for p in trainable_patterns]
+            for name, p in self.unet.named_parameters():
+                p.requires_grad_(any(r.search(name) for r in regexes))
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self._empty_embedding: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------------------- helpers
+    def train(self, mode: bool = True) -> LatentShiftModule:
+        """Frozen modules stay in eval mode whatever Lightning asks."""
+        super().train(mode)
+        self.vae.eval()
+        self.text_encoder.eval()
+        return self
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """``(B, L, D)`` text embeddings from the frozen encoder."""
+        return encode_prompts(list(captions), self.tokenizer, self.text_encoder)
+
+    def empty_embedding(self) -> torch.Tensor:
+        """``(1, L, D)`` embedding of the empty prompt (caption dropout target), cached."""
+        if self._empty_embedding is None or self._empty_embedding.device != self.device:
+            self._empty_embedding = self.encode_text([""])
+        return self._empty_embedding
+
+    def text_embeddings(self, batch: dict, drop: float) -> torch.Tensor:
+        """Embeddings for the batch (precomputed ``text_embeds`` if present), with caption dropout."""
+        if "text_embeds" in batch:
+            embeds = batch["text_embeds"].to(self.device)
+        else:
+            embeds = self.encode_text(batch["captions"])
+        if drop > 0:
+            keep = torch.rand(embeds.shape[0], device=embeds.device) >= drop
+            embeds = torch.where(keep[:, None, None], embeds, self.empty_embedding().to(embeds.dtype))
+        return embeds
+
+    def diffusion_loss(
+        self, latents: torch.Tensor, embeds: torch.Tensor, timesteps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Denoising loss for unscaled VAE latents ``(B, F, C, h, w)``; one timestep per clip."""
+        x0 = vae_to_latents(latents.float(), self.vae)
+        b = x0.shape[0]
+        sched = self.noise_scheduler
+        if timesteps is None:
+            timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noisy = sched.add_noise(x0, noise, timesteps)
+        pred = video_unet_forward(self.unet, noisy, timesteps, embeds.to(noisy.dtype))
+        if sched.config.prediction_type == "epsilon":
+            target = noise
+        elif sched.config.prediction_type == "v_prediction":
+            target = sched.get_velocity(x0, noise, timesteps)
+        else:
+            raise ValueError(f"unsupported prediction_type {sched.config.prediction_type!r}")
+        per_clip = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
+        if self.hparams.snr_gamma is not None:
+            per_clip = per_clip * self.snr_weight(timesteps)
+        return per_clip.mean()
+
+    def snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weights (Hang et al. 2023) for the scheduler's target."""
+        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        snr = alphas / (1 - alphas)
+        weight = torch.clamp(snr, max=self.hparams.snr_gamma) / snr
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            weight = torch.clamp(snr, max=self.hparams.snr_gamma) / (snr + 1)
+        return weight
+
+    # ----------------------------------------------------------------------------- Lightning
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        latents = batch["latents"]  # (B, F, C, h, w), unscaled VAE latents
+        embeds = self.text_embeddings(batch, self.hparams.caption_dropout)
+        loss = self.diffusion_loss(latents, embeds)
+        name = "train/loss_image" if latents.shape[1] == 1 else "train/loss"
+        self.log(name, loss, prog_bar=True, batch_size=latents.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        latents = batch["latents"]
+        embeds = self.text_embeddings(batch, 0.0)
+        total = self.noise_scheduler.config.num_train_timesteps
+        steps = self.hparams.val_timesteps or [int(total * (i + 0.5) / 5) for i in range(5)]
+        generator = torch.Generator(device=latents.device).manual_seed(batch_idx)
+        losses = []
+        for t in steps:
+            ts = torch.full((latents.shape[0],), t, device=latents.device, dtype=torch.long)
+            losses.append(self.diffusion_loss(latents, embeds, ts, generator))
+        loss = torch.stack(losses).mean()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=latents.shape[0])
+        return loss
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=hp.learning_rate, betas=tuple(hp.betas),
+                                      weight_decay=hp.weight_decay, eps=hp.adam_epsilon)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer else 1
+
+        def factor(step: int) -> float:
+            warm = min(1.0, (step + 1) / max(1, hp.warmup_steps))
+            if hp.lr_schedule == "cosine":
+                progress = min(1.0, max(0.0, (step - hp.warmup_steps) / max(1, total - hp.warmup_steps)))
+                return warm * 0.5 * (1 + math.cos(math.pi * progress))
+            return warm
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _is_saved(self, key: str) -> bool:
+        if key.startswith(FROZEN):
+            return False
+        if key.startswith("unet."):
+            param = dict(self.unet.named_parameters()).get(key[len("unet."):])
+            return param is None or param.requires_grad
+        return True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only trainable state; frozen modules reload from the base."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if not self._is_saved(k)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill the frozen entries back from the loaded base so strict loading succeeds."""
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
+
+    def pipeline(self) -> LatentShiftPipeline:
+        """A sampling pipeline sharing this module's components (no copies)."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.noise_scheduler.config)
+        pipe = LatentShiftPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                   unet=self.unet, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe

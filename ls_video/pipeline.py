@@ -1,0 +1,202 @@
+"""``LatentShiftPipeline``: prompt -> video frames with a shift-augmented SD U-Net.
+
+Thin orchestration in the diffusers style: encode prompts once, denoise ``(B, F, C, h, w)``
+latents with any diffusers scheduler and classifier-free guidance, decode frames through the VAE
+in chunks. ``num_frames=1`` gives images.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from einops import rearrange
+from PIL import Image
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ls_video.text import encode_prompts
+from ls_video.unet import TemporalConfig, apply_temporal_mixing, get_temporal_config, video_unet_forward
+
+
+@dataclass
+class LatentShiftPipelineOutput(BaseOutput):
+    """``frames``: ``np`` -> ``(B, F, H, W, 3)`` floats in [0, 1]; ``pt`` -> ``(B, F, 3, H, W)``;
+    ``pil`` -> a list (per video) of lists of ``PIL.Image``."""
+
+    frames: np.ndarray | torch.Tensor | list
+
+
+def latents_to_vae_space(latents: torch.Tensor, vae: AutoencoderKL) -> torch.Tensor:
+    """Undo the training-time latent scaling (``scaling_factor`` and optional ``shift_factor``)."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return latents / vae.config.scaling_factor + shift
+
+
+def vae_to_latents(latents: torch.Tensor, vae: AutoencoderKL) -> torch.Tensor:
+    """Scale raw VAE latents into the diffusion model's space."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents - shift) * vae.config.scaling_factor
+
+
+class LatentShiftPipeline(DiffusionPipeline):
+    """Text-to-video with a Latent-Shift U-Net.
+
+    Components are those of Stable Diffusion (``vae``, ``text_encoder``, ``tokenizer``, ``unet``,
+    ``scheduler``), so ``from_pretrained`` takes a plain SD folder (the shift is then added to its
+    U-Net with default settings) or a folder exported by this project (``unet/latent_shift.json``).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        unet: UNet2DConditionModel,
+        scheduler,
+    ) -> None:
+        super().__init__()
+        if get_temporal_config(unet) is None:
+            apply_temporal_mixing(unet, TemporalConfig())
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Load like any diffusers pipeline, then apply ``unet/latent_shift.json`` when present."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if os.path.isdir(pretrained_model_name_or_path):
+            config = TemporalConfig.load(os.path.join(pretrained_model_name_or_path, "unet"))
+            if config is not None:
+                apply_temporal_mixing(pipe.unet, config)
+        return pipe
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save as a diffusers folder plus the shift settings in ``unet/latent_shift.json``."""
+        super().save_pretrained(save_directory, **kwargs)
+        get_temporal_config(self.unet).save(os.path.join(save_directory, "unet"))
+
+    def _extra_step_kwargs(self, generator, eta: float) -> dict:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in params:
+            extra["eta"] = eta
+        if "generator" in params:
+            extra["generator"] = generator
+        return extra
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, chunk_size: int = 8) -> torch.Tensor:
+        """``(B, F, C, h, w)`` scaled latents -> ``(B, F, 3, H, W)`` frames in [0, 1], ``chunk_size``
+        frames through the VAE at a time."""
+        b = latents.shape[0]
+        flat = latents_to_vae_space(rearrange(latents, "b f c h w -> (b f) c h w"), self.vae)
+        flat = flat.to(self.vae.dtype)
+        frames = [self.vae.decode(chunk).sample.float() for chunk in flat.split(chunk_size)]
+        video = (torch.cat(frames) / 2 + 0.5).clamp(0, 1)
+        return rearrange(video, "(b f) c h w -> b f c h w", b=b)
+
+    def check_inputs(self, height: int, width: int, num_frames: int, num_inference_steps: int) -> None:
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be divisible by {self.vae_scale_factor} "
+                             f"(the VAE's downsampling factor), got {height}x{width}")
+        if height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive, got {height}x{width}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | list[str] | None = None,
+        num_videos_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        decode_chunk_size: int = 8,
+        return_dict: bool = True,
+    ) -> LatentShiftPipelineOutput | tuple:
+        """Generate ``len(prompt) * num_videos_per_prompt`` videos of ``num_frames`` frames.
+
+        Args:
+            prompt: one prompt or a list.
+            num_frames: frames per video (1 gives images).
+            height, width: output size in pixels (default: the U-Net's ``sample_size`` x VAE factor).
+            num_inference_steps: denoising steps of the scheduler.
+            guidance_scale: classifier-free guidance weight (<= 1 disables guidance).
+            negative_prompt: prompt(s) to guide away from (default: the empty prompt).
+            generator: seeds the initial noise (a list gives one generator per video).
+            latents: optional initial noise ``(B, F, C, h, w)``.
+            output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"``.
+            decode_chunk_size: frames decoded by the VAE at once (memory bound for long videos).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        self.check_inputs(height, width, num_frames, num_inference_steps)
+        device = self._execution_device
+        do_cfg = guidance_scale > 1.0
+
+        # Text embeddings: each distinct prompt is encoded once.
+        unique = list(dict.fromkeys(prompts))
+        table = encode_prompts(unique, self.tokenizer, self.text_encoder)
+        embeds = table[[unique.index(p) for p in prompts]].repeat_interleave(num_videos_per_prompt, 0)
+        batch = embeds.shape[0]
+        if do_cfg:
+            negatives = negative_prompt if negative_prompt is not None else ""
+            negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
+            if len(negatives) != len(prompts):
+                raise ValueError("negative_prompt must be one string or one per prompt")
+            neg = encode_prompts(negatives, self.tokenizer, self.text_encoder)
+            embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
+        embeds = embeds.to(self.unet.dtype)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (batch, num_frames, self.unet.config.in_channels, height // self.vae_scale_factor,
+                 width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        latents = latents.to(device) * self.scheduler.init_noise_sigma
+        extra = self._extra_step_kwargs(generator, eta)
+
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            pred = video_unet_forward(self.unet, model_in, t, embeds)
+            if do_cfg:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
+
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = self.decode_latents(latents, decode_chunk_size)
+            if output_type == "np":
+                frames = frames.permute(0, 1, 3, 4, 2).cpu().numpy()
+            elif output_type == "pil":
+                arrays = (frames.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)
+                frames = [[Image.fromarray(f) for f in video] for video in arrays]
+            elif output_type != "pt":
+                raise ValueError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return LatentShiftPipelineOutput(frames=frames)

@@ -1,0 +1,110 @@
+"""Tiny Stable-Diffusion-layout components (a few hundred thousand parameters) for tests.
+
+Each preset is a plain function; :func:`save_tiny_base` writes them as a real diffusers folder
+(``model_index.json``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``unet/``, ``scheduler/``) with
+``StableDiffusionPipeline.save_pretrained``, exactly what a downloaded SD 1.x snapshot looks like.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ls_video.tokenizer import build_tokenizer
+
+TOY_WORDS = "a red green blue yellow square circle moving left right up down".split()
+
+
+def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 8, **overrides) -> UNet2DConditionModel:
+    """Two-level SD-layout U-Net: cross-attention down/up blocks, a mid block, 4 latent channels."""
+    config = dict(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=32,
+        norm_num_groups=16,
+    )
+    config.update(overrides)
+    return UNet2DConditionModel(**config)
+
+
+def tiny_vae(**overrides) -> AutoencoderKL:
+    """Two-level KL autoencoder: 3 -> 4 channels, spatial factor 2."""
+    config = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=16,
+    )
+    config.update(overrides)
+    return AutoencoderKL(**config)
+
+
+def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, **overrides) -> CLIPTextModel:
+    """Two-layer CLIP text transformer sized to ``tokenizer``."""
+    config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.update(overrides)
+    return CLIPTextModel(CLIPTextConfig(**config))
+
+
+def tiny_scheduler(**overrides) -> DDIMScheduler:
+    """SD's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
+    config = dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
+    config.update(overrides)
+    return DDIMScheduler(**config)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``scheduler`` with seeded random weights."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(TOY_WORDS)
+    text_encoder = tiny_text_encoder(tokenizer)
+    return dict(
+        vae=tiny_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size),
+        scheduler=tiny_scheduler(),
+    )
+
+
+def save_sd_folder(out: str | os.PathLike, components: dict) -> str:
+    """Save ``components`` as a Stable Diffusion 1.x folder (``StableDiffusionPipeline`` layout)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(out)
+    return str(out)
+
+
+def save_tiny_base(out: str | os.PathLike, seed: int = 0) -> str:
+    """Write a tiny random SD-layout base model to ``out`` and return the path."""
+    return save_sd_folder(out, tiny_components(seed))

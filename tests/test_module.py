@@ -1,0 +1,94 @@
+import lightning as L
+import pytest
+import torch
+
+from ls_video.module import LatentShiftModule
+from ls_video.unet import get_temporal_config
+
+
+def kw(components: dict) -> dict:
+    """Tiny components named as the module's arguments."""
+    out = dict(components)
+    out["noise_scheduler"] = out.pop("scheduler")
+    return out
+
+
+def batch(b=2, f=3):
+    return {"latents": torch.randn(b, f, 4, 8, 8), "captions": ["a red square moving left", "a blue circle"][:b]}
+
+
+def test_loads_from_base_folder_and_freezes(tiny_base):
+    m = LatentShiftModule(tiny_base)
+    assert get_temporal_config(m.unet).temporal_mixing == "shift"
+    assert not any(p.requires_grad for p in m.vae.parameters())
+    assert not any(p.requires_grad for p in m.text_encoder.parameters())
+    m.train()
+    assert m.unet.training and not m.vae.training and not m.text_encoder.training
+    opt = m.configure_optimizers()["optimizer"]
+    params = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert params == {id(p) for p in m.unet.parameters()}
+
+
+def test_explicit_components(components):
+    m = LatentShiftModule(**kw(components), temporal_mixing="none")
+    assert get_temporal_config(m.unet).temporal_mixing == "none"
+    with pytest.raises(ValueError, match="pretrained_model_name_or_path"):
+        LatentShiftModule(vae=components["vae"])
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_training_step_learns(components, prediction_type):
+    torch.manual_seed(0)
+    m = LatentShiftModule(**kw(components), prediction_type=prediction_type, snr_gamma=5.0, caption_dropout=0.0,
+                          warmup_steps=1, learning_rate=1e-3)
+    opt = m.configure_optimizers()["optimizer"]
+    b = batch()
+    fixed = torch.full((2,), 500)
+    with torch.no_grad():
+        start = m.diffusion_loss(b["latents"], m.encode_text(b["captions"]), fixed, torch.Generator().manual_seed(1))
+    for _ in range(15):
+        opt.zero_grad()
+        loss = m.diffusion_loss(b["latents"], m.encode_text(b["captions"]), fixed, torch.Generator().manual_seed(1))
+        loss.backward()
+        opt.step()
+    assert loss.item() < start.item()
+    assert all(p.grad is None for p in m.vae.parameters())
+
+
+def test_caption_dropout_uses_empty_prompt(components):
+    m = LatentShiftModule(**kw(components))
+    b = batch()
+    dropped = m.text_embeddings(b, drop=1.0)
+    assert torch.allclose(dropped, m.encode_text([""]).expand_as(dropped))
+    kept = m.text_embeddings(b, drop=0.0)
+    assert torch.allclose(kept, m.encode_text(b["captions"]))
+
+
+def test_precomputed_text_embeddings_are_used(components):
+    m = LatentShiftModule(**kw(components), caption_dropout=0.0)
+    b = batch()
+    b["text_embeds"] = torch.zeros(2, 16, 32)
+    assert torch.equal(m.text_embeddings(b, 0.0), b["text_embeds"])
+
+
+def test_trainable_patterns_select_parameters(components):
+    m = LatentShiftModule(**kw(components), trainable_patterns=["conv1"])
+    names = [n for n, p in m.unet.named_parameters() if p.requires_grad]
+    assert names and all("conv1" in n for n in names)
+
+
+def test_fit_checkpoint_holds_only_trainable_state(tiny_base, tmp_path):
+    m = LatentShiftModule(tiny_base, warmup_steps=1)
+    data = [batch(2, 2) for _ in range(2)]
+    loader = torch.utils.data.DataLoader(data, batch_size=None)
+    trainer = L.Trainer(max_steps=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                        limit_val_batches=1, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(m, loader, loader)
+    ckpt_path = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    keys = ckpt["state_dict"].keys()
+    assert any(k.startswith("unet.") for k in keys)
+    assert not any(k.startswith(("vae.", "text_encoder.")) for k in keys)
+    restored = LatentShiftModule.load_from_checkpoint(ckpt_path, weights_only=True)
+    for (name, a), b in zip(m.unet.state_dict().items(), restored.unet.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from ls_video.pipeline import LatentShiftPipeline
+from ls_video.schedulers import make_scheduler
+from ls_video.unet import TemporalConfig, apply_temporal_mixing, get_temporal_config
+
+
+@pytest.fixture()
+def pipe(tiny_base):
+    p = LatentShiftPipeline.from_pretrained(tiny_base)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def run(p, seed=0, **kw):
+    args = dict(num_frames=3, num_inference_steps=2, generator=torch.Generator().manual_seed(seed))
+    args.update(kw)
+    return p("a red square moving left", **args).frames
+
+
+def test_plain_sd_folder_gets_the_shift(pipe):
+    assert get_temporal_config(pipe.unet) == TemporalConfig()
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "euler"])
+def test_schedulers_shape_range_and_seed(pipe, name):
+    pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+    a = run(pipe)
+    assert a.shape == (1, 3, 16, 16, 3)
+    assert a.min() >= 0 and a.max() <= 1 and np.isfinite(a).all()
+    assert np.array_equal(a, run(pipe))
+    assert not np.array_equal(a, run(pipe, seed=1))
+
+
+def test_output_types_and_batching(pipe):
+    pt = pipe(["a red square", "a blue circle"], num_frames=2, num_inference_steps=1, output_type="pt",
+              num_videos_per_prompt=2).frames
+    assert pt.shape == (4, 2, 3, 16, 16)
+    pil = pipe("a red square", num_frames=2, num_inference_steps=1, output_type="pil").frames
+    assert len(pil) == 1 and len(pil[0]) == 2 and pil[0][0].size == (16, 16)
+
+
+def test_one_frame_is_an_image_and_chunked_decode_matches(pipe):
+    img = run(pipe, num_frames=1, height=24, width=32)
+    assert img.shape == (1, 1, 24, 32, 3)
+    a = run(pipe, decode_chunk_size=1)
+    b = run(pipe, decode_chunk_size=64)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bad_sizes(pipe):
+    with pytest.raises(ValueError, match="divisible"):
+        run(pipe, height=15)
+    with pytest.raises(ValueError, match="num_frames"):
+        run(pipe, num_frames=0)
+
+
+def test_save_load_round_trip(pipe, tmp_path):
+    apply_temporal_mixing(pipe.unet, TemporalConfig("shift", 0.25))
+    before = run(pipe)
+    pipe.save_pretrained(tmp_path / "exported")
+    again = LatentShiftPipeline.from_pretrained(tmp_path / "exported")
+    again.set_progress_bar_config(disable=True)
+    assert get_temporal_config(again.unet) == TemporalConfig("shift", 0.25)
+    np.testing.assert_allclose(before, run(again), atol=1e-6)

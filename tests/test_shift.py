@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from ls_video.shift import temporal_shift
+
+
+def clip(frames: int, channels: int) -> torch.Tensor:
+    """x[f, c] = 10 * f + c: the value names its frame and channel."""
+    f = torch.arange(frames, dtype=torch.float32)[:, None]
+    c = torch.arange(channels, dtype=torch.float32)[None, :]
+    return (10 * f + c)[:, :, None, None].expand(frames, channels, 2, 2).contiguous()
+
+
+def test_exact_values_both_directions_and_boundaries():
+    x = clip(3, 8)  # one clip of 3 frames, 8 channels: 1 channel each way with fraction 1/8
+    y = temporal_shift(x, num_frames=3, fraction=1 / 8)[:, :, 0, 0]
+    # channel 0 comes from the previous frame (zeros at frame 0)
+    assert y[:, 0].tolist() == [0.0, 0.0, 10.0]
+    # channel 1 comes from the next frame (zeros at the last frame)
+    assert y[:, 1].tolist() == [11.0, 21.0, 0.0]
+    # other channels unchanged
+    assert torch.equal(y[:, 2:], x[:, 2:, 0, 0])
+
+
+def test_clips_in_a_batch_never_mix():
+    x = torch.cat([clip(3, 8), clip(3, 8) + 100])
+    y = temporal_shift(x, num_frames=3, fraction=1 / 8)[:, :, 0, 0]
+    assert y[3, 0] == 0 and y[2, 1] == 0  # no wrap from clip 1 into clip 2 or back
+    assert y[4, 0] == 100 and y[3, 1] == 111
+
+
+def test_single_frame_is_identity():
+    x = torch.randn(4, 16, 3, 3)
+    assert torch.equal(temporal_shift(x, num_frames=1), x)
+
+
+@pytest.mark.parametrize("fraction,expected", [(0.25, 2), (0.125, 1), (0.0, 0)])
+def test_fraction_sets_channel_count(fraction, expected):
+    x = clip(2, 8)
+    y = temporal_shift(x, 2, fraction)
+    changed = (y != x).flatten(2).any(-1).any(0)
+    assert int(changed.sum()) == 2 * expected
+
+
+def test_gradient_is_opposite_shift():
+    x = torch.randn(2 * 4, 8, 3, 3, requires_grad=True)
+    g = torch.randn(8, 8, 3, 3)
+    temporal_shift(x, 4, 0.25).backward(g)
+    gv, xg = g.view(2, 4, 8, 3, 3), x.grad.view(2, 4, 8, 3, 3)
+    # forward-shifted channels [0, 2): grad of frame t is g of frame t+1 (0 at the end)
+    assert torch.equal(xg[:, :-1, :2], gv[:, 1:, :2]) and (xg[:, -1, :2] == 0).all()
+    # backward-shifted channels [2, 4): grad of frame t is g of frame t-1 (0 at the start)
+    assert torch.equal(xg[:, 1:, 2:4], gv[:, :-1, 2:4]) and (xg[:, 0, 2:4] == 0).all()
+    assert torch.equal(xg[:, :, 4:], gv[:, :, 4:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes_and_channels_last(dtype):
+    x = torch.randn(6, 8, 4, 4, dtype=dtype).to(memory_format=torch.channels_last)
+    y = temporal_shift(x, 3, 0.25)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    ref = temporal_shift(x.contiguous(), 3, 0.25)
+    assert torch.equal(y, ref)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="multiple of num_frames"):
+        temporal_shift(torch.randn(5, 8, 2, 2), 2)
+    with pytest.raises(ValueError, match="fraction"):
+        temporal_shift(torch.randn(4, 8, 2, 2), 2, 0.75)
+
+
+def test_compiles_without_graph_breaks():
+    x = torch.randn(6, 8, 4, 4)
+    compiled = torch.compile(lambda t: temporal_shift(t, 3, 0.125), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), temporal_shift(x, 3, 0.125))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    x = torch.randn(6, 16, 4, 4)
+    assert torch.equal(temporal_shift(x.cuda(), 3).cpu(), temporal_shift(x, 3))

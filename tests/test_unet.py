@@ -1,0 +1,96 @@
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.resnet import ResnetBlock2D
+
+from ls_video.tiny import tiny_unet
+from ls_video.unet import (
+    TemporalConfig,
+    apply_temporal_mixing,
+    get_temporal_config,
+    num_shift_hooks,
+    video_unet_forward,
+)
+
+
+def inputs(b=2, f=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, f, 4, 8, 8, generator=g), torch.tensor([10, 700][:b]),
+            torch.randn(b, 5, 32, generator=g))
+
+
+def test_no_new_parameters_or_keys():
+    plain = tiny_unet()
+    shifted = apply_temporal_mixing(tiny_unet(), TemporalConfig("shift"))
+    assert list(plain.state_dict()) == list(shifted.state_dict())
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in shifted.parameters())
+    n_resnets = sum(isinstance(m, ResnetBlock2D) for m in shifted.modules())
+    assert n_resnets > 0 and num_shift_hooks(shifted) == n_resnets
+
+
+def test_single_frame_equals_plain_unet():
+    torch.manual_seed(0)
+    unet = tiny_unet().eval()
+    x, t, ctx = inputs(f=1)
+    with torch.no_grad():
+        plain = unet(x[:, 0], t, encoder_hidden_states=ctx).sample
+        apply_temporal_mixing(unet, TemporalConfig("shift"))
+        shifted = video_unet_forward(unet, x, t, ctx)[:, 0]
+    assert torch.equal(plain, shifted)
+
+
+def test_shift_mixes_frames_and_none_does_not():
+    torch.manual_seed(0)
+    unet = tiny_unet().eval()
+    x, t, ctx = inputs(b=1, f=3)
+    x2 = x.clone()
+    x2[:, 2] += 1.0  # change only the last frame
+    with torch.no_grad():
+        apply_temporal_mixing(unet, TemporalConfig("none"))
+        a, b = video_unet_forward(unet, x, t, ctx), video_unet_forward(unet, x2, t, ctx)
+        assert torch.equal(a[:, 0], b[:, 0])  # frames independent
+        apply_temporal_mixing(unet, TemporalConfig("shift"))
+        a, b = video_unet_forward(unet, x, t, ctx), video_unet_forward(unet, x2, t, ctx)
+        assert not torch.allclose(a[:, 0], b[:, 0])  # frame 0 now sees frame 2 (through frame 1)
+
+
+def test_clips_do_not_mix_across_the_batch():
+    torch.manual_seed(0)
+    unet = apply_temporal_mixing(tiny_unet().eval())
+    x, t, ctx = inputs(b=2, f=3)
+    with torch.no_grad():
+        together = video_unet_forward(unet, x, t, ctx)
+        alone = torch.cat([video_unet_forward(unet, x[i : i + 1], t[i : i + 1], ctx[i : i + 1])
+                           for i in range(2)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_shift_does_not_touch_skip_or_attention():
+    torch.manual_seed(0)
+    unet = apply_temporal_mixing(tiny_unet().eval())
+    seen = []
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module._forward_pre_hooks:
+            seen.append(name)
+    assert seen and all(name.endswith("conv1") for name in seen)
+    assert not any("attentions" in name or "conv_shortcut" in name for name in seen)
+
+
+def test_save_and_plain_reload(tmp_path):
+    unet = apply_temporal_mixing(tiny_unet(), TemporalConfig("shift", 0.25))
+    unet.save_pretrained(tmp_path)
+    get_temporal_config(unet).save(tmp_path)
+    plain, info = UNet2DConditionModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert TemporalConfig.load(tmp_path) == TemporalConfig("shift", 0.25)
+    for a, b in zip(unet.state_dict().values(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_deepcopy_keeps_its_own_frame_state():
+    import copy
+
+    unet = apply_temporal_mixing(tiny_unet())
+    twin = copy.deepcopy(unet)
+    assert twin._latent_shift.state is not unet._latent_shift.state
+    hook = next(iter(twin.down_blocks[0].resnets[0].conv1._forward_pre_hooks.values()))
+    assert hook.state is twin._latent_shift.state
