@@ -1,0 +1,99 @@
+"""Lightning datamodules over latent shards (format: docs/DATA.md)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from datamodules.stream import LatentClipStream, collate
+
+
+class LatentVideoDataModule(L.LightningDataModule):
+    """Streams precomputed video latents from WebDataset shards.
+
+    Batches are ``{"latents": (B, F, C, h, w) float16, "captions": list[str], "keys": list[str],
+    "skipped": {reason: count}}`` (plus ``text_embeds`` when the shards carry them).
+
+    Args:
+        train_urls: training shards: a brace pattern (``shards/{000000..000099}.tar``), a list,
+            local paths or any URL / ``pipe:`` webdataset accepts.
+        val_urls: validation shards (read once per validation, in order); ``None`` disables validation.
+        batch_size: clips per batch on each device.
+        num_workers: DataLoader worker processes per device.
+        shuffle_buffer: samples held in the shuffle buffer (0 disables).
+        resampled: draw training shards at random forever (best for DDP: no rank runs dry).
+        epoch_length: training samples per device per epoch (for resampled streams).
+        num_frames: random temporal crop to this many frames; ``None`` keeps the shards' length.
+        seed: seed for shard order, shuffling and crops.
+        pin_memory: pin batches for faster host-to-GPU copies.
+        prefetch_factor: batches prefetched per worker.
+    """
+
+    def __init__(
+        self,
+        train_urls: str | list[str],
+        val_urls: str | list[str] | None = None,
+        batch_size: int = 4,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        resampled: bool = True,
+        epoch_length: int | None = 10_000,
+        num_frames: int | None = None,
+        seed: int = 0,
+        pin_memory: bool = True,
+        prefetch_factor: int = 2,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_frames is not None and num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.train_urls, self.val_urls = train_urls, val_urls
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.shuffle_buffer, self.resampled, self.epoch_length = shuffle_buffer, resampled, epoch_length
+        self.num_frames, self.seed = num_frames, seed
+        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_stream(self) -> LatentClipStream:
+        rank, world = self._rank()
+        return LatentClipStream(self.train_urls, rank, world, resampled=self.resampled,
+                                epoch_length=self.epoch_length if self.resampled else None,
+                                shuffle_buffer=self.shuffle_buffer, num_frames=self.num_frames, seed=self.seed)
+
+    def val_stream(self) -> LatentClipStream:
+        rank, world = self._rank()
+        return LatentClipStream(self.val_urls, rank, world, num_frames=self.num_frames, seed=self.seed)
+
+    def _loader(self, stream: LatentClipStream, workers: int) -> torch.utils.data.DataLoader:
+        use_cuda = torch.cuda.is_available()
+        return torch.utils.data.DataLoader(
+            stream, batch_size=self.batch_size, num_workers=workers, collate_fn=collate,
+            pin_memory=self.pin_memory and use_cuda, persistent_workers=workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader(self.train_stream(), self.num_workers)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
+        if self.val_urls is None:
+            return []
+        return self._loader(self.val_stream(), min(self.num_workers, 1))
+
+
+class ImageLatentDataModule(LatentVideoDataModule):
+    """The same shards as images: one random frame per clip (``F = 1``), or ``F = 1`` image shards.
+
+    Takes every argument of :class:`LatentVideoDataModule` except ``num_frames`` (always 1).
+    """
+
+    def __init__(self, train_urls: str | list[str], val_urls: str | list[str] | None = None, batch_size: int = 16,
+                 num_workers: int = 2, shuffle_buffer: int = 1000, resampled: bool = True,
+                 epoch_length: int | None = 10_000, seed: int = 0, pin_memory: bool = True,
+                 prefetch_factor: int = 2) -> None:
+        super().__init__(train_urls, val_urls, batch_size, num_workers, shuffle_buffer, resampled, epoch_length,
+                         num_frames=1, seed=seed, pin_memory=pin_memory, prefetch_factor=prefetch_factor)

@@ -1,0 +1,121 @@
+"""A streaming ``IterableDataset`` over latent shards: shard split by rank and worker, safe
+decoding, bad samples skipped and counted, shuffle buffer, random temporal crop."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset.shardlists import expand_urls
+
+from datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
+
+log = logging.getLogger(__name__)
+
+
+def expand(urls: str | list[str]) -> list[str]:
+    """Brace patterns (``shards/{000000..000099}.tar``) and lists -> one list of URLs."""
+    items = [urls] if isinstance(urls, str) else list(urls)
+    return [u for item in items for u in expand_urls(item)]
+
+
+class LatentClipStream(torch.utils.data.IterableDataset):
+    """Yields ``{"latents": (F, C, h, w) float16 tensor, "caption": str, "key": str, ...}``.
+
+    Args:
+        urls: shard URLs or brace patterns (local paths, ``pipe:`` commands, http(s) URLs).
+        rank, world_size: this process's place in a distributed job (shards are split over ranks,
+            then over DataLoader workers; without ``resampled`` every shard is read once per epoch).
+        resampled: draw shards at random forever (seeded per rank and worker); set ``epoch_length``.
+        epoch_length: samples per rank per epoch (split over workers); ``None`` = until shards end.
+        shuffle_buffer: samples held for shuffling (0 disables).
+        num_frames: random temporal crop to this many frames (``None`` keeps the shard's length).
+        seed: base seed for shard order, shuffling and crops.
+    """
+
+    def __init__(self, urls: str | list[str], rank: int = 0, world_size: int = 1, resampled: bool = False,
+                 epoch_length: int | None = None, shuffle_buffer: int = 0, num_frames: int | None = None,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.urls = expand(urls)
+        if not self.urls:
+            raise ValueError(f"no shards match {urls!r}")
+        self.rank, self.world_size = rank, world_size
+        self.resampled, self.epoch_length = resampled, epoch_length
+        self.shuffle_buffer, self.num_frames, self.seed = shuffle_buffer, num_frames, seed
+        self.skipped: Counter = Counter()
+        self._iteration = 0
+
+    def _worker(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        return (info.id, info.num_workers) if info is not None else (0, 1)
+
+    def shard_urls(self) -> Iterator[dict]:
+        worker, num_workers = self._worker()
+        rng = random.Random(f"{self.seed}-{self.rank}-{worker}-{self._iteration}")
+        if self.resampled:
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        order = list(self.urls)
+        random.Random(f"{self.seed}-{self._iteration}").shuffle(order)  # same order on every rank
+        for url in order[self.rank :: self.world_size][worker::num_workers]:
+            yield {"url": url}
+
+    def _skip(self, reason: str, detail: str) -> None:
+        self.skipped[reason] += 1
+        if self.skipped[reason] <= 3 or self.skipped[reason] % 100 == 0:
+            log.warning("skipping bad sample (%s, %d so far): %s", reason, self.skipped[reason], detail)
+
+    def _tar_error(self, err: Exception) -> bool:
+        self._skip("bad_shard", f"{type(err).__name__}: {err}")
+        return True  # keep going with the next shard
+
+    def _crop(self, latents: np.ndarray, rng: random.Random) -> np.ndarray:
+        if self.num_frames is None or latents.shape[0] == self.num_frames:
+            return latents
+        if latents.shape[0] < self.num_frames:
+            raise BadSampleError("too_few_frames", f"{latents.shape[0]} < {self.num_frames}")
+        start = rng.randrange(latents.shape[0] - self.num_frames + 1)
+        return latents[start : start + self.num_frames]
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = self._worker()
+        rng = random.Random(f"crop-{self.seed}-{self.rank}-{worker}-{self._iteration}")
+        samples = wds.tarfile_to_samples(handler=self._tar_error)(self.shard_urls())
+        if self.shuffle_buffer > 0:
+            samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)
+        limit = None if self.epoch_length is None else max(1, self.epoch_length // num_workers)
+        self._iteration += 1
+        produced = 0
+        for raw in samples:
+            try:
+                sample = decode_sample(raw)
+                latents = self._crop(sample["latents"], rng)
+            except UnsafeShardError:
+                raise
+            except BadSampleError as err:
+                self._skip(err.reason, f"{raw.get('__url__')}:{raw.get('__key__')} {err}")
+                continue
+            out = {"latents": torch.from_numpy(np.ascontiguousarray(latents)), "caption": sample["caption"],
+                   "key": sample["key"], "skipped": dict(self.skipped)}
+            if "text_embeds" in sample:
+                out["text_embeds"] = torch.from_numpy(sample["text_embeds"])
+            yield out
+            produced += 1
+            if limit is not None and produced >= limit:
+                return
+
+
+def collate(samples: list[dict]) -> dict:
+    """-> ``{"latents": (B, F, C, h, w), "captions": list[str], "keys": list[str], ...}``."""
+    batch = {"latents": torch.stack([s["latents"] for s in samples]),
+             "captions": [s["caption"] for s in samples], "keys": [s["key"] for s in samples],
+             "skipped": samples[-1]["skipped"]}
+    if all("text_embeds" in s for s in samples):
+        batch["text_embeds"] = torch.stack([s["text_embeds"] for s in samples])
+    return batch

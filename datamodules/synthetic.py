@@ -1,0 +1,27 @@
+"""Synthetic latent shards (random latents, numbered captions) for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import webdataset as wds
+
+from datamodules.shards import encode_sample
+
+
+def write_synthetic_shards(out: str | os.PathLike, num_shards: int, per_shard: int, shape=(16, 4, 32, 32),
+                           seed: int = 0) -> list[str]:
+    """Write ``num_shards`` shards of ``per_shard`` samples; captions are ``"clip {index}"``."""
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for k in range(num_shards):
+        path = os.path.join(out, f"shard-{k:06d}.tar")
+        with wds.TarWriter(path) as writer:
+            for i in range(per_shard):
+                index = k * per_shard + i
+                latents = rng.standard_normal(shape).astype(np.float16)
+                writer.write(encode_sample(f"{index:09d}", latents, f"clip {index}", {"index": index}))
+        paths.append(path)
+    return paths

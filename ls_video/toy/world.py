@@ -1,0 +1,186 @@
+"""Deterministic "moving shapes" world: one square or circle of a palette colour crossing a black
+frame in a straight line. Captions: ``"a {color} {shape} moving {direction}"`` (videos) and
+``"a {color} {shape}"`` (single-frame images).
+
+Train and validation never share a clip: every clip's parameters (shape, colour, direction, start,
+speed) hash to one split, and each split only keeps its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ls_video.video_io import write_video
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 90, 230),
+    "yellow": (230, 210, 40),
+}
+SHAPES = ("square", "circle")
+# unit step (dx, dy) in image coordinates (y grows downwards)
+DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+SPLITS = ("train", "val")
+
+
+def all_prompts() -> list[str]:
+    """The 32 video prompts: every colour x shape x direction."""
+    return [f"a {c} {s} moving {d}" for c in COLORS for s in SHAPES for d in DIRECTIONS]
+
+
+@dataclass
+class ToyClip:
+    """One clip's parameters; ``positions[t]`` is the object's top-left ``(x, y)`` at frame ``t``."""
+
+    shape: str
+    color: str
+    direction: str
+    start: tuple[int, int]
+    speed: int
+    positions: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def caption(self) -> str:
+        return f"a {self.color} {self.shape} moving {self.direction}"
+
+    @property
+    def image_caption(self) -> str:
+        return f"a {self.color} {self.shape}"
+
+    def key(self) -> str:
+        return f"{self.shape}-{self.color}-{self.direction}-{self.start[0]}-{self.start[1]}-{self.speed}"
+
+
+def _start(rng: np.random.Generator, step: int, room: int, travel: int) -> int:
+    """Start coordinate on one axis so that ``travel`` pixels along ``step`` stay inside ``[0, room]``."""
+    if step == 0:
+        return int(rng.integers(0, room + 1))
+    if step < 0:
+        return int(rng.integers(travel, room + 1))
+    return int(rng.integers(0, room - travel + 1))
+
+
+@dataclass
+class ToyWorld:
+    """Settings of the world; a seed fixes every clip.
+
+    Args:
+        size: frame height and width in pixels.
+        num_frames: frames per clip.
+        fps: frame rate of the written files.
+        object_size: side (square) or diameter (circle) of the object in pixels.
+        min_travel: least distance covered over the clip, as a fraction of ``size``.
+        max_speed: fastest speed in pixels per frame (default: as fast as still fits in the frame).
+        val_fraction: share of the clip space reserved for validation.
+    """
+
+    size: int = 64
+    num_frames: int = 16
+    fps: int = 8
+    object_size: int = 16
+    min_travel: float = 0.25
+    max_speed: int | None = None
+    val_fraction: float = 0.1
+
+    def speeds(self) -> list[int]:
+        """Integer pixel speeds that cross ``min_travel`` of the frame and stay inside it."""
+        room = self.size - self.object_size
+        frames = max(1, self.num_frames - 1)
+        lo = max(1, int(np.ceil(self.min_travel * self.size / frames)))
+        hi = room // frames
+        if self.max_speed is not None:
+            hi = min(hi, self.max_speed)
+        if hi < lo:
+            raise ValueError(f"a {self.object_size}px object cannot travel {self.min_travel:.0%} of a "
+                             f"{self.size}px frame in {self.num_frames} frames; make the world bigger")
+        return list(range(lo, hi + 1))
+
+    def split_of(self, clip: ToyClip) -> str:
+        digest = hashlib.sha1(clip.key().encode()).digest()
+        return "val" if int.from_bytes(digest[:4], "little") / 2**32 < self.val_fraction else "train"
+
+    def sample_clip(self, rng: np.random.Generator, split: str = "train") -> ToyClip:
+        """Draw clips until one belongs to ``split``."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}")
+        while True:
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            color = list(COLORS)[rng.integers(len(COLORS))]
+            direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+            speed = int(rng.choice(self.speeds()))
+            dx, dy = DIRECTIONS[direction]
+            travel = speed * (self.num_frames - 1)
+            room = self.size - self.object_size
+
+            start = (_start(rng, dx, room, travel), _start(rng, dy, room, travel))
+            clip = ToyClip(shape, color, direction, start, speed)
+            if self.split_of(clip) == split:
+                clip.positions = [(start[0] + dx * speed * t, start[1] + dy * speed * t)
+                                  for t in range(self.num_frames)]
+                return clip
+
+    def render_frame(self, clip: ToyClip, position: tuple[int, int]) -> np.ndarray:
+        """``(size, size, 3)`` uint8 frame with the object at ``position`` (top-left)."""
+        frame = np.zeros((self.size, self.size, 3), np.uint8)
+        x, y, s = position[0], position[1], self.object_size
+        if clip.shape == "square":
+            frame[y : y + s, x : x + s] = COLORS[clip.color]
+        else:
+            yy, xx = np.mgrid[0 : self.size, 0 : self.size]
+            r = s / 2
+            inside = (xx + 0.5 - (x + r)) ** 2 + (yy + 0.5 - (y + r)) ** 2 <= r * r
+            frame[inside] = COLORS[clip.color]
+        return frame
+
+    def render(self, clip: ToyClip) -> np.ndarray:
+        """``(F, size, size, 3)`` uint8 video."""
+        return np.stack([self.render_frame(clip, p) for p in clip.positions])
+
+    def clips(self, n: int, split: str = "train", seed: int = 0) -> list[ToyClip]:
+        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        return [self.sample_clip(rng, split) for _ in range(n)]
+
+    def write_videos(self, out_dir: str | os.PathLike, n: int, split: str = "train", seed: int = 0) -> list[str]:
+        """Write ``n`` mp4 clips with same-name ``.txt`` captions and ``.json`` ground truth."""
+        os.makedirs(out_dir, exist_ok=True)
+        paths = []
+        for i, clip in enumerate(self.clips(n, split, seed)):
+            stem = os.path.join(out_dir, f"{split}_{i:06d}")
+            write_video(stem + ".mp4", self.render(clip), fps=self.fps)
+            with open(stem + ".txt", "w") as f:
+                f.write(clip.caption)
+            with open(stem + ".json", "w") as f:
+                json.dump({**asdict(clip), "world": asdict(self)}, f)
+            paths.append(stem + ".mp4")
+        return paths
+
+    def images(self, n: int, split: str = "train", seed: int = 0) -> tuple[np.ndarray, list[str]]:
+        """``n`` single frames ``(n, size, size, 3)`` and their ``"a {color} {shape}"`` captions."""
+        rng = np.random.default_rng([seed, SPLITS.index(split), 1])
+        frames, captions = [], []
+        for clip in self.clips(n, split, seed):
+            t = int(rng.integers(len(clip.positions)))
+            frames.append(self.render_frame(clip, clip.positions[t]))
+            captions.append(clip.image_caption)
+        return np.stack(frames), captions
+
+    def write_images(self, out_dir: str | os.PathLike, n: int, split: str = "train", seed: int = 0) -> list[str]:
+        """Write ``n`` PNG images with ``.txt`` captions (one-frame "videos" for joint training)."""
+        from PIL import Image
+
+        os.makedirs(out_dir, exist_ok=True)
+        frames, captions = self.images(n, split, seed)
+        paths = []
+        for i, (frame, caption) in enumerate(zip(frames, captions, strict=True)):
+            stem = os.path.join(out_dir, f"{split}_img_{i:06d}")
+            Image.fromarray(frame).save(stem + ".png")
+            with open(stem + ".txt", "w") as f:
+                f.write(caption)
+            paths.append(stem + ".png")
+        return paths
