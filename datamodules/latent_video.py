@@ -66,7 +66,8 @@ class LatentVideoDataModule(L.LightningDataModule):
 
     def val_stream(self) -> LatentClipStream:
         rank, world = self._rank()
-        return LatentClipStream(self.val_urls, rank, world, num_frames=self.num_frames, seed=self.seed)
+        return LatentClipStream(self.val_urls, rank, world, num_frames=self.num_frames, seed=self.seed,
+                                split_by="sample")
 
     def _loader(self, stream: LatentClipStream, workers: int) -> torch.utils.data.DataLoader:
         use_cuda = torch.cuda.is_available()

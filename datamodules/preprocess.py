@@ -124,9 +124,13 @@ class ShardWriterCallback(BasePredictionWriter):
             self._open(shard)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        self.write(prediction, trainer.global_rank)
+
+    def write(self, prediction: dict, rank: int = 0) -> None:
+        """Append one predicted batch (good latents and bad-video records) to the current shard."""
         if self.bar is None:
-            self.bar = tqdm(total=self.total, unit="clip", desc=f"encode rank {trainer.global_rank}",
-                            position=trainer.global_rank, disable=self.total == 0)
+            self.bar = tqdm(total=self.total, unit="clip", desc=f"encode rank {rank}", position=rank,
+                            disable=self.total == 0)
         events = [(g["index"], "good", i) for i, g in enumerate(prediction["good"])]
         events += [(b["index"], "bad", b) for b in prediction["bad"]]
         for index, kind, item in sorted(events, key=lambda e: e[0]):
@@ -141,6 +145,9 @@ class ShardWriterCallback(BasePredictionWriter):
         self.bar.update(len(events))
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        self.finish()
+
+    def finish(self) -> None:
         self._close()
         if self.bar is not None:
             self.bar.close()
@@ -174,20 +181,25 @@ def write_index(out: str, settings: dict) -> dict:
 def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float | None = 8,
                frame_stride: int | None = None, size: int = 256, shard_size: int = 1000,
                batch_size: int = 8, num_workers: int = 2, devices: int | str = 1, num_nodes: int = 1,
-               accelerator: str = "auto", video_dir: str | None = None) -> dict:
-    """Run the job (see the module docstring) and return the merged report."""
+               accelerator: str = "auto", video_dir: str | None = None, in_process: bool = False) -> dict:
+    """Run the job (see the module docstring) and return the merged report.
+
+    ``in_process`` runs the same predict step and writer in a plain loop on this process's device,
+    without a ``Trainer`` (for callers that already run inside one, e.g. ``ToyDataModule.prepare_data``).
+    """
     if frame_stride is not None:
         fps = None
     if num_frames < 1 or size < 1 or shard_size < 1 or batch_size < 1:
         raise ValueError("num_frames, size, shard_size and batch_size must be >= 1")
     sources = list_sources(videos, video_dir)
     os.makedirs(out, exist_ok=True)
+    model = VaeEncoder(vae)
+    if in_process:
+        return _run_in_process(model, sources, out, num_frames, fps, frame_stride, size, shard_size, batch_size,
+                               num_workers)
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
-    model = VaeEncoder(vae)
-    settings = dict(vae=vae, scaling_factor=float(model.vae.config.scaling_factor),
-                    shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=size,
-                    fps=fps, frame_stride=frame_stride)
+    settings = _settings(model, size, fps, frame_stride)
     rank, world = trainer.global_rank, trainer.world_size
     items = pending_items(sources, out, shard_size, rank, world)
     dataset = ClipDataset(items, num_frames, size, fps, frame_stride)
@@ -200,6 +212,29 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
         trainer.predict(model, loader, return_predictions=False)
     elapsed = time.perf_counter() - start
     trainer.strategy.barrier()
+    report = write_index(out, {**settings, "num_frames": num_frames, "shard_size": shard_size})
+    report["clips_per_s_rank0"] = len(items) / elapsed if items and elapsed > 0 else None
+    return report
+
+
+def _settings(model: VaeEncoder, size: int, fps: float | None, frame_stride: int | None) -> dict:
+    return dict(vae=model.vae_path, scaling_factor=float(model.vae.config.scaling_factor),
+                shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=size, fps=fps,
+                frame_stride=frame_stride)
+
+
+def _run_in_process(model: VaeEncoder, sources: list[Source], out: str, num_frames: int, fps: float | None,
+                    frame_stride: int | None, size: int, shard_size: int, batch_size: int, num_workers: int) -> dict:
+    settings = _settings(model, size, fps, frame_stride)
+    items = pending_items(sources, out, shard_size, 0, 1)
+    loader = torch.utils.data.DataLoader(ClipDataset(items, num_frames, size, fps, frame_stride),
+                                         batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    writer = ShardWriterCallback(out, shard_size, settings, len(items))
+    start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        writer.write(model.predict_step(batch, i))
+    writer.finish()
+    elapsed = time.perf_counter() - start
     report = write_index(out, {**settings, "num_frames": num_frames, "shard_size": shard_size})
     report["clips_per_s_rank0"] = len(items) / elapsed if items and elapsed > 0 else None
     return report

@@ -36,12 +36,20 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         shuffle_buffer: samples held for shuffling (0 disables).
         num_frames: random temporal crop to this many frames (``None`` keeps the shard's length).
         seed: base seed for shard order, shuffling and crops.
+        split_by: ``"shard"`` gives each rank / worker its own shards (training); ``"sample"`` lets
+            every rank read all shards and keep every ``world_size``-th sample, so each rank gets data
+            even with fewer shards than ranks (validation sets are small).
     """
 
     def __init__(self, urls: str | list[str], rank: int = 0, world_size: int = 1, resampled: bool = False,
                  epoch_length: int | None = None, shuffle_buffer: int = 0, num_frames: int | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, split_by: str = "shard") -> None:
         super().__init__()
+        if split_by not in ("shard", "sample"):
+            raise ValueError(f"split_by must be 'shard' or 'sample', got {split_by!r}")
+        if split_by == "sample" and resampled:
+            raise ValueError("split_by='sample' reads every shard once; it cannot be resampled")
+        self.split_by = split_by
         self.urls = expand(urls)
         if not self.urls:
             raise ValueError(f"no shards match {urls!r}")
@@ -62,6 +70,9 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             while True:
                 yield {"url": rng.choice(self.urls)}
         order = list(self.urls)
+        if self.split_by == "sample":  # every rank reads all shards in order; samples are split later
+            yield from ({"url": url} for url in order)
+            return
         random.Random(f"{self.seed}-{self._iteration}").shuffle(order)  # same order on every rank
         for url in order[self.rank :: self.world_size][worker::num_workers]:
             yield {"url": url}
@@ -87,6 +98,9 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         worker, num_workers = self._worker()
         rng = random.Random(f"crop-{self.seed}-{self.rank}-{worker}-{self._iteration}")
         samples = wds.tarfile_to_samples(handler=self._tar_error)(self.shard_urls())
+        if self.split_by == "sample":
+            slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
+            samples = (s for i, s in enumerate(samples) if i % slots == slot)
         if self.shuffle_buffer > 0:
             samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)
         limit = None if self.epoch_length is None else max(1, self.epoch_length // num_workers)

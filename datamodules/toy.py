@@ -99,13 +99,12 @@ class ToyDataModule(LatentVideoDataModule):
             self.world.write_videos(videos, n, split, self.world_seed)
             preprocess(videos, self.base, self.shard_dir(split), num_frames=self.world.num_frames, fps=None,
                        frame_stride=1, size=self.world.size, shard_size=self.shard_size, num_workers=0,
-                       accelerator="cpu", devices=1)
+                       in_process=True)
         if self.images:
             images = os.path.join(self.root, "videos", "images")
             self.world.write_images(images, self.counts["train"], "train", self.world_seed)
             preprocess(images, self.base, self.shard_dir("images"), num_frames=1, fps=None, frame_stride=1,
-                       size=self.world.size, shard_size=self.shard_size, num_workers=0, accelerator="cpu",
-                       devices=1)
+                       size=self.world.size, shard_size=self.shard_size, num_workers=0, in_process=True)
         with open(os.path.join(self.root, "done.json"), "w") as f:
             json.dump(self.settings, f, indent=2)
 

@@ -121,3 +121,9 @@ def test_toy_datamodule_runs_the_real_preprocessing(tiny_base, tmp_path):
     again = ToyDataModule(tiny_base, cache_dir=str(tmp_path), num_train_clips=6, num_val_clips=2, size=16,
                           num_frames=4, object_size=4, shard_size=4, images=True)
     assert again.root == dm.root  # cached: same settings, same folder
+
+
+def test_validation_split_by_sample_feeds_every_rank(tmp_path):
+    write_synthetic_shards(tmp_path, num_shards=1, per_shard=5, shape=(2, 4, 8, 8))
+    got = [captions(LatentClipStream(str(tmp_path / "shard-000000.tar"), r, 2, split_by="sample")) for r in range(2)]
+    assert got == [["clip 0", "clip 2", "clip 4"], ["clip 1", "clip 3"]]

@@ -1,0 +1,116 @@
+"""Exponential moving average of the trainable U-Net weights."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class EMA(L.Callback):
+    """Keeps ``shadow = decay * shadow + (1 - decay) * weights`` of every trainable U-Net parameter.
+
+    The average is saved in and restored from checkpoints (a resumed run continues the same average),
+    swapped in for validation, video logging and export, and swapped back afterwards.
+
+    Args:
+        decay: the EMA decay at full strength.
+        warmup: use ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early weights fade fast.
+        update_every: update every k optimizer steps.
+        start_step: first optimizer step that updates the average (before it the shadow tracks the weights).
+        cpu: keep the shadow on the CPU (saves accelerator memory, costs a copy per update).
+        validate_with_ema: evaluate validation with the EMA weights.
+    """
+
+    def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0,
+                 cpu: bool = False, validate_with_ema: bool = True) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        if update_every < 1:
+            raise ValueError(f"update_every must be >= 1, got {update_every}")
+        self.decay, self.warmup, self.update_every = decay, warmup, update_every
+        self.start_step, self.cpu, self.validate_with_ema = start_step, cpu, validate_with_ema
+        self.shadow: dict[str, torch.Tensor] | None = None
+        self.num_updates = 0
+        self._backup: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _params(pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in pl_module.unet.named_parameters() if p.requires_grad}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        params = self._params(pl_module)
+        device = "cpu" if self.cpu else pl_module.device
+        if self.shadow is None:
+            self.shadow = {n: p.detach().to(device, copy=True) for n, p in params.items()}
+        else:  # restored from a checkpoint
+            missing = set(params) - set(self.shadow)
+            if missing:
+                raise ValueError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
+            self.shadow = {n: t.to(device) for n, t in self.shadow.items()}
+            rank_zero_info(f"EMA: resumed after {self.num_updates} updates")
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step < self.start_step or step % self.update_every or self.shadow is None:
+            return
+        params = self._params(pl_module)
+        decay = self.current_decay()
+        names = list(self.shadow)
+        shadows = [self.shadow[n] for n in names]
+        current = [params[n].detach().to(shadows[0].device) for n in names]
+        torch._foreach_lerp_(shadows, current, 1.0 - decay)
+        self.num_updates += 1
+
+    @contextmanager
+    def swapped(self, pl_module: L.LightningModule) -> Iterator[None]:
+        """Run the body with the EMA weights in the U-Net; the raw weights come back after."""
+        if self.shadow is None or self._backup is not None:
+            yield
+            return
+        params = self._params(pl_module)
+        self._backup = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.shadow[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(self._backup[n])
+            self._backup = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.validate_with_ema and trainer.state.fn == "fit":
+            self._ctx = self.swapped(pl_module)
+            self._ctx.__enter__()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+            self._ctx = None
+
+    def state_dict(self) -> dict[str, Any]:
+        shadow = {n: t.detach().cpu() for n, t in (self.shadow or {}).items()}
+        return {"shadow": shadow, "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.shadow = dict(state_dict["shadow"]) or None
+        self.num_updates = int(state_dict["num_updates"])
+
+
+def find_ema(trainer: L.Trainer) -> EMA | None:
+    return next((cb for cb in trainer.callbacks if isinstance(cb, EMA)), None)

@@ -1,0 +1,103 @@
+"""Sample fixed prompts during training and log them as videos."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import nullcontext
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+
+from callbacks.ema import find_ema
+from callbacks.tensorboard_video import add_video
+from ls_video.video_io import contact_sheet, write_video
+
+
+class VideoLogger(L.Callback):
+    """Every ``every_n_steps`` optimizer steps and at validation end, sample ``prompts`` with fixed seeds
+    through ``LatentShiftPipeline`` and log them: TensorBoard (animated GIF image summaries), plus
+    mp4/gif files and a contact-sheet PNG under ``{log_dir}/videos/step_XXXXXX/``.
+
+    Rank zero only; any failure is reported as a warning and never stops training.
+
+    Args:
+        prompts: prompts to sample.
+        every_n_steps: sampling period in optimizer steps (0 disables step-based logging).
+        on_validation: also sample at the end of each validation.
+        seed: seed of the first prompt (prompt i uses seed + i), the same at every log.
+        num_frames: frames per video.
+        height, width: pixel size (default: the model's native size).
+        num_inference_steps: DDIM steps.
+        guidance_scale: classifier-free guidance weight.
+        fps: frame rate of the written files and GIFs.
+        format: ``mp4`` or ``gif`` files on disk.
+        use_ema: sample with EMA weights when the EMA callback is present.
+        compare_raw: with EMA, also sample the raw weights (logged under ``video_raw/``).
+    """
+
+    def __init__(self, prompts: list[str] | None = None, every_n_steps: int = 500, on_validation: bool = True,
+                 seed: int = 0, num_frames: int = 8, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float = 4.0, fps: float = 8, format: str = "mp4",
+                 use_ema: bool = True, compare_raw: bool = False) -> None:
+        if format not in ("mp4", "gif"):
+            raise ValueError(f"format must be 'mp4' or 'gif', got {format!r}")
+        self.prompts = prompts or ["a red square moving left", "a blue circle moving up"]
+        self.every_n_steps, self.on_validation, self.seed = every_n_steps, on_validation, seed
+        self.num_frames, self.height, self.width = num_frames, height, width
+        self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
+        self.fps, self.format, self.use_ema, self.compare_raw = fps, format, use_ema, compare_raw
+        self._last_step = -1
+
+    def sample(self, pl_module: L.LightningModule) -> np.ndarray:
+        """``(N, F, H, W, 3)`` videos for the fixed prompts and seeds."""
+        pipe = pl_module.pipeline()
+        generators = [torch.Generator(pl_module.device).manual_seed(self.seed + i) for i in range(len(self.prompts))]
+        was_training = pl_module.unet.training
+        pl_module.unet.eval()
+        try:
+            return pipe(self.prompts, num_frames=self.num_frames, height=self.height, width=self.width,
+                        num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                        generator=generators).frames
+        finally:
+            pl_module.unet.train(was_training)
+
+    def log_dir(self, trainer: L.Trainer) -> str:
+        return trainer.log_dir or trainer.default_root_dir
+
+    @rank_zero_only
+    def log_videos(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step == self._last_step:
+            return
+        self._last_step = step
+        try:
+            ema = find_ema(trainer) if self.use_ema else None
+            runs = [("video", ema.swapped(pl_module) if ema else nullcontext())]
+            if ema and self.compare_raw:
+                runs.append(("video_raw", nullcontext()))
+            out = os.path.join(self.log_dir(trainer), "videos", f"step_{step:06d}")
+            os.makedirs(out, exist_ok=True)
+            for tag, ctx in runs:
+                with ctx:
+                    videos = self.sample(pl_module)
+                for i, (prompt, video) in enumerate(zip(self.prompts, videos, strict=True)):
+                    name = f"{tag}_{i:02d}_{prompt.replace(' ', '_')[:40]}"
+                    write_video(os.path.join(out, f"{name}.{self.format}"), video, fps=self.fps)
+                    writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+                    if hasattr(writer, "_get_file_writer"):
+                        add_video(writer, f"{tag}/{i:02d} {prompt}", video, step, self.fps)
+                Image.fromarray(contact_sheet(videos)).save(os.path.join(out, f"{tag}_contact_sheet.png"))
+        except Exception as err:  # noqa: BLE001 - logging must never stop training
+            warnings.warn(f"VideoLogger failed at step {step}: {type(err).__name__}: {err}", stacklevel=1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
+            self.log_videos(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.on_validation and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.log_videos(trainer, pl_module)

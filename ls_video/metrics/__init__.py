@@ -1,0 +1,1 @@
+"""Video metrics. ``toy``: motion / colour / shape accuracy on the toy world from pixels only."""

@@ -1,0 +1,115 @@
+"""Toy-world accuracy from decoded frames only (no access to the generator's state).
+
+Per frame the object is the set of pixels brighter than ``threshold`` on the black background;
+its centroid is tracked over frames. Direction is the dominant axis and sign of the first-to-last
+displacement ("static" when it moves less than ``min_motion`` pixels); ``step_acc`` is the share
+of frame-to-frame steps that go the prompted way, so a blob reappearing at typical positions does
+not count as motion. Colour is the nearest palette entry of the object's mean colour; shape is
+square when the object fills its bounding box (a disc fills about pi/4 of it).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ls_video.toy.world import COLORS, DIRECTIONS
+
+PROMPT = re.compile(r"a (\w+) (\w+)(?: moving (\w+))?")
+
+
+def parse_prompt(prompt: str) -> dict:
+    """``"a red square moving left"`` -> ``{"color": "red", "shape": "square", "direction": "left"}``."""
+    m = PROMPT.fullmatch(prompt.strip())
+    if not m:
+        raise ValueError(f"not a toy prompt: {prompt!r}")
+    return {"color": m.group(1), "shape": m.group(2), "direction": m.group(3)}
+
+
+def object_mask(frame: np.ndarray, threshold: int = 80) -> np.ndarray:
+    return frame.astype(np.int16).max(-1) > threshold
+
+
+def classify_color(pixels: np.ndarray) -> str:
+    mean = pixels.reshape(-1, 3).astype(float).mean(0)
+    return min(COLORS, key=lambda c: float(((np.array(COLORS[c]) - mean) ** 2).sum()))
+
+
+def classify_shape(mask: np.ndarray) -> str:
+    ys, xs = np.nonzero(mask)
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    return "square" if mask.sum() / box > 0.89 else "circle"
+
+
+def direction_of(dx: float, dy: float, min_motion: float) -> str:
+    if max(abs(dx), abs(dy)) < min_motion:
+        return "static"
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
+def analyze_video(frames: np.ndarray, threshold: int = 80, min_motion: float | None = None) -> dict:
+    """Track the object in ``(F, H, W, 3)`` uint8 frames.
+
+    Returns ``centroids`` (``None`` where no object), ``present`` (share of frames with an object),
+    ``size_cv`` (coefficient of variation of the object's area), ``direction``, ``color``, ``shape``.
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+    min_motion = frames.shape[2] / 16 if min_motion is None else min_motion
+    masks = [object_mask(f, threshold) for f in frames]
+    centroids = [(xs.mean(), ys.mean()) if len(xs) else None
+                 for ys, xs in (np.nonzero(m) for m in masks)]
+    areas = np.array([m.sum() for m in masks], dtype=float)
+    present = [c for c in centroids if c is not None]
+    out = {"centroids": centroids, "present": len(present) / len(frames),
+           "size_cv": float(areas.std() / areas.mean()) if areas.mean() > 0 else float("inf")}
+    if len(present) >= 2:
+        dx, dy = present[-1][0] - present[0][0], present[-1][1] - present[0][1]
+        out["direction"] = direction_of(dx, dy, min_motion)
+    else:
+        out["direction"] = "static"
+    best = int(np.argmax(areas))
+    if areas[best] > 0:
+        out["color"] = classify_color(frames[best][masks[best]])
+        out["shape"] = classify_shape(masks[best])
+    else:
+        out["color"] = out["shape"] = None
+    return out
+
+
+def step_accuracy(centroids: list, direction: str) -> float:
+    """Share of frame-to-frame steps whose displacement points the prompted way (missing = wrong)."""
+    ux, uy = DIRECTIONS[direction]
+    steps = list(zip(centroids[:-1], centroids[1:], strict=True))
+    good = sum(1 for a, b in steps if a is not None and b is not None
+               and (b[0] - a[0]) * ux + (b[1] - a[1]) * uy > 0.5
+               and abs((b[0] - a[0]) * uy) + abs((b[1] - a[1]) * ux) < abs((b[0] - a[0]) * ux + (b[1] - a[1]) * uy))
+    return good / max(1, len(steps))
+
+
+def score(videos: list[np.ndarray], prompts: list[str]) -> dict:
+    """Mean accuracies over videos: ``direction_acc``, ``step_acc``, ``color_acc``, ``shape_acc``,
+    ``consistency`` (object in every frame with stable size, CV < 0.25) and per-video rows."""
+    rows = []
+    for video, prompt in zip(videos, prompts, strict=True):
+        want = parse_prompt(prompt)
+        got = analyze_video(video)
+        row = {"prompt": prompt, "direction": got["direction"], "color": got["color"], "shape": got["shape"],
+               "color_ok": got["color"] == want["color"], "shape_ok": got["shape"] == want["shape"],
+               "consistent": got["present"] == 1.0 and got["size_cv"] < 0.25}
+        if want["direction"] is not None:
+            row["direction_ok"] = got["direction"] == want["direction"]
+            row["step_acc"] = step_accuracy(got["centroids"], want["direction"])
+        rows.append(row)
+
+    def mean(key: str) -> float | None:
+        vals = [float(r[key]) for r in rows if key in r]
+        return sum(vals) / len(vals) if vals else None
+
+    return {"n": len(rows), "direction_acc": mean("direction_ok"), "step_acc": mean("step_acc"),
+            "color_acc": mean("color_ok"), "shape_acc": mean("shape_ok"), "consistency": mean("consistent"),
+            "rows": rows}

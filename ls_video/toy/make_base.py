@@ -1,0 +1,180 @@
+"""Build the toy text-to-image base model: the stand-in for Stable Diffusion on these machines.
+
+    python -m ls_video.toy.make_base --out assets/toy-base [--vae-steps 1500] [--unet-steps 3000]
+
+Three stages, each a short plain-PyTorch loop on single toy frames (``"a {color} {shape}"``):
+1. a small ``AutoencoderKL`` (32x32 RGB -> 8x8x4 latents), its ``scaling_factor`` set from data;
+2. a small CLIP text encoder + word-level tokenizer and an image ``UNet2DConditionModel`` trained
+   together as a latent diffusion model (epsilon prediction, caption dropout for guidance);
+3. saved as a Stable Diffusion folder (``model_index.json``, ``vae/``, ``text_encoder/``,
+   ``tokenizer/``, ``unet/``, ``scheduler/``) and checked by sampling every prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from tqdm import tqdm
+
+from ls_video.tiny import TOY_WORDS, save_sd_folder, tiny_text_encoder
+from ls_video.tokenizer import build_tokenizer
+from ls_video.toy.world import COLORS, SHAPES, ToyWorld
+
+
+@dataclass
+class ToyBaseConfig:
+    """Sizes and budgets of the toy base (defaults: about 6 minutes on 2 CPU cores)."""
+
+    size: int = 32
+    object_size: int = 8
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    unet_steps: int = 3000
+    unet_batch: int = 64
+    unet_channels: tuple[int, int] = (32, 64)
+    text_dim: int = 64
+    lr: float = 1e-3
+    num_images: int = 20000
+    seed: int = 0
+
+
+def toy_vae(size: int) -> AutoencoderKL:
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(16, 32, 64),
+                         layers_per_block=1, latent_channels=4, norm_num_groups=16, sample_size=size)
+
+
+def toy_unet(channels: tuple[int, int], text_dim: int, latent_size: int) -> UNet2DConditionModel:
+    # attention_head_dim is diffusers' (SD-legacy) name for the number of heads: one head is
+    # cheapest on CPU.
+    return UNet2DConditionModel(sample_size=latent_size, in_channels=4, out_channels=4,
+                                block_out_channels=channels, layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=text_dim, attention_head_dim=1, norm_num_groups=16)
+
+
+def toy_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+
+def train_vae(images: torch.Tensor, cfg: ToyBaseConfig) -> AutoencoderKL:
+    """Reconstruction (MSE) + a tiny KL term, so latents stay a smooth, well-scaled space."""
+    vae = toy_vae(cfg.size)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.vae_steps))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = tqdm(range(cfg.vae_steps), desc="toy base 1/2: VAE", unit="step")
+    for _ in bar:
+        x = images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images[:2048].split(256)])
+    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    return vae
+
+
+def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, cfg: ToyBaseConfig):
+    """Text encoder + image U-Net trained together as a latent diffusion model."""
+    text_encoder = tiny_text_encoder(tokenizer, hidden_size=cfg.text_dim)
+    unet = toy_unet(cfg.unet_channels, cfg.text_dim, latents.shape[-1])
+    noise_scheduler = DDPMScheduler.from_config(toy_scheduler().config)
+    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    empty = ids[-1:]
+    ids = ids[:-1]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.unet_steps))
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    bar = tqdm(range(cfg.unet_steps), desc="toy base 2/2: text encoder + U-Net", unit="step")
+    for _ in bar:
+        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+        x0, tok = latents[idx], ids[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < 0.1
+        tok[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, text_encoder(tok)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
+
+
+def check_base(path: str, seeds: int = 4, steps: int = 25) -> dict:
+    """Sample every ``"a {color} {shape}"`` prompt ``seeds`` times; colour and shape accuracy."""
+    from ls_video.metrics.toy import score
+    from ls_video.pipeline import LatentShiftPipeline
+
+    pipe = LatentShiftPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = [f"a {c} {s}" for c in COLORS for s in SHAPES] * seeds
+    frames = pipe(prompts, num_frames=1, num_inference_steps=steps, guidance_scale=4.0,
+                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).frames
+    result = score(list(frames), prompts)
+    return {k: result[k] for k in ("n", "color_acc", "shape_acc", "consistency")}
+
+
+def make_base(out: str, cfg: ToyBaseConfig) -> dict:
+    """Build, save and check the toy base; returns the check's accuracies."""
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    world = ToyWorld(size=cfg.size, num_frames=2, object_size=cfg.object_size, min_travel=0.0)
+    frames, captions = world.images(cfg.num_images, "train", seed=cfg.seed)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    vae = train_vae(images, cfg)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)]) * vae.config.scaling_factor
+    tokenizer = build_tokenizer(TOY_WORDS, model_max_length=8)
+    text_encoder, unet = train_unet(latents, captions, tokenizer, cfg)
+    save_sd_folder(out, dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                             scheduler=toy_scheduler()))
+    check = check_base(out)
+    check["build_seconds"] = round(time.perf_counter() - start, 1)
+    return check
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ls_video.toy.make_base", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (Stable Diffusion layout)")
+    defaults = ToyBaseConfig()
+    for name in ("vae_steps", "unet_steps", "vae_batch", "unet_batch", "num_images", "seed"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
+                       help=f"default {getattr(defaults, name)}")
+    p.add_argument("--lr", type=float, default=defaults.lr, help=f"default {defaults.lr}")
+    args = p.parse_args(argv)
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    cfg = ToyBaseConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, vae_batch=args.vae_batch,
+                        unet_batch=args.unet_batch, num_images=args.num_images, seed=args.seed, lr=args.lr)
+    check = make_base(args.out, cfg)
+    print(f"toy base written to {args.out}: {check}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from diffusers import UNet2DConditionModel
+
+from ls_video.cli import LatentShiftCLI
+from ls_video.module import LatentShiftModule
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+class ParseOnly(LatentShiftCLI):
+    def instantiate_classes(self) -> None:  # parse and validate types, build nothing
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def parse(*args: str):
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        return ParseOnly(LatentShiftModule, __import__("lightning").LightningDataModule, subclass_mode_data=True,
+                         args=list(args), auto_configure_optimizers=False).config
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "*.yaml"))), ids=os.path.basename)
+def test_every_config_parses(path):
+    config = parse("fit", "-c", path)
+    assert config.fit.model.pretrained_model_name_or_path
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "data" / "*.yaml"))), ids=os.path.basename)
+def test_data_fragments_swap_in(path):
+    config = parse("fit", "-c", str(CONFIGS / "toy.yaml"), "--data", path)
+    assert config.fit.data.class_path == yaml.safe_load(open(path))["class_path"]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "strategy" / "*.yaml"))), ids=os.path.basename)
+def test_strategy_overlays_parse(path):
+    config = parse("fit", "-c", str(CONFIGS / "sd15.yaml"), "-c", path)
+    assert config.fit.trainer.num_nodes == 2
+
+
+def write_config(tmp_path: Path, base: str, **trainer) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 3, "default_root_dir": str(tmp_path / "run"),
+                    "logger": False, "enable_progress_bar": False, "num_sanity_val_steps": 0,
+                    "limit_val_batches": 1, "val_check_interval": 2, "check_val_every_n_epoch": None,
+                    "callbacks": [{"class_path": "callbacks.EMA", "init_args": {"decay": 0.9}}], **trainer},
+        "checkpoint": {"every_n_train_steps": 1},
+        "model": {"pretrained_model_name_or_path": base, "warmup_steps": 1, "learning_rate": 1e-3},
+        "data": {"class_path": "datamodules.ToyDataModule",
+                 "init_args": {"base": base, "cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,
+                               "num_val_clips": 2, "size": 16, "num_frames": 4, "object_size": 4, "batch_size": 2,
+                               "num_workers": 0, "shard_size": 4}},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def last_ckpt(tmp_path: Path) -> dict:
+    return torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_fit_resume_export_and_sample(tiny_base, tmp_path):
+    config = write_config(tmp_path, tiny_base)
+    r = train("fit", "-c", str(config))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = last_ckpt(tmp_path)
+    assert ckpt["global_step"] == 3 and ckpt["callbacks"]["EMA"]["num_updates"] == 3
+    assert not any(k.startswith(("vae.", "text_encoder.")) for k in ckpt["state_dict"])
+    ema_at_3 = ckpt["callbacks"]["EMA"]["shadow"]
+
+    r = train("fit", "-c", str(config), "--trainer.max_steps", "5", "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "EMA: resumed after 3 updates" in r.stderr + r.stdout
+    ckpt = last_ckpt(tmp_path)
+    assert ckpt["global_step"] == 5 and ckpt["callbacks"]["EMA"]["num_updates"] == 5
+    assert any(not torch.equal(ema_at_3[k], ckpt["callbacks"]["EMA"]["shadow"][k]) for k in ema_at_3)
+
+    r = train("validate", "-c", str(config), "--ckpt_path", "last")
+    assert r.returncode == 0 and "val/loss" in r.stdout, r.stderr[-2000:]
+
+    out = tmp_path / "exported"
+    r = subprocess.run([sys.executable, "-m", "ls_video.export", str(tmp_path / "run/checkpoints/last.ckpt"),
+                        str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "EMA" in r.stdout, r.stderr
+    unet, info = UNet2DConditionModel.from_pretrained(out / "unet", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ema = ckpt["callbacks"]["EMA"]["shadow"]
+    assert all(torch.equal(unet.state_dict()[k], ema[k]) for k in ema)
+    assert json.loads((out / "unet" / "latent_shift.json").read_text())["temporal_mixing"] == "shift"
+
+    r = subprocess.run([sys.executable, "sample.py", "--model", str(out), "--prompt", "a red square moving left",
+                        "--num-frames", "4", "--steps", "2", "--out-dir", str(tmp_path / "s")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "sample.py", "--model", str(tmp_path / "run/checkpoints/last.ckpt"),
+                        "--ema", "--prompt", "a red square", "--num-frames", "2", "--steps", "1", "--out-dir",
+                        str(tmp_path / "s2")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_no_config_file_and_last_with_defaults(tiny_base, tmp_path):
+    write_config(tmp_path, tiny_base)  # only to build the toy shards
+    from datamodules import ToyDataModule
+
+    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=4, num_val_clips=0, size=16,
+                       num_frames=4, object_size=4, shard_size=4)
+    dm.prepare_data()
+    shards = os.path.join(dm.shard_dir("train"), "shard-000000.tar")
+    args = ["fit", "--model.pretrained_model_name_or_path", tiny_base,
+            "--data.class_path", "datamodules.LatentVideoDataModule", "--data.init_args.train_urls", shards,
+            "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
+            "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"]
+    r = train(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = train(*args[:-6], "--trainer.max_steps", "3", *args[-4:], "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert last_ckpt(tmp_path)["global_step"] == 3
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_get_different_data(tiny_base, tmp_path):
+    config = write_config(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=3)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["callbacks"].append({"class_path": "record_keys.RecordKeys",
+                                        "init_args": {"out": str(tmp_path / "keys")}})
+    config.write_text(yaml.safe_dump(cfg))
+    env = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = train("fit", "-c", str(config), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = [json.loads((tmp_path / "keys" / f"rank{i}.json").read_text()) for i in range(2)]
+    assert len(keys[0]) == len(keys[1]) == 6
+    assert keys[0] != keys[1]
+
+
+def test_help_explains_model_options():
+    r = train("fit", "--help")
+    assert r.returncode == 0
+    for option in ("--model.temporal_mixing", "--model.caption_dropout", "--model.snr_gamma", "--checkpoint.dirpath"):
+        assert option in r.stdout
