@@ -94,3 +94,14 @@ def test_deepcopy_keeps_its_own_frame_state():
     assert twin._latent_shift.state is not unet._latent_shift.state
     hook = next(iter(twin.down_blocks[0].resnets[0].conv1._forward_pre_hooks.values()))
     assert hook.state is twin._latent_shift.state
+
+
+def test_sd15_sized_unet_gains_no_parameters():
+    from ls_video.presets import sd15_unet
+
+    with torch.device("meta"):
+        plain, shifted = sd15_unet(), apply_temporal_mixing(sd15_unet())
+    count = sum(p.numel() for p in plain.parameters())
+    assert count == sum(p.numel() for p in shifted.parameters()) == 859_520_964
+    assert list(plain.state_dict()) == list(shifted.state_dict())
+    assert num_shift_hooks(shifted) == 22  # every ResnetBlock2D of down, mid and up blocks

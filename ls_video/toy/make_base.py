@@ -2,11 +2,16 @@
 
     python -m ls_video.toy.make_base --out assets/toy-base [--vae-steps 1500] [--unet-steps 3000]
 
-Three stages, each a short plain-PyTorch loop on single toy frames (``"a {color} {shape}"``):
-1. a small ``AutoencoderKL`` (32x32 RGB -> 8x8x4 latents), its ``scaling_factor`` set from data;
-2. a small CLIP text encoder + word-level tokenizer and an image ``UNet2DConditionModel`` trained
-   together as a latent diffusion model (epsilon prediction, caption dropout for guidance);
-3. saved as a Stable Diffusion folder (``model_index.json``, ``vae/``, ``text_encoder/``,
+Short plain-PyTorch loops, in the order Stable Diffusion's parts were made:
+1. a small ``AutoencoderKL`` (32x32 RGB -> 8x8x4 latents) on toy frames, ``scaling_factor`` set from data;
+2. a small CLIP text encoder + word-level tokenizer, pretrained so that every word of the toy
+   vocabulary (directions included) is recognisable in its hidden states (a per-token
+   reconstruction objective: the stand-in for CLIP's pretraining; without it words that never
+   occur in image captions, like "left" and "right", stay near-identical and a frozen encoder
+   cannot tell the video model which way to move);
+3. an image ``UNet2DConditionModel`` trained on single frames (``"a {color} {shape}"``) with the
+   text encoder frozen (epsilon prediction, caption dropout for guidance);
+4. saved as a Stable Diffusion folder (``model_index.json``, ``vae/``, ``text_encoder/``,
    ``tokenizer/``, ``unet/``, ``scheduler/``) and checked by sampling every prompt.
 """
 
@@ -36,8 +41,9 @@ class ToyBaseConfig:
     object_size: int = 8
     vae_steps: int = 1500
     vae_batch: int = 32
-    unet_steps: int = 3000
-    unet_batch: int = 64
+    text_steps: int = 400
+    unet_steps: int = 4000
+    unet_batch: int = 32
     unet_channels: tuple[int, int] = (32, 64)
     text_dim: int = 64
     lr: float = 1e-3
@@ -76,7 +82,7 @@ def train_vae(images: torch.Tensor, cfg: ToyBaseConfig) -> AutoencoderKL:
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.vae_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(range(cfg.vae_steps), desc="toy base 1/2: VAE", unit="step")
+    bar = tqdm(range(cfg.vae_steps), desc="toy base 1/3: VAE", unit="step")
     for _ in bar:
         x = images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)]
         post = vae.encode(x).latent_dist
@@ -94,28 +100,51 @@ def train_vae(images: torch.Tensor, cfg: ToyBaseConfig) -> AutoencoderKL:
     return vae
 
 
-def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, cfg: ToyBaseConfig):
-    """Text encoder + image U-Net trained together as a latent diffusion model."""
+def pretrain_text_encoder(tokenizer, cfg: ToyBaseConfig):
+    """Every token must be recoverable from its hidden state (a linear probe reads it back)."""
+    from ls_video.toy.world import all_prompts
+
     text_encoder = tiny_text_encoder(tokenizer, hidden_size=cfg.text_dim)
+    captions = all_prompts() + [f"a {c} {s}" for c in COLORS for s in SHAPES] + [""]
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    probe = torch.nn.Linear(cfg.text_dim, len(tokenizer))
+    opt = torch.optim.AdamW([*text_encoder.parameters(), *probe.parameters()], lr=cfg.lr)
+    bar = tqdm(range(cfg.text_steps), desc="toy base 2/3: text encoder", unit="step")
+    for _ in bar:
+        logits = probe(text_encoder(ids)[0])
+        loss = F.cross_entropy(logits.flatten(0, 1), ids.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return text_encoder.eval().requires_grad_(False)
+
+
+def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, text_encoder, cfg: ToyBaseConfig):
+    """Image U-Net trained as a latent diffusion model on the frozen text encoder."""
     unet = toy_unet(cfg.unet_channels, cfg.text_dim, latents.shape[-1])
     noise_scheduler = DDPMScheduler.from_config(toy_scheduler().config)
     ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = ids[-1:]
     ids = ids[:-1]
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    with torch.no_grad():
+        table = text_encoder(torch.cat([ids, empty]))[0]  # frozen: encode each caption once
+    context, empty_context = table[:-1], table[-1:]
+    params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.unet_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bar = tqdm(range(cfg.unet_steps), desc="toy base 2/2: text encoder + U-Net", unit="step")
+    bar = tqdm(range(cfg.unet_steps), desc="toy base 3/3: image U-Net", unit="step")
     for _ in bar:
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
-        x0, tok = latents[idx], ids[idx].clone()
+        x0, ctx = latents[idx], context[idx].clone()
         drop = torch.rand(len(idx), generator=gen) < 0.1
-        tok[drop] = empty
+        ctx[drop] = empty_context
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, text_encoder(tok)[0]).sample
+        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, ctx).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -123,7 +152,7 @@ def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, cfg: ToyBa
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    return text_encoder.eval().requires_grad_(False), unet.eval().requires_grad_(False)
+    return unet.eval().requires_grad_(False)
 
 
 def check_base(path: str, seeds: int = 4, steps: int = 25) -> dict:
@@ -140,18 +169,22 @@ def check_base(path: str, seeds: int = 4, steps: int = 25) -> dict:
     return {k: result[k] for k in ("n", "color_acc", "shape_acc", "consistency")}
 
 
-def make_base(out: str, cfg: ToyBaseConfig) -> dict:
+def make_base(out: str, cfg: ToyBaseConfig, vae_from: str | None = None) -> dict:
     """Build, save and check the toy base; returns the check's accuracies."""
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     world = ToyWorld(size=cfg.size, num_frames=2, object_size=cfg.object_size, min_travel=0.0)
     frames, captions = world.images(cfg.num_images, "train", seed=cfg.seed)
     images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-    vae = train_vae(images, cfg)
+    if vae_from:
+        vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae").eval().requires_grad_(False)
+    else:
+        vae = train_vae(images, cfg)
     with torch.no_grad():
         latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)]) * vae.config.scaling_factor
     tokenizer = build_tokenizer(TOY_WORDS, model_max_length=8)
-    text_encoder, unet = train_unet(latents, captions, tokenizer, cfg)
+    text_encoder = pretrain_text_encoder(tokenizer, cfg)
+    unet = train_unet(latents, captions, tokenizer, text_encoder, cfg)
     save_sd_folder(out, dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                              scheduler=toy_scheduler()))
     check = check_base(out)
@@ -163,15 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ls_video.toy.make_base", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder (Stable Diffusion layout)")
     defaults = ToyBaseConfig()
-    for name in ("vae_steps", "unet_steps", "vae_batch", "unet_batch", "num_images", "seed"):
+    p.add_argument("--vae-from", default=None, help="reuse the vae/ of an existing base instead of training one")
+    for name in ("vae_steps", "text_steps", "unet_steps", "vae_batch", "unet_batch", "num_images", "seed"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name),
                        help=f"default {getattr(defaults, name)}")
     p.add_argument("--lr", type=float, default=defaults.lr, help=f"default {defaults.lr}")
     args = p.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 4))
-    cfg = ToyBaseConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, vae_batch=args.vae_batch,
+    cfg = ToyBaseConfig(vae_steps=args.vae_steps, text_steps=args.text_steps, unet_steps=args.unet_steps, vae_batch=args.vae_batch,
                         unet_batch=args.unet_batch, num_images=args.num_images, seed=args.seed, lr=args.lr)
-    check = make_base(args.out, cfg)
+    check = make_base(args.out, cfg, args.vae_from)
     print(f"toy base written to {args.out}: {check}")
     return 0
 

@@ -1,0 +1,65 @@
+"""Direction accuracy against training time: evaluate every checkpoint of a toy run.
+
+    python -m ls_video.toy.curve RUN_DIR [--seeds 2] [--steps 25] [--frames 6]
+
+For each ``RUN_DIR/checkpoints/*.ckpt`` (EMA weights when present) it samples the 32 toy prompts
+x ``--seeds`` seeds (seeds start at 1000, away from the demo's), scores them with
+``ls_video.metrics.toy`` and prints one markdown row per checkpoint; ``RUN_DIR/curve.json`` keeps them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+
+import torch
+
+from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
+from ls_video.metrics.toy import score
+from ls_video.toy.world import all_prompts
+
+
+def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance: float, seed0: int = 1000) -> dict:
+    ckpt = load_checkpoint(path)
+    pipe = pipeline_from_checkpoint(path, ema=find_ema_state(ckpt) is not None)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = [p for p in all_prompts() for _ in range(seeds)]
+    generators = [torch.Generator().manual_seed(seed0 + i % seeds) for i in range(len(prompts))]
+    start = time.perf_counter()
+    videos = pipe(prompts, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
+                  generator=generators).frames
+    result = {k: v for k, v in score(list(videos), prompts).items() if k != "rows"}
+    result.update(step=int(ckpt["global_step"]), sample_seconds=round(time.perf_counter() - start, 1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ls_video.toy.curve", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", help="a train.py default_root_dir (holds checkpoints/)")
+    p.add_argument("--seeds", type=int, default=2, help="videos per prompt (64 videos with 2)")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--frames", type=int, default=6, help="frames per video")
+    p.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance")
+    args = p.parse_args(argv)
+    paths = sorted(glob.glob(os.path.join(args.run_dir, "checkpoints", "step*.ckpt")))
+    if not paths:
+        print(f"curve: error: no step*.ckpt in {args.run_dir}/checkpoints", file=sys.stderr)
+        return 2
+    rows = []
+    print("| step | direction | steps right | colour | shape | consistency |\n|---|---|---|---|---|---|")
+    for path in paths:
+        r = evaluate_checkpoint(path, args.seeds, args.steps, args.frames, args.guidance_scale)
+        rows.append(r)
+        print(f"| {r['step']} | {r['direction_acc']:.2f} | {r['step_acc']:.2f} | {r['color_acc']:.2f} | "
+              f"{r['shape_acc']:.2f} | {r['consistency']:.2f} |", flush=True)
+    with open(os.path.join(args.run_dir, "curve.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

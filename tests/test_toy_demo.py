@@ -1,0 +1,56 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from diffusers import UNet2DConditionModel
+
+from ls_video.pipeline import LatentShiftPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_make_base_recipe_on_a_tiny_budget(tmp_path):
+    out = tmp_path / "base"
+    r = subprocess.run([sys.executable, "-m", "ls_video.toy.make_base", "--out", str(out), "--vae-steps", "2",
+                        "--text-steps", "2", "--unet-steps", "2", "--num-images", "64"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for sub in ("vae", "text_encoder", "tokenizer", "unet", "scheduler"):
+        assert (out / sub).is_dir()
+    assert json.loads((out / "model_index.json").read_text())["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert UNet2DConditionModel.from_pretrained(out / "unet").config.sample_size == 8
+    pipe = LatentShiftPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a red square", num_frames=1, num_inference_steps=1).frames.shape == (1, 1, 32, 32, 3)
+
+
+def test_committed_toy_base_is_a_real_text_to_image_model():
+    base = ROOT / "assets" / "toy-base"
+    if not (base / "model_index.json").exists():
+        pytest.skip("assets/toy-base not present")
+    from ls_video.toy.make_base import check_base
+
+    result = check_base(str(base), seeds=2, steps=20)
+    assert result["color_acc"] >= 0.8 and result["shape_acc"] >= 0.8
+
+
+@pytest.mark.slow
+def test_demo_steps_on_a_tiny_budget(tiny_base, tmp_path):
+    out = tmp_path / "demo"
+    extra = ["--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.num_train_clips", "8",
+             "--data.init_args.num_val_clips", "2", "--data.init_args.batch_size", "2",
+             "--data.init_args.shard_size", "4", "--trainer.val_check_interval", "2",
+             "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
+    r = subprocess.run([sys.executable, "-m", "ls_video.demo", "--out", str(out), "--base", tiny_base, "--max-steps",
+                        "2", "--seeds", "1", "--sample-steps", "1", "--extra", *extra], cwd=ROOT,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())["samples"]
+    assert len(manifest) == 32 and all((out / s["file"]).exists() for s in manifest)
+    assert (out / "contact_sheet.png").exists() and (out / "model" / "unet" / "latent_shift.json").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["direction_acc"] <= 1.0
+    assert "direction_acc" in r.stdout
