@@ -10,4 +10,4 @@ import sys
 from ls_video.cli import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -12,7 +12,7 @@ class LatentVideoDataModule(L.LightningDataModule):
     """Streams precomputed video latents from WebDataset shards.
 
     Batches are ``{"latents": (B, F, C, h, w) float16, "captions": list[str], "keys": list[str],
-    "skipped": {reason: count}}`` (plus ``text_embeds`` when the shards carry them).
+    "data_stats": {worker, yielded, skipped, by_shard}}`` (plus ``text_embeds`` when the shards carry them).
 
     Args:
         train_urls: training shards: a brace pattern (``shards/{000000..000099}.tar``), a list,

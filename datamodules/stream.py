@@ -57,6 +57,9 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         self.resampled, self.epoch_length = resampled, epoch_length
         self.shuffle_buffer, self.num_frames, self.seed = shuffle_buffer, num_frames, seed
         self.skipped: Counter = Counter()
+        self.skipped_by_shard: Counter = Counter()
+        self._sample_shape: tuple | None = None  # (C, h, w) of the first good sample; others must match
+        self.yielded = 0
         self._iteration = 0
 
     def _worker(self) -> tuple[int, int]:
@@ -77,13 +80,16 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         for url in order[self.rank :: self.world_size][worker::num_workers]:
             yield {"url": url}
 
-    def _skip(self, reason: str, detail: str) -> None:
+    def _skip(self, reason: str, detail: str, url: str | None = None) -> None:
         self.skipped[reason] += 1
+        if url:
+            self.skipped_by_shard[url] += 1
         if self.skipped[reason] <= 3 or self.skipped[reason] % 100 == 0:
             log.warning("skipping bad sample (%s, %d so far): %s", reason, self.skipped[reason], detail)
 
     def _tar_error(self, err: Exception) -> bool:
-        self._skip("bad_shard", f"{type(err).__name__}: {err}")
+        url = next((a for a in getattr(err, "args", ()) if isinstance(a, str) and a in self.urls), None)
+        self._skip("bad_shard", f"{type(err).__name__}: {err}", url)
         return True  # keep going with the next shard
 
     def _crop(self, latents: np.ndarray, rng: random.Random) -> np.ndarray:
@@ -93,6 +99,11 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             raise BadSampleError("too_few_frames", f"{latents.shape[0]} < {self.num_frames}")
         start = rng.randrange(latents.shape[0] - self.num_frames + 1)
         return latents[start : start + self.num_frames]
+
+    def stats(self, worker: int) -> dict:
+        """Running counts of this worker's stream (they travel with each batch as ``data_stats``)."""
+        return {"worker": worker, "yielded": self.yielded, "skipped": dict(self.skipped),
+                "by_shard": dict(self.skipped_by_shard)}
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = self._worker()
@@ -110,13 +121,19 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             try:
                 sample = decode_sample(raw)
                 latents = self._crop(sample["latents"], rng)
+                shape = tuple(latents.shape[1:])
+                if self._sample_shape is None:
+                    self._sample_shape = shape
+                elif shape != self._sample_shape:
+                    raise BadSampleError("bad_shape", f"(C, h, w) {shape} differs from the stream's {self._sample_shape}")
             except UnsafeShardError:
                 raise
             except BadSampleError as err:
-                self._skip(err.reason, f"{raw.get('__url__')}:{raw.get('__key__')} {err}")
+                self._skip(err.reason, f"{raw.get('__url__')}:{raw.get('__key__')} {err}", raw.get("__url__"))
                 continue
+            self.yielded += 1
             out = {"latents": torch.from_numpy(np.ascontiguousarray(latents)), "caption": sample["caption"],
-                   "key": sample["key"], "skipped": dict(self.skipped)}
+                   "key": sample["key"], "stats": self.stats(worker)}
             if "text_embeds" in sample:
                 out["text_embeds"] = torch.from_numpy(sample["text_embeds"])
             yield out
@@ -126,10 +143,10 @@ class LatentClipStream(torch.utils.data.IterableDataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """-> ``{"latents": (B, F, C, h, w), "captions": list[str], "keys": list[str], ...}``."""
+    """-> ``{"latents": (B, F, C, h, w), "captions": list[str], "keys": list[str], "data_stats": {...}}``."""
     batch = {"latents": torch.stack([s["latents"] for s in samples]),
              "captions": [s["caption"] for s in samples], "keys": [s["key"] for s in samples],
-             "skipped": samples[-1]["skipped"]}
+             "data_stats": samples[-1]["stats"]}
     if all("text_embeds" in s for s in samples):
         batch["text_embeds"] = torch.stack([s["text_embeds"] for s in samples])
     return batch

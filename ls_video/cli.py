@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import ArgumentError
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
 
 
@@ -31,6 +33,13 @@ class LatentShiftCLI(LightningCLI):
                              "checkpoint.every_n_train_steps": 500, "checkpoint.filename": "step{step:07d}",
                              "checkpoint.auto_insert_metric_name": False})
 
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints are written atomically unless the config names its own checkpoint IO."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        if not plugins:
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         if config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
@@ -38,17 +47,35 @@ class LatentShiftCLI(LightningCLI):
             config.checkpoint.dirpath = os.path.join(root, "checkpoints")
 
 
-def main(args: list[str] | None = None) -> LatentShiftCLI:
-    """Entry point of ``train.py`` and the ``ls-video`` console script."""
+def build(args: list[str] | None = None) -> LatentShiftCLI:
+    """Parse ``args``, build the model, data and trainer, and run the subcommand."""
     return LatentShiftCLI(
         LatentShiftModule,
         L.LightningDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
         args=args,
         auto_configure_optimizers=False,
     )
 
 
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``train.py`` and the ``ls-video`` console script: expected failures (missing files,
+    bad values, unsafe or mostly-bad data, diverging loss) end with a one-line error and exit code 2."""
+    from callbacks.data_health import BadDataError
+
+    try:
+        build(args)
+    except (FileNotFoundError, ValueError, BadDataError, FloatingPointError, ArgumentError) as err:
+        if isinstance(err, ArgumentError):
+            message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+            print(f"train.py: error: {message[:400]} (see --help)", file=sys.stderr)
+            return 2
+        print(f"train.py: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -50,6 +50,11 @@ class LatentShiftModule(L.LightningModule):
         snr_gamma: min-SNR-gamma loss weighting (e.g. 5.0); ``None`` gives plain MSE.
         gradient_checkpointing: trade compute for memory in the U-Net.
         val_timesteps: fixed timesteps for the validation loss (default: 5 evenly spaced).
+        noise_seed: noise, timesteps and caption dropout of step ``s`` on rank ``r`` come from a generator
+            seeded with ``(noise_seed, s, r)``, so a resumed run draws exactly what an uninterrupted
+            one would have.
+        max_nonfinite_steps: a non-finite loss skips its step (no update, counted in
+            ``train/nonfinite_steps``); this many in a row stop the run.
     """
 
     def __init__(
@@ -75,6 +80,8 @@ class LatentShiftModule(L.LightningModule):
         snr_gamma: float | None = None,
         gradient_checkpointing: bool = False,
         val_timesteps: list[int] | None = None,
+        noise_seed: int = 0,
+        max_nonfinite_steps: int = 5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["vae", "text_encoder", "tokenizer", "unet", "noise_scheduler"])
@@ -106,6 +113,8 @@ class LatentShiftModule(L.LightningModule):
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self._empty_embedding: torch.Tensor | None = None
+        self.nonfinite_steps = 0
+        self._nonfinite_in_a_row = 0
 
     # ----------------------------------------------------------------------------- helpers
     def train(self, mode: bool = True) -> LatentShiftModule:
@@ -125,14 +134,19 @@ class LatentShiftModule(L.LightningModule):
             self._empty_embedding = self.encode_text([""])
         return self._empty_embedding
 
-    def text_embeddings(self, batch: dict, drop: float) -> torch.Tensor:
+    def step_generator(self) -> torch.Generator:
+        """Generator for this optimizer step and rank: randomness that survives a resume."""
+        seed = (self.hparams.noise_seed * 1_000_003 + self.global_step) * 1024 + self.global_rank
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def text_embeddings(self, batch: dict, drop: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Embeddings for the batch (precomputed ``text_embeds`` if present), with caption dropout."""
         if "text_embeds" in batch:
             embeds = batch["text_embeds"].to(self.device)
         else:
             embeds = self.encode_text(batch["captions"])
         if drop > 0:
-            keep = torch.rand(embeds.shape[0], device=embeds.device) >= drop
+            keep = torch.rand(embeds.shape[0], device=embeds.device, generator=generator) >= drop
             embeds = torch.where(keep[:, None, None], embeds, self.empty_embedding().to(embeds.dtype))
         return embeds
 
@@ -145,7 +159,7 @@ class LatentShiftModule(L.LightningModule):
         b = x0.shape[0]
         sched = self.noise_scheduler
         if timesteps is None:
-            timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=x0.device)
+            timesteps = torch.randint(0, sched.config.num_train_timesteps, (b,), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         noisy = sched.add_noise(x0, noise, timesteps)
         pred = video_unet_forward(self.unet, noisy, timesteps, embeds.to(noisy.dtype))
@@ -170,13 +184,28 @@ class LatentShiftModule(L.LightningModule):
         return weight
 
     # ----------------------------------------------------------------------------- Lightning
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         latents = batch["latents"]  # (B, F, C, h, w), unscaled VAE latents
-        embeds = self.text_embeddings(batch, self.hparams.caption_dropout)
-        loss = self.diffusion_loss(latents, embeds)
+        generator = self.step_generator()
+        embeds = self.text_embeddings(batch, self.hparams.caption_dropout, generator)
+        loss = self.diffusion_loss(latents, embeds, generator=generator)
+        if not torch.isfinite(loss):
+            return self.skip_nonfinite(loss)
+        self._nonfinite_in_a_row = 0
         name = "train/loss_image" if latents.shape[1] == 1 else "train/loss"
         self.log(name, loss, prog_bar=True, batch_size=latents.shape[0])
         return loss
+
+    def skip_nonfinite(self, loss: torch.Tensor) -> None:
+        """Skip the step (Lightning makes no optimizer update for ``None``); stop after too many in a row."""
+        self.nonfinite_steps += 1
+        self._nonfinite_in_a_row += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
+        if self._nonfinite_in_a_row >= self.hparams.max_nonfinite_steps:
+            raise FloatingPointError(f"loss was {loss.item()} for {self._nonfinite_in_a_row} steps in a row at step "
+                                     f"{self.global_step}; stopping (the last checkpoint is intact). Lower the "
+                                     "learning rate, check the data, or use bf16/fp32 instead of fp16.")
+        return None
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents = batch["latents"]

@@ -105,7 +105,7 @@ def test_no_shards_is_a_clear_error(tmp_path):
 
 
 def test_collate_keeps_text_embeds():
-    samples = [{"latents": torch.zeros(2, 4, 8, 8), "caption": "x", "key": "k", "skipped": {},
+    samples = [{"latents": torch.zeros(2, 4, 8, 8), "caption": "x", "key": "k", "stats": {},
                 "text_embeds": torch.zeros(5, 3)}] * 2
     assert collate(samples)["text_embeds"].shape == (2, 5, 3)
 
