@@ -125,7 +125,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
                 if self._sample_shape is None:
                     self._sample_shape = shape
                 elif shape != self._sample_shape:
-                    raise BadSampleError("bad_shape", f"(C, h, w) {shape} differs from the stream's {self._sample_shape}")
+                    raise BadSampleError("bad_shape", f"(C, h, w) {shape} != the stream's {self._sample_shape}")
             except UnsafeShardError:
                 raise
             except BadSampleError as err:

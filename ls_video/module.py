@@ -103,6 +103,7 @@ class LatentShiftModule(L.LightningModule):
         self.noise_scheduler = scheduler
         apply_temporal_mixing(self.unet, TemporalConfig(temporal_mixing, shift_fraction))
 
+        self.unet.train()  # diffusers loads in eval mode; Lightning keeps the mode it finds
         for frozen in (self.vae, self.text_encoder):
             frozen.requires_grad_(False)
             frozen.eval()

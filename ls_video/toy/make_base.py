@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=defaults.lr, help=f"default {defaults.lr}")
     args = p.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 4))
-    cfg = ToyBaseConfig(vae_steps=args.vae_steps, text_steps=args.text_steps, unet_steps=args.unet_steps, vae_batch=args.vae_batch,
-                        unet_batch=args.unet_batch, num_images=args.num_images, seed=args.seed, lr=args.lr)
+    cfg = ToyBaseConfig(vae_steps=args.vae_steps, text_steps=args.text_steps, unet_steps=args.unet_steps,
+                        vae_batch=args.vae_batch, unet_batch=args.unet_batch, num_images=args.num_images,
+                        seed=args.seed, lr=args.lr)
     check = make_base(args.out, cfg, args.vae_from)
     print(f"toy base written to {args.out}: {check}")
     return 0
