@@ -48,6 +48,9 @@ class LatentShiftModule(L.LightningModule):
             (as in the paper). Example: ``["conv1", "conv2"]`` trains only ResNet convolutions.
         caption_dropout: probability of replacing a caption by the empty prompt (enables CFG).
         snr_gamma: min-SNR-gamma loss weighting (e.g. 5.0); ``None`` gives plain MSE.
+        x0_weight_cap: weight each clip's loss by ``min(1 / SNR, cap)`` (epsilon target), i.e. an
+            x0-space loss capped at high noise. Plain epsilon MSE barely depends on the prediction of
+            the clean clip at high noise, where layout and motion are decided; this puts weight there.
         gradient_checkpointing: trade compute for memory in the U-Net.
         val_timesteps: fixed timesteps for the validation loss (default: 5 evenly spaced).
         noise_seed: noise, timesteps and caption dropout of step ``s`` on rank ``r`` come from a generator
@@ -78,6 +81,7 @@ class LatentShiftModule(L.LightningModule):
         trainable_patterns: list[str] | None = None,
         caption_dropout: float = 0.1,
         snr_gamma: float | None = None,
+        x0_weight_cap: float | None = None,
         gradient_checkpointing: bool = False,
         val_timesteps: list[int] | None = None,
         noise_seed: int = 0,
@@ -173,7 +177,14 @@ class LatentShiftModule(L.LightningModule):
         per_clip = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3, 4))
         if self.hparams.snr_gamma is not None:
             per_clip = per_clip * self.snr_weight(timesteps)
+        if self.hparams.get("x0_weight_cap") is not None:
+            per_clip = per_clip * self.x0_weight(timesteps)
         return per_clip.mean()
+
+    def x0_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """``min(1 / SNR, cap)``: epsilon error converted to clean-sample error, capped."""
+        alphas = self.noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+        return torch.clamp((1 - alphas) / alphas, max=self.hparams.x0_weight_cap)
 
     def snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma weights (Hang et al. 2023) for the scheduler's target."""

@@ -4,11 +4,11 @@
 
 Short plain-PyTorch loops, in the order Stable Diffusion's parts were made:
 1. a small ``AutoencoderKL`` (32x32 RGB -> 8x8x4 latents) on toy frames, ``scaling_factor`` set from data;
-2. a small CLIP text encoder + word-level tokenizer, pretrained so that every word of the toy
-   vocabulary (directions included) is recognisable in its hidden states (a per-token
-   reconstruction objective: the stand-in for CLIP's pretraining; without it words that never
-   occur in image captions, like "left" and "right", stay near-identical and a frozen encoder
-   cannot tell the video model which way to move);
+2. a small CLIP text encoder + word-level tokenizer, pretrained so that every hidden state tells
+   its own token and the words before it (the stand-in for CLIP's pretraining: end-of-text and
+   padding states summarise the caption). Without it, words that never occur in image captions
+   ("left", "right", ...) leave the states the U-Net attends to unchanged, and a frozen encoder
+   cannot tell the video model which way to move;
 3. an image ``UNet2DConditionModel`` trained on single frames (``"a {color} {shape}"``) with the
    text encoder frozen (epsilon prediction, caption dropout for guidance);
 4. saved as a Stable Diffusion folder (``model_index.json``, ``vae/``, ``text_encoder/``,
@@ -41,7 +41,7 @@ class ToyBaseConfig:
     object_size: int = 8
     vae_steps: int = 1500
     vae_batch: int = 32
-    text_steps: int = 400
+    text_steps: int = 600
     unet_steps: int = 4000
     unet_batch: int = 32
     unet_channels: tuple[int, int] = (32, 64)
@@ -101,19 +101,30 @@ def train_vae(images: torch.Tensor, cfg: ToyBaseConfig) -> AutoencoderKL:
 
 
 def pretrain_text_encoder(tokenizer, cfg: ToyBaseConfig):
-    """Every token must be recoverable from its hidden state (a linear probe reads it back)."""
+    """CLIP-like contextual states: each position must reveal its own token and every word so far.
+
+    Two linear probes read the hidden states: one recovers the token, one the bag of words of the
+    prefix (so the end-of-text and padding states summarise the whole caption, as CLIP's do).
+    """
     from ls_video.toy.world import all_prompts
 
     text_encoder = tiny_text_encoder(tokenizer, hidden_size=cfg.text_dim)
     captions = all_prompts() + [f"a {c} {s}" for c in COLORS for s in SHAPES] + [""]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-    probe = torch.nn.Linear(cfg.text_dim, len(tokenizer))
-    opt = torch.optim.AdamW([*text_encoder.parameters(), *probe.parameters()], lr=cfg.lr)
+    vocab = len(tokenizer)
+    prefix_bags = torch.zeros(*ids.shape, vocab)
+    prefix_bags.scatter_(2, ids[..., None], 1.0)
+    prefix_bags = prefix_bags.cummax(dim=1).values  # words seen up to each position
+    token_probe = torch.nn.Linear(cfg.text_dim, vocab)
+    bag_probe = torch.nn.Linear(cfg.text_dim, vocab)
+    params = [*text_encoder.parameters(), *token_probe.parameters(), *bag_probe.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
     bar = tqdm(range(cfg.text_steps), desc="toy base 2/3: text encoder", unit="step")
     for _ in bar:
-        logits = probe(text_encoder(ids)[0])
-        loss = F.cross_entropy(logits.flatten(0, 1), ids.flatten())
+        states = text_encoder(ids)[0]
+        loss = F.cross_entropy(token_probe(states).flatten(0, 1), ids.flatten())
+        loss = loss + F.binary_cross_entropy_with_logits(bag_probe(states), prefix_bags)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
