@@ -83,3 +83,12 @@ def test_gif_bytes_are_animated():
     from PIL import Image
 
     assert data.startswith(b"GIF89a") and Image.open(io.BytesIO(data)).n_frames == 3
+
+
+def test_batch_size_finder_scales_the_datamodule(tiny_base, toy_data, tmp_path):
+    from lightning.pytorch.callbacks import BatchSizeFinder
+
+    module = LatentShiftModule(tiny_base, warmup_steps=1, gradient_checkpointing=True)
+    finder = BatchSizeFinder(mode="power", steps_per_trial=1, max_trials=2, init_val=2)
+    trainer(tmp_path, [finder], steps=1).fit(module, toy_data)
+    assert finder.optimal_batch_size == toy_data.batch_size == 4  # 2 -> 4, then max_trials reached

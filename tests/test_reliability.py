@@ -171,6 +171,7 @@ def reliability_config(tmp_path: Path, base: str, steps: int, shard: str) -> Pat
                  "init_args": {"train_urls": shard, "batch_size": 4, "num_workers": 0, "resampled": False,
                                "shuffle_buffer": 0}},
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -220,3 +221,28 @@ def test_sigkill_mid_training_resumes_from_an_intact_checkpoint(tiny_base, tmp_p
 def test_ema_callback_rejects_bad_settings():
     with pytest.raises(ValueError, match="decay"):
         EMA(decay=1.5)
+
+
+@pytest.mark.slow
+def test_soak_with_planted_corruption_counts_match_and_memory_stays_flat(tiny_base, tmp_path):
+    import resource
+
+    # 101 samples per shard, bad at 19, 39, 59, 79, 99: about 5% planted, last sample of each shard good
+    planted = sum(shard_with_bad(tmp_path / f"s{k}.tar", 101, bad_every=20, start=101 * k) for k in range(4))
+    assert planted == 20
+    data = LatentVideoDataModule([str(tmp_path / f"s{k}.tar") for k in range(4)], batch_size=4, num_workers=0,
+                                 resampled=False, shuffle_buffer=0)
+    health = DataHealth(max_bad_fraction=0.1, min_samples=50)
+    rss = []
+
+    class Memory(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step in (40, 190):
+                rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+
+    module = LatentShiftModule(tiny_base, warmup_steps=1)
+    fit(module, data, tmp_path, steps=192, callbacks=[health, Memory()], max_epochs=2)
+    good, reasons, _ = health.totals()
+    assert sum(reasons.values()) == 2 * planted  # two passes over the shards, every planted sample counted
+    assert good == 2 * 384 and len(rss) == 2
+    assert rss[1] - rss[0] < 150 * 1024, f"peak RSS grew by {(rss[1] - rss[0]) / 1024:.0f} MiB"
