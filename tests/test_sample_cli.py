@@ -41,6 +41,7 @@ def test_gif_and_prompts_file(tiny_base, tmp_path):
     (["--model", "missing.ckpt"], "not found"),
     (["--num-frames", "0"], "must be >= 1"),
     (["--scheduler", "plms"], "invalid choice"),
+    (["--height", "15"], "divisible"),
 ])
 def test_bad_input_is_one_line(tiny_base, tmp_path, args, msg):
     base = ["--model", tiny_base, "--prompt", "x", "--out-dir", str(tmp_path / "o")]
