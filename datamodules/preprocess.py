@@ -212,8 +212,13 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
         trainer.predict(model, loader, return_predictions=False)
     elapsed = time.perf_counter() - start
     trainer.strategy.barrier()
+    return _report(out, settings, num_frames, shard_size, len(items), elapsed)
+
+
+def _report(out: str, settings: dict, num_frames: int, shard_size: int, encoded: int, elapsed: float) -> dict:
+    """Write index/report for the whole folder and add this rank's throughput."""
     report = write_index(out, {**settings, "num_frames": num_frames, "shard_size": shard_size})
-    report["clips_per_s_rank0"] = len(items) / elapsed if items and elapsed > 0 else None
+    report["clips_per_s_rank0"] = encoded / elapsed if encoded and elapsed > 0 else None
     return report
 
 
@@ -234,10 +239,7 @@ def _run_in_process(model: VaeEncoder, sources: list[Source], out: str, num_fram
     for i, batch in enumerate(loader):
         writer.write(model.predict_step(batch, i))
     writer.finish()
-    elapsed = time.perf_counter() - start
-    report = write_index(out, {**settings, "num_frames": num_frames, "shard_size": shard_size})
-    report["clips_per_s_rank0"] = len(items) / elapsed if items and elapsed > 0 else None
-    return report
+    return _report(out, settings, num_frames, shard_size, len(items), time.perf_counter() - start)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
