@@ -43,6 +43,12 @@ def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) ->
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
 
 
+def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:
+    """The U-Net's temporal settings recorded in a checkpoint's hyper-parameters."""
+    return TemporalConfig(hparams.get("temporal_mixing", "shift"), hparams.get("shift_fraction", 0.125),
+                          hparams.get("shift_placement", "residual"))
+
+
 def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: str | None = None
                              ) -> LatentShiftPipeline:
     """Rebuild the sampling pipeline of a training checkpoint: base components + trained U-Net."""
@@ -53,11 +59,10 @@ def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: s
         raise ValueError(f"{path} does not name its base model; pass it explicitly")
     parts = load_components(base)
     unet = parts["unet"]
+    apply_temporal_mixing(unet, temporal_config_from_hparams(hparams))  # added layers first, then their weights
     missing, unexpected = unet.load_state_dict(unet_state_from_checkpoint(checkpoint, ema), strict=False)
     if unexpected:
         raise ValueError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
-    config = TemporalConfig(hparams.get("temporal_mixing", "shift"), hparams.get("shift_fraction", 0.125))
-    apply_temporal_mixing(unet, config)
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config(parts["noise_scheduler"].config)

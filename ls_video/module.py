@@ -9,6 +9,7 @@ EMA, video logging and joint image batches live in ``callbacks/``.
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any, Literal
 
@@ -21,7 +22,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ls_video.loading import load_components
 from ls_video.pipeline import LatentShiftPipeline, vae_to_latents
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, TemporalMixing, apply_temporal_mixing, video_unet_forward
+from ls_video.unet import (
+    ShiftPlacement,
+    TemporalConfig,
+    TemporalMixing,
+    apply_temporal_mixing,
+    load_added_weights,
+    video_unet_forward,
+)
 
 FROZEN = ("vae.", "text_encoder.")
 
@@ -35,8 +43,11 @@ class LatentShiftModule(L.LightningModule):
             every component explicitly from Python.
         vae, text_encoder, tokenizer, unet, noise_scheduler: explicit components (override the base).
         revision: hub revision of the base.
-        temporal_mixing: ``shift`` (Latent-Shift) or ``none`` (frames independent; the ablation).
+        temporal_mixing: ``shift`` (Latent-Shift), ``none`` (frames independent), or the added-layer
+            baselines ``temporal_conv`` / ``temporal_attention`` (zero-initialised; see ``ls_video.unet``).
         shift_fraction: share of channels shifted each way in every residual block.
+        shift_placement: ``residual`` (shift before each block's ``conv1``) or ``input`` (the whole block
+            input, skip path included).
         prediction_type: override the scheduler's target (``epsilon`` or ``v_prediction``).
         learning_rate: AdamW peak learning rate.
         betas: AdamW betas.
@@ -71,6 +82,7 @@ class LatentShiftModule(L.LightningModule):
         revision: str | None = None,
         temporal_mixing: TemporalMixing = "shift",
         shift_fraction: float = 0.125,
+        shift_placement: ShiftPlacement = "residual",
         prediction_type: Literal["epsilon", "v_prediction"] | None = None,
         learning_rate: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -91,12 +103,14 @@ class LatentShiftModule(L.LightningModule):
         self.save_hyperparameters(ignore=["vae", "text_encoder", "tokenizer", "unet", "noise_scheduler"])
         given = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                      noise_scheduler=noise_scheduler)
+        loaded: dict[str, Any] = {}
         if any(v is None for v in given.values()):
             if pretrained_model_name_or_path is None:
                 missing = [k for k, v in given.items() if v is None]
                 raise ValueError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
             loaded = load_components(pretrained_model_name_or_path, revision)
             given = {k: v if v is not None else loaded[k] for k, v in given.items()}
+        config = TemporalConfig(temporal_mixing, shift_fraction, shift_placement)
         self.vae, self.text_encoder, self.unet = given["vae"], given["text_encoder"], given["unet"]
         self.tokenizer = given["tokenizer"]
         scheduler = given["noise_scheduler"]
@@ -105,7 +119,10 @@ class LatentShiftModule(L.LightningModule):
         if prediction_type is not None:
             scheduler.register_to_config(prediction_type=prediction_type)
         self.noise_scheduler = scheduler
-        apply_temporal_mixing(self.unet, TemporalConfig(temporal_mixing, shift_fraction))
+        apply_temporal_mixing(self.unet, config)
+        saved = loaded.get("temporal_config") if unet is None else None
+        if saved is not None and saved.temporal_mixing == temporal_mixing:  # resume from an exported baseline
+            load_added_weights(self.unet, os.path.join(pretrained_model_name_or_path, "unet"))
 
         self.unet.train()  # diffusers loads in eval mode; Lightning keeps the mode it finds
         for frozen in (self.vae, self.text_encoder):

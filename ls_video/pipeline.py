@@ -21,7 +21,13 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, apply_temporal_mixing, get_temporal_config, video_unet_forward
+from ls_video.unet import (
+    TemporalConfig,
+    apply_temporal_mixing,
+    get_temporal_config,
+    load_added_weights,
+    video_unet_forward,
+)
 
 
 @dataclass
@@ -77,6 +83,7 @@ class LatentShiftPipeline(DiffusionPipeline):
             config = TemporalConfig.load(os.path.join(pretrained_model_name_or_path, "unet"))
             if config is not None:
                 apply_temporal_mixing(pipe.unet, config)
+                load_added_weights(pipe.unet, os.path.join(pretrained_model_name_or_path, "unet"))
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:

@@ -1,11 +1,19 @@
-"""Temporal mixing for a diffusers ``UNet2DConditionModel`` without touching its weights.
+"""Temporal mixing for a diffusers ``UNet2DConditionModel``.
 
-The shift is installed as a forward pre-hook on ``conv1`` of every ``ResnetBlock2D`` (down, mid
-and up blocks): it acts on the residual branch after ``norm1`` + activation, right before the
-first convolution, as TSM's residual shift. Skip paths and attention are untouched. No module,
-parameter or buffer is added, so ``state_dict`` keys and parameter counts stay those of the
-diffusers U-Net: Stable Diffusion weights load unchanged and a trained U-Net saves with plain
-``save_pretrained``. The settings travel next to it in ``latent_shift.json``.
+``shift`` (Latent-Shift) is installed as a forward pre-hook on ``conv1`` of every ``ResnetBlock2D``
+(down, mid and up blocks): it acts on the residual branch after ``norm1`` + activation, right before
+the first convolution, as TSM's residual shift (``shift_placement="input"`` shifts the block input
+instead, skip path included). Skip paths and attention are untouched. No module, parameter or buffer
+is added, so ``state_dict`` keys and parameter counts stay those of the diffusers U-Net: Stable
+Diffusion weights load unchanged and a trained U-Net saves with plain ``save_pretrained``. The
+settings travel next to it in ``latent_shift.json``.
+
+The baselines of the ablation add zero-initialised layers (identity at the start, so base weights
+still load and behave unchanged): ``temporal_conv`` runs diffusers' ``TemporalConvLayer`` (1D
+convolutions over frames, Make-A-Video / ModelScope style) after every ``ResnetBlock2D``;
+``temporal_attention`` runs diffusers' ``TransformerTemporalModel`` (self-attention over frames with
+sinusoidal frame positions, AnimateDiff style) after every spatial ``Transformer2DModel``. Their
+weights are children of the blocks they follow, so they save and load with the U-Net's state dict.
 
 Outside the U-Net videos are ``(B, F, C, H, W)``; :func:`video_unet_forward` folds frames into
 the batch, tells the hooks ``F``, and unfolds the result.
@@ -20,13 +28,18 @@ from typing import Literal
 
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from einops import rearrange
 
 from ls_video.shift import shift_channels, temporal_shift
 
 TEMPORAL_CONFIG_NAME = "latent_shift.json"
-TemporalMixing = Literal["shift", "none"]
+TemporalMixing = Literal["shift", "none", "temporal_conv", "temporal_attention"]
+ShiftPlacement = Literal["residual", "input"]
+MIXINGS = ("shift", "none", "temporal_conv", "temporal_attention")
+ADDED_NAMES = ("temporal_conv", "temporal_attention")  # attribute names of added layers
 
 
 @dataclass
@@ -34,16 +47,22 @@ class TemporalConfig:
     """How frames talk to each other inside the U-Net.
 
     Args:
-        temporal_mixing: ``"shift"`` (Latent-Shift) or ``"none"`` (frames independent, an image model).
+        temporal_mixing: ``"shift"`` (Latent-Shift), ``"none"`` (frames independent, an image model),
+            or the added-layer baselines ``"temporal_conv"`` / ``"temporal_attention"``.
         shift_fraction: share of channels shifted in each direction (1/8 forward + 1/8 backward).
+        shift_placement: ``"residual"`` (before ``conv1``, the default) or ``"input"`` (the whole block
+            input, skip path included; TSM's in-place shift).
     """
 
     temporal_mixing: TemporalMixing = "shift"
     shift_fraction: float = 0.125
+    shift_placement: ShiftPlacement = "residual"
 
     def __post_init__(self) -> None:
-        if self.temporal_mixing not in ("shift", "none"):
-            raise ValueError(f"temporal_mixing must be 'shift' or 'none', got {self.temporal_mixing!r}")
+        if self.temporal_mixing not in MIXINGS:
+            raise ValueError(f"temporal_mixing must be one of {', '.join(MIXINGS)}; got {self.temporal_mixing!r}")
+        if self.shift_placement not in ("residual", "input"):
+            raise ValueError(f"shift_placement must be 'residual' or 'input', got {self.shift_placement!r}")
         shift_channels(1, self.shift_fraction)  # validates the range
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -79,6 +98,48 @@ class _ShiftHook:
         return (temporal_shift(args[0], self.state.num_frames, self.fraction), *args[1:])
 
 
+class _AddedLayerHook:
+    """Forward hook: pass a block's output through the temporal layer stored on that block."""
+
+    def __init__(self, state: _FrameState, name: str) -> None:
+        self.state = state
+        self.name = name
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output):
+        layer = getattr(module, self.name)
+        if isinstance(output, tuple):  # Transformer2DModel(return_dict=False)
+            return (layer(output[0], num_frames=self.state.num_frames, return_dict=False)[0], *output[1:])
+        if self.name == "temporal_attention":
+            return type(output)(sample=layer(output.sample, num_frames=self.state.num_frames, return_dict=False)[0])
+        return layer(output, num_frames=self.state.num_frames)
+
+
+def _temporal_attention(block: Transformer2DModel, max_frames: int = 64) -> TransformerTemporalModel:
+    """A zero-initialised temporal transformer shaped like ``block`` (same heads and width)."""
+    channels = block.config.in_channels
+    heads = block.config.num_attention_heads
+    layer = TransformerTemporalModel(
+        num_attention_heads=heads, attention_head_dim=channels // heads, in_channels=channels,
+        norm_num_groups=block.config.norm_num_groups, positional_embeddings="sinusoidal",
+        num_positional_embeddings=max_frames,
+    )
+    torch.nn.init.zeros_(layer.proj_out.weight)
+    torch.nn.init.zeros_(layer.proj_out.bias)
+    return layer
+
+
+def _remove_added_layers(unet: torch.nn.Module) -> None:
+    for module in unet.modules():
+        for name in ADDED_NAMES:
+            if name in module._modules:
+                del module._modules[name]
+
+
+def added_parameters(unet: torch.nn.Module) -> int:
+    """Parameters the temporal layers added to the image U-Net (0 for ``shift`` and ``none``)."""
+    return sum(p.numel() for n, p in unet.named_parameters() if any(f".{a}." in f".{n}" for a in ADDED_NAMES))
+
+
 class _Temporal:
     """What :func:`apply_temporal_mixing` attaches to a U-Net (a plain attribute, not a module)."""
 
@@ -91,19 +152,33 @@ class _Temporal:
 def apply_temporal_mixing(
     unet: UNet2DConditionModel, config: TemporalConfig | None = None
 ) -> UNet2DConditionModel:
-    """Install (or replace) temporal mixing on ``unet`` in place and return it."""
+    """Install (or replace) temporal mixing on ``unet`` in place and return it.
+
+    Added layers (``temporal_conv`` / ``temporal_attention``) are created zero-initialised on the
+    U-Net's device and dtype; an earlier mixing's hooks and added layers are removed first.
+    """
     config = config or TemporalConfig()
     old = getattr(unet, "_latent_shift", None)
     if old is not None:
         for handle in old.handles:
             handle.remove()
+    _remove_added_layers(unet)
     state = _FrameState()
     handles = []
-    if config.temporal_mixing == "shift":
-        hook = _ShiftHook(state, config.shift_fraction)
-        for module in unet.modules():
-            if isinstance(module, ResnetBlock2D):
-                handles.append(module.conv1.register_forward_pre_hook(hook))
+    ref = next(unet.parameters())
+    for module in list(unet.modules()):
+        if config.temporal_mixing == "shift" and isinstance(module, ResnetBlock2D):
+            hook = _ShiftHook(state, config.shift_fraction)
+            target = module.conv1 if config.shift_placement == "residual" else module
+            handles.append(target.register_forward_pre_hook(hook))
+        elif config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
+            module.temporal_conv = TemporalConvLayer(module.conv2.out_channels, norm_num_groups=module.norm2.num_groups)
+            torch.nn.Module.to(module.temporal_conv, ref.device, ref.dtype)
+            handles.append(module.register_forward_hook(_AddedLayerHook(state, "temporal_conv")))
+        elif config.temporal_mixing == "temporal_attention" and isinstance(module, Transformer2DModel):
+            module.temporal_attention = _temporal_attention(module)
+            torch.nn.Module.to(module.temporal_attention, ref.device, ref.dtype)  # (ModelMixin.to warns)
+            handles.append(module.register_forward_hook(_AddedLayerHook(state, "temporal_attention")))
     unet._latent_shift = _Temporal(config, state, handles)
     return unet
 
@@ -114,8 +189,25 @@ def get_temporal_config(unet: torch.nn.Module) -> TemporalConfig | None:
     return temporal.config if temporal is not None else None
 
 
+def load_added_weights(unet: torch.nn.Module, unet_dir: str | os.PathLike) -> None:
+    """Load the added temporal layers' weights from a saved U-Net folder (diffusers drops them)."""
+    names = [k for k in unet.state_dict() if any(f".{a}." in f".{k}" for a in ADDED_NAMES)]
+    if not names:
+        return
+    from safetensors.torch import load_file
+
+    files = sorted(f for f in os.listdir(unet_dir) if f.endswith(".safetensors"))
+    state = {}
+    for name in files:
+        state.update({k: v for k, v in load_file(os.path.join(unet_dir, name)).items() if k in names})
+    missing = sorted(set(names) - set(state))
+    if missing:
+        raise ValueError(f"{unet_dir} lacks {len(missing)} temporal-layer weights, e.g. {missing[0]}")
+    unet.load_state_dict(state, strict=False)
+
+
 def num_shift_hooks(unet: torch.nn.Module) -> int:
-    """How many residual blocks carry the shift (for tests and logs)."""
+    """How many blocks carry a temporal hook (shift or added layer; for tests and logs)."""
     temporal = getattr(unet, "_latent_shift", None)
     return len(temporal.handles) if temporal is not None else 0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -29,6 +28,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, crf: 
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    import av  # imported on use: training from precomputed shards does not need PyAV
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
@@ -63,6 +64,8 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
     Raises ``ValueError`` for files that hold no decodable video frames.
     """
+    import av
+
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path}: no video stream")

@@ -1,6 +1,6 @@
 """Direction accuracy against training time: evaluate every checkpoint of a toy run.
 
-    python -m ls_video.toy.curve RUN_DIR [--seeds 2] [--steps 25] [--frames 6]
+    python -m ls_video.toy.curve RUN_DIR [--seeds 2] [--steps 25] [--frames 6] [--device cuda]
 
 For each ``RUN_DIR/checkpoints/*.ckpt`` (EMA weights when present) it samples the 32 toy prompts
 x ``--seeds`` seeds (seeds start at 1000, away from the demo's), scores them with
@@ -23,9 +23,10 @@ from ls_video.metrics.toy import score
 from ls_video.toy.world import all_prompts
 
 
-def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance: float, seed0: int = 1000) -> dict:
+def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance: float, seed0: int = 1000,
+                        device: str = "cpu") -> dict:
     ckpt = load_checkpoint(path)
-    pipe = pipeline_from_checkpoint(path, ema=find_ema_state(ckpt) is not None)
+    pipe = pipeline_from_checkpoint(path, ema=find_ema_state(ckpt) is not None).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = [p for p in all_prompts() for _ in range(seeds)]
     generators = [torch.Generator().manual_seed(seed0 + i % seeds) for i in range(len(prompts))]
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--frames", type=int, default=6, help="frames per video")
     p.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to sample (default: cuda when available)")
     args = p.parse_args(argv)
     paths = sorted(glob.glob(os.path.join(args.run_dir, "checkpoints", "step*.ckpt")))
     if not paths:
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print("| step | direction | steps right | colour | shape | consistency |\n|---|---|---|---|---|---|")
     for path in paths:
-        r = evaluate_checkpoint(path, args.seeds, args.steps, args.frames, args.guidance_scale)
+        r = evaluate_checkpoint(path, args.seeds, args.steps, args.frames, args.guidance_scale, device=args.device)
         rows.append(r)
         print(f"| {r['step']} | {r['direction_acc']:.2f} | {r['step_acc']:.2f} | {r['color_acc']:.2f} | "
               f"{r['shape_acc']:.2f} | {r['consistency']:.2f} |", flush=True)
