@@ -33,7 +33,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from einops import rearrange
 
-from ls_video.shift import shift_channels, temporal_shift
+from ls_video.shift import shift_channels, temporal_shift, temporal_shift_
 
 TEMPORAL_CONFIG_NAME = "latent_shift.json"
 TemporalMixing = Literal["shift", "none", "temporal_conv", "temporal_attention"]
@@ -88,14 +88,22 @@ class _FrameState:
 
 
 class _ShiftHook:
-    """Forward pre-hook for ``ResnetBlock2D.conv1``: shift the residual branch over frames."""
+    """Forward pre-hook: shift the hooked module's first input over frames.
 
-    def __init__(self, state: _FrameState, fraction: float) -> None:
+    ``in_place`` (the ``conv1`` hook): without autograd the input is the fresh activation that only
+    ``conv1`` reads, so it is shifted in place (no full-size copy while sampling).
+    """
+
+    def __init__(self, state: _FrameState, fraction: float, in_place: bool = False) -> None:
         self.state = state
         self.fraction = fraction
+        self.in_place = in_place
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
-        return (temporal_shift(args[0], self.state.num_frames, self.fraction), *args[1:])
+        x = args[0]
+        if self.in_place and not torch.is_grad_enabled():
+            return (temporal_shift_(x, self.state.num_frames, self.fraction), *args[1:])
+        return (temporal_shift(x, self.state.num_frames, self.fraction), *args[1:])
 
 
 class _AddedLayerHook:
@@ -168,16 +176,20 @@ def apply_temporal_mixing(
     ref = next(unet.parameters())
     for module in list(unet.modules()):
         if config.temporal_mixing == "shift" and isinstance(module, ResnetBlock2D):
-            hook = _ShiftHook(state, config.shift_fraction)
-            target = module.conv1 if config.shift_placement == "residual" else module
+            residual = config.shift_placement == "residual"
+            hook = _ShiftHook(state, config.shift_fraction, in_place=residual)
+            target = module.conv1 if residual else module
             handles.append(target.register_forward_pre_hook(hook))
         elif config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
-            module.temporal_conv = TemporalConvLayer(module.conv2.out_channels, norm_num_groups=module.norm2.num_groups)
-            torch.nn.Module.to(module.temporal_conv, ref.device, ref.dtype)
+            with torch.device(ref.device):
+                module.temporal_conv = TemporalConvLayer(module.conv2.out_channels,
+                                                         norm_num_groups=module.norm2.num_groups)
+            module.temporal_conv.to(ref.dtype)
             handles.append(module.register_forward_hook(_AddedLayerHook(state, "temporal_conv")))
         elif config.temporal_mixing == "temporal_attention" and isinstance(module, Transformer2DModel):
-            module.temporal_attention = _temporal_attention(module)
-            torch.nn.Module.to(module.temporal_attention, ref.device, ref.dtype)  # (ModelMixin.to warns)
+            with torch.device(ref.device):
+                module.temporal_attention = _temporal_attention(module)
+            torch.nn.Module.to(module.temporal_attention, ref.dtype)  # (ModelMixin.to warns on dtype casts)
             handles.append(module.register_forward_hook(_AddedLayerHook(state, "temporal_attention")))
     unet._latent_shift = _Temporal(config, state, handles)
     return unet

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ls_video.shift import temporal_shift
+from ls_video.shift import temporal_shift, temporal_shift_
 
 
 def clip(frames: int, channels: int) -> torch.Tensor:
@@ -74,6 +74,28 @@ def test_compiles_without_graph_breaks():
     x = torch.randn(6, 8, 4, 4)
     compiled = torch.compile(lambda t: temporal_shift(t, 3, 0.125), fullgraph=True, backend="eager")
     assert torch.equal(compiled(x), temporal_shift(x, 3, 0.125))
+    xg = x.clone().requires_grad_()  # the autograd path (custom backward) compiles too
+    compiled(xg).square().sum().backward()
+    ref = x.clone().requires_grad_()
+    temporal_shift(ref, 3, 0.125).square().sum().backward()
+    assert torch.equal(xg.grad, ref.grad)
+
+
+def test_gradcheck():
+    x = torch.randn(2 * 3, 8, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: temporal_shift(t, 3, 0.25), (x,))
+
+
+@pytest.mark.parametrize("fraction", [0.0625, 0.125, 0.25, 0.5])
+def test_in_place_matches_out_of_place(fraction):
+    x = torch.randn(3 * 5, 16, 4, 4).to(memory_format=torch.channels_last)
+    expected = temporal_shift(x, 5, fraction)
+    y = x.clone()
+    with torch.no_grad():
+        out = temporal_shift_(y, 5, fraction)
+    assert out is y and torch.equal(y, expected)
+    with pytest.raises(RuntimeError, match="inference"):
+        temporal_shift_(torch.randn(4, 8, 2, 2, requires_grad=True), 2)
 
 
 @pytest.mark.gpu

@@ -105,3 +105,13 @@ def test_sd15_sized_unet_gains_no_parameters():
     assert count == sum(p.numel() for p in shifted.parameters()) == 859_520_964
     assert list(plain.state_dict()) == list(shifted.state_dict())
     assert num_shift_hooks(shifted) == 22  # every ResnetBlock2D of down, mid and up blocks
+
+
+def test_inference_in_place_shift_matches_autograd_path():
+    torch.manual_seed(0)
+    unet = apply_temporal_mixing(tiny_unet().eval())
+    x, t, ctx = inputs(b=2, f=4)
+    with torch.no_grad():
+        fast = video_unet_forward(unet, x, t, ctx)  # in-place shift before each conv1
+    slow = video_unet_forward(unet, x.requires_grad_(), t, ctx)  # out-of-place, differentiable
+    assert torch.allclose(fast, slow.detach(), atol=1e-6)
