@@ -56,7 +56,8 @@ def main() -> None:
     variants = args.variants.split(",")
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    unet = sd15_unet().to(args.device, dtype)
+    with torch.device(args.device):
+        unet = sd15_unet().to(dtype)
     base_params = sum(q.numel() for q in unet.parameters())
     x = torch.randn(1, args.frames, 4, args.latent, args.latent, device=args.device, dtype=dtype)
     ctx = torch.randn(1, 77, unet.config.cross_attention_dim, device=args.device, dtype=dtype)

@@ -76,7 +76,8 @@ class RandomClips(torch.utils.data.Dataset):
 
 
 def run(name: str, args) -> dict:
-    parts = sd15_components()
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init where it runs: fast
+        parts = sd15_components()
     parts.pop("scheduler")
     module = LatentShiftModule(**parts, learning_rate=1e-5, warmup_steps=0, lr_schedule="constant",
                                **CONFIGS[name])

@@ -8,6 +8,7 @@ neighbours at the clip ends are zeros, never wrapped around. With ``F == 1`` it 
 Cost: one output tensor in the forward pass, and one in the backward pass, which is the same shift
 with the two directions swapped (its adjoint) instead of autograd's slice-by-slice gradient.
 :func:`temporal_shift_` shifts in place (inference only) and allocates just the moved slices.
+Under ``torch.compile`` both use a mutation-free form that inductor fuses into one kernel.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def _frames_view(x: torch.Tensor, num_frames: int) -> torch.Tensor:
         raise ValueError(f"leading dim {bf} is not a multiple of num_frames={num_frames}")
     # Splitting dim 0 is a free view for any strides, so channels_last inputs stay channels_last.
     return x.view(bf // num_frames, num_frames, c, h, w)
+
+
+def _shift_functional(x: torch.Tensor, num_frames: int, n: int) -> torch.Tensor:
+    """The same shift without mutation (``torch.cat``), for ``torch.compile`` to fuse into one kernel."""
+    src = _frames_view(x, num_frames)
+    zero = torch.zeros_like(src[:, :1, :n])
+    fwd = torch.cat([zero, src[:, :-1, :n]], dim=1)
+    bwd = torch.cat([src[:, 1:, n : 2 * n], zero], dim=1)
+    return torch.cat([fwd, bwd, src[:, :, 2 * n :]], dim=2).reshape(x.shape)
 
 
 def _shift(x: torch.Tensor, num_frames: int, n: int, reverse: bool = False) -> torch.Tensor:
@@ -69,6 +79,8 @@ def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float = 0.125) ->
     if num_frames == 1 or n == 0:
         return x
     _frames_view(x, num_frames)  # validate before autograd
+    if torch.compiler.is_compiling():  # inductor fuses this and differentiates it itself
+        return _shift_functional(x, num_frames, n)
     if torch.is_grad_enabled() and x.requires_grad:
         return _TemporalShift.apply(x, num_frames, n)
     return _shift(x, num_frames, n)
@@ -83,6 +95,8 @@ def temporal_shift_(x: torch.Tensor, num_frames: int, fraction: float = 0.125) -
     n = shift_channels(x.shape[1], fraction)
     if num_frames == 1 or n == 0:
         return x
+    if torch.compiler.is_compiling():  # no in-place writes inside compiled graphs
+        return _shift_functional(x, num_frames, n)
     if torch.is_grad_enabled() and x.requires_grad:
         raise RuntimeError("temporal_shift_ is for inference; use temporal_shift under autograd")
     v = _frames_view(x, num_frames)

@@ -81,6 +81,21 @@ def test_compiles_without_graph_breaks():
     assert torch.equal(xg.grad, ref.grad)
 
 
+@pytest.mark.slow
+def test_inductor_matches_eager_forward_backward_and_in_place():
+    x = torch.randn(2 * 4, 32, 8, 8)
+    fn = torch.compile(lambda t: temporal_shift(t, 4, 0.125) * 2)
+    xg = x.clone().requires_grad_()
+    y = fn(xg)
+    y.square().sum().backward()
+    ref = x.clone().requires_grad_()
+    (temporal_shift(ref, 4, 0.125) * 2).square().sum().backward()
+    assert torch.equal(y, temporal_shift(x, 4, 0.125) * 2) and torch.equal(xg.grad, ref.grad)
+    inplace = torch.compile(lambda t: temporal_shift_(t.clone(), 4, 0.125) + 1)
+    with torch.no_grad():
+        assert torch.equal(inplace(x), temporal_shift(x, 4, 0.125) + 1)
+
+
 def test_gradcheck():
     x = torch.randn(2 * 3, 8, 2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: temporal_shift(t, 3, 0.25), (x,))
