@@ -1,21 +1,37 @@
 """Evaluate a ``sample.py`` output folder (``manifest.json`` + videos).
 
-    python -m ls_video.eval DIR [--metrics motion]
+    python -m ls_video.eval DIR [--metrics motion,clipsim,fvd,fid] [--clip-model PATH]
+        [--fvd-model PATH] [--fid-model PATH] [--reference DIR|toy] [--device cpu]
 
 Prints a table and writes ``DIR/metrics.json`` with flat keys (``direction_acc``, ``step_acc``,
-``color_acc``, ``shape_acc``, ``consistency``) plus the protocol (samples, frames, resolution, seeds).
+``color_acc``, ``shape_acc``, ``consistency``, ``clipsim``, ``clip_frame_consistency``, ``fvd``,
+``fid``) plus the protocol: samples, frames, resolution, seeds, sampler, and per metric its
+extractor, the SHA-256 of the extractor's weights, the value range fed to it and the reference set.
+
+* ``motion``: toy-world direction / colour / shape / temporal consistency from pixels (toy prompts).
+* ``clipsim``: CLIP image-text cosine, ``--clip-model`` (any transformers ``CLIPModel`` folder or id).
+* ``fvd``: Fréchet distance of clip features, ``--fvd-model`` (VideoMAE, CLIP, or our toy net from
+  ``python -m ls_video.metrics.toy_net``), against ``--reference``.
+* ``fid``: Fréchet distance of per-frame CLIP image features, ``--fid-model`` (default: the CLIP model).
+
+``--reference`` is a folder of real videos (mp4/gif/webm, or a ``sample.py`` folder) or ``toy``:
+clips of the toy world's validation split rendered at the samples' resolution and frame count.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
 
+import numpy as np
+
 from ls_video.video_io import read_video
 
-METRICS = ("motion",)
+METRICS = ("motion", "clipsim", "fvd", "fid")
+VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv")
 
 
 def load_samples(folder: str) -> tuple[list, list[dict]]:
@@ -29,22 +45,74 @@ def load_samples(folder: str) -> tuple[list, list[dict]]:
     return videos, rows
 
 
-def evaluate(folder: str, metrics: tuple[str, ...] = METRICS) -> dict:
-    from ls_video.metrics.toy import score
+def load_reference(reference: str, like: list[np.ndarray], n: int) -> tuple[list[np.ndarray], str]:
+    """Real videos to compare with, and a description of the set for the protocol."""
+    frames, size = like[0].shape[0], like[0].shape[1]
+    if reference == "toy":
+        from ls_video.toy.world import ToyWorld
 
+        world = ToyWorld(size=size, num_frames=frames, object_size=max(2, size // 4))
+        clips = world.clips(max(n, 2), "val", seed=1)
+        return [world.render(c) for c in clips], f"toy world val split, {len(clips)} clips, seed 1"
+    if not os.path.isdir(reference):
+        raise FileNotFoundError(f"reference {reference!r} is neither a folder nor 'toy'")
+    if os.path.isfile(os.path.join(reference, "manifest.json")):
+        videos, _ = load_samples(reference)
+    else:
+        paths = sorted(p for p in glob.glob(os.path.join(reference, "**", "*"), recursive=True)
+                       if p.lower().endswith(VIDEO_EXTENSIONS))
+        videos = [read_video(p)[0] for p in paths]
+    videos = [v[:frames] for v in videos if len(v) >= frames]
+    if len(videos) < 2:
+        raise ValueError(f"reference {reference} holds fewer than 2 videos with >= {frames} frames")
+    return videos, f"{reference}, {len(videos)} videos, first {frames} frames"
+
+
+def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: str | None = None,
+             fvd_model: str | None = None, fid_model: str | None = None, reference: str | None = None,
+             device: str = "cpu") -> dict:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; available: {list(METRICS)}")
+    fid_model = fid_model or clip_model
+    needs = {"clipsim": ("--clip-model", clip_model), "fvd": ("--fvd-model", fvd_model),
+             "fid": ("--fid-model or --clip-model", fid_model)}
+    for m in metrics:
+        if m in needs and not needs[m][1]:
+            raise ValueError(f"metric {m!r} needs {needs[m][0]}")
+    if ("fvd" in metrics or "fid" in metrics) and not reference:
+        raise ValueError("fvd/fid need --reference (a folder of real videos, or 'toy')")
     videos, rows = load_samples(folder)
-    result: dict = {"protocol": {"num_samples": len(rows), "num_frames": int(videos[0].shape[0]),
-                                 "resolution": list(videos[0].shape[1:3]),
-                                 "seeds": sorted({r["seed"] for r in rows}),
-                                 "sampler": {k: rows[0].get(k) for k in ("scheduler", "steps", "guidance_scale")}}}
+    prompts = [r["prompt"] for r in rows]
+    protocol = {"num_samples": len(rows), "num_frames": int(videos[0].shape[0]),
+                "resolution": list(videos[0].shape[1:3]), "seeds": sorted({r["seed"] for r in rows}),
+                "sampler": {k: rows[0].get(k) for k in ("scheduler", "steps", "guidance_scale")}}
+    result: dict = {"protocol": protocol}
     if "motion" in metrics:
-        toy = score(videos, [r["prompt"] for r in rows])
+        from ls_video.metrics.toy import score
+
+        toy = score(videos, prompts)
         result.update({k: v for k, v in toy.items() if k != "rows" and v is not None})
         result["per_video"] = [dict(r, file=row["file"], seed=row["seed"]) for r, row in zip(toy["rows"], rows,
                                                                                               strict=True)]
+    if "clipsim" in metrics:
+        from ls_video.metrics.clipsim import clipsim
+
+        out = clipsim(videos, prompts, clip_model, device)
+        protocol["clipsim"] = out.pop("clipsim_protocol")
+        result.update(out)
+    if "fvd" in metrics or "fid" in metrics:
+        from ls_video.metrics.features import Extractor
+        from ls_video.metrics.frechet import frechet_distance_of
+
+        real, described = load_reference(reference, videos, len(videos))
+        for name, path in (("fvd", fvd_model), ("fid", fid_model)):
+            if name not in metrics:
+                continue
+            ex = Extractor(path, device)
+            feats = ex.video_features if name == "fvd" else ex.frame_features
+            result[name] = frechet_distance_of(feats(videos), feats(real))
+            protocol[name] = dict(ex.protocol, reference=described, num_generated=len(videos), num_real=len(real))
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -54,16 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ls_video.eval", description=__doc__.split("\n")[0])
     p.add_argument("dir", help="folder written by sample.py")
     p.add_argument("--metrics", default="motion", help=f"comma-separated, from {list(METRICS)}")
+    p.add_argument("--clip-model", help="CLIPModel folder or hub id (clipsim; default extractor for fid)")
+    p.add_argument("--fvd-model", help="video feature extractor: VideoMAE / CLIP folder or a toy-net folder")
+    p.add_argument("--fid-model", help="frame feature extractor for fid (a CLIP folder; default --clip-model)")
+    p.add_argument("--reference", help="real videos for fvd/fid: a folder of videos, a sample.py folder, or 'toy'")
+    p.add_argument("--device", default="cpu", help="device for the feature extractors")
     args = p.parse_args(argv)
     try:
-        result = evaluate(args.dir, tuple(m.strip() for m in args.metrics.split(",") if m.strip()))
+        result = evaluate(args.dir, tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+                          args.clip_model, args.fvd_model, args.fid_model, args.reference, args.device)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"eval: error: {err}", file=sys.stderr)
         return 2
     for key, value in result.items():
         if isinstance(value, float):
-            print(f"{key:>14}  {value:.3f}")
-    print(f"{'n':>14}  {result['protocol']['num_samples']}  (metrics.json written)")
+            print(f"{key:>22}  {value:.4f}")
+    print(f"{'n':>22}  {result['protocol']['num_samples']}  (metrics.json written)")
     return 0
 
 

@@ -1,0 +1,157 @@
+"""The ablation: train each temporal-mixing variant on the toy world, sample, score, write a table.
+
+    python -m ls_video.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--steps N]
+
+For every variant (and with ``--sweep`` the shift-fraction / placement sweep) it runs
+``train.py fit -c <train_config> <overrides>`` into ``<out>/<variant>`` (skipped when that run already
+reached the step budget, so an interrupted ablation continues), samples the 32 toy prompts x
+``seeds`` seeds from the EMA weights, and scores them (``ls_video.metrics.toy``). Train-step and
+sampling times are measured side by side in one process (variants alternating) as ratios to
+``none``. Results go to ``<out>/results.json`` and the table between the ablation markers of
+``<results>`` (docs/RESULTS.md), with the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import yaml
+
+from ls_video.checkpoint import load_checkpoint, temporal_config_from_hparams
+from ls_video.toy.curve import evaluate_checkpoint
+from ls_video.unet import added_parameters
+
+START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+
+
+def train(name: str, overrides: list[str], cfg: dict, steps: int) -> str:
+    """Train one variant (or reuse a finished run); returns its last checkpoint."""
+    run = os.path.join(cfg["out"], name)
+    last = os.path.join(run, "checkpoints", "last.ckpt")
+    if os.path.isfile(last) and load_checkpoint(last).get("global_step", 0) >= steps:
+        print(f"[ablation] {name}: reusing {last}", flush=True)
+        return last
+    cmd = [sys.executable, "train.py", "fit", "-c", cfg["train_config"], "--trainer.max_steps", str(steps),
+           "--trainer.default_root_dir", run, "--trainer.logger.init_args.save_dir", run,
+           *map(str, cfg.get("shared", [])), *map(str, overrides)]
+    if os.path.isfile(last):
+        cmd += ["--ckpt_path", last]
+    print(f"[ablation] {name}: {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    print(f"[ablation] {name}: trained in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    return last
+
+
+def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
+    """Median train-step and sampling seconds per variant, variants alternating in this process."""
+    from benchmarks.timing import alternate
+    from ls_video.checkpoint import pipeline_from_checkpoint
+    from ls_video.module import LatentShiftModule
+
+    modules, pipes = {}, {}
+    for name, path in ckpts.items():
+        hp = load_checkpoint(path)["hyper_parameters"]
+        config = temporal_config_from_hparams(hp)
+        modules[name] = LatentShiftModule(hp["pretrained_model_name_or_path"], temporal_mixing=config.temporal_mixing,
+                                          shift_fraction=config.shift_fraction, shift_placement=config.shift_placement,
+                                          caption_dropout=0.0)
+        pipes[name] = pipeline_from_checkpoint(path)
+        pipes[name].set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    batch = {"latents": torch.randn(16, 6, 4, 8, 8, generator=g), "captions": ["a red square moving left"] * 16}
+
+    def train_step(name):
+        def setup():
+            m = modules[name]
+            m.unet.zero_grad(set_to_none=True)
+            return lambda: m.diffusion_loss(batch["latents"], m.text_embeddings(batch, 0.0)).backward()
+        return setup
+
+    def sample(name):
+        def setup():
+            return lambda: pipes[name](["a red square moving left"] * 4, num_frames=6, num_inference_steps=25,
+                                       guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+        return setup
+
+    train_s = alternate({n: train_step(n) for n in ckpts}, reps, "cpu")
+    sample_s = alternate({n: sample(n) for n in ckpts}, max(1, reps // 2), "cpu")
+    return {n: dict(train_step_s=train_s[n], sample_s=sample_s[n], added_params=added_parameters(pipes[n].unet))
+            for n in ckpts}
+
+
+def table(rows: dict[str, dict]) -> str:
+    ref = rows.get("none")
+    lines = ["| variant | added params | train step (x none) | sampling (x none) | direction | steps right | "
+             "colour | shape | consistency |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        tr = f"{r['train_step_s'] / ref['train_step_s']:.2f}" if ref else "-"
+        sr = f"{r['sample_s'] / ref['sample_s']:.2f}" if ref else "-"
+        lines.append(f"| {name} | {r['added_params']:,} | {tr} | {sr} | {r['direction_acc']:.2f} | {r['step_acc']:.2f} "
+                     f"| {r['color_acc']:.2f} | {r['shape_acc']:.2f} | {r['consistency']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_results(path: str, text: str) -> None:
+    """Replace the text between the ablation markers of ``path`` (appending them when absent)."""
+    doc = open(path).read() if os.path.isfile(path) else "# Results\n"
+    if START in doc and END in doc:
+        doc = doc[: doc.index(START)] + text + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text + "\n"
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ls_video.ablation", description=__doc__.split("\n")[0])
+    p.add_argument("-c", "--config", required=True, help="ablation YAML (e.g. configs/ablation/toy.yaml)")
+    p.add_argument("--only", help="comma-separated variant names (default: all `variants`)")
+    p.add_argument("--sweep", action="store_true", help="also run the `sweep` entries (shift fraction, placement)")
+    p.add_argument("--steps", type=int, help="override the step budget")
+    p.add_argument("--seeds", type=int, help="override videos per prompt")
+    args = p.parse_args(argv)
+    try:
+        with open(args.config) as f:
+            cfg = yaml.safe_load(f)
+    except OSError as e:
+        print(f"ablation: error: {e}", file=sys.stderr)
+        return 2
+    steps, seeds = args.steps or cfg["steps"], args.seeds or cfg["seeds"]
+    variants = dict(cfg["variants"])
+    if args.sweep:
+        variants.update(cfg.get("sweep", {}))
+    if args.only:
+        unknown = set(args.only.split(",")) - set(variants)
+        if unknown:
+            print(f"ablation: error: unknown variants {sorted(unknown)}; known: {sorted(variants)}", file=sys.stderr)
+            return 2
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
+    ckpts = {name: train(name, overrides, cfg, steps) for name, overrides in variants.items()}
+    rows = {}
+    for name, path in ckpts.items():
+        r = evaluate_checkpoint(path, seeds, 25, 6, 4.0)
+        r.pop("rows", None)
+        rows[name] = r
+        print(f"[ablation] {name}: direction {r['direction_acc']:.2f} colour {r['color_acc']:.2f}", flush=True)
+    for name, t in side_by_side_times(ckpts, cfg.get("timing_reps", 5)).items():
+        rows[name].update(t)
+    os.makedirs(cfg["out"], exist_ok=True)
+    with open(os.path.join(cfg["out"], "results.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    command = "python -m ls_video.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = (f"{START}\n`{command}` ({steps} steps each, 32 prompts x {seeds} seeds, EMA weights, 25 DDIM "
+            f"steps, guidance 4; times on this machine, variants alternating in one process):\n\n{table(rows)}\n{END}")
+    write_results(cfg["results"], text)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
