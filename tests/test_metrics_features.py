@@ -77,7 +77,7 @@ def test_extractors_give_features_of_the_right_shape(tiny_clip, tmp_path):
 def test_eval_cli_writes_every_metric_with_its_protocol(tiny_clip, tmp_path, capsys):
     videos, prompts = toy_videos(6)
     rows = []
-    for i, (video, prompt) in enumerate(zip(videos, prompts)):
+    for i, (video, prompt) in enumerate(zip(videos, prompts, strict=True)):
         write_video(tmp_path / f"{i}.mp4", video)
         rows.append({"prompt": prompt, "seed": i, "file": f"{i}.mp4"})
     (tmp_path / "manifest.json").write_text(json.dumps({"samples": rows}))

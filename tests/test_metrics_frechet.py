@@ -28,7 +28,8 @@ def test_rotated_covariance_matches_closed_form():
     q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
     a, b = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
     s1, s2 = q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T  # same eigenvectors
-    assert frechet_distance(np.zeros(5), s1, np.zeros(5), s2) == pytest.approx(float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum()))
+    expected = float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum())
+    assert frechet_distance(np.zeros(5), s1, np.zeros(5), s2) == pytest.approx(expected)
 
 
 def test_sample_estimate_approaches_the_population_value():
