@@ -49,6 +49,17 @@ def train(name: str, overrides: list[str], cfg: dict, steps: int) -> str:
     return last
 
 
+def toy_fvd(videos: list, toy_net: str) -> float:
+    """FVD of the samples against as many rendered toy-world validation clips (toy feature net)."""
+    from ls_video.eval import load_reference
+    from ls_video.metrics.features import Extractor
+    from ls_video.metrics.frechet import frechet_distance_of
+
+    real, _ = load_reference("toy", videos, len(videos))
+    ex = Extractor(toy_net)
+    return frechet_distance_of(ex.video_features(videos), ex.video_features(real))
+
+
 def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
     """Median train-step and sampling seconds per variant, variants alternating in this process."""
     from benchmarks.timing import alternate
@@ -89,12 +100,13 @@ def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
 def table(rows: dict[str, dict]) -> str:
     ref = rows.get("none")
     lines = ["| variant | added params | train step (x none) | sampling (x none) | direction | steps right | "
-             "colour | shape | consistency |", "|---|---|---|---|---|---|---|---|---|"]
+             "colour | shape | consistency | toy FVD |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         tr = f"{r['train_step_s'] / ref['train_step_s']:.2f}" if ref else "-"
         sr = f"{r['sample_s'] / ref['sample_s']:.2f}" if ref else "-"
+        fvd = f"{r['toy_fvd']:.1f}" if "toy_fvd" in r else "-"
         lines.append(f"| {name} | {r['added_params']:,} | {tr} | {sr} | {r['direction_acc']:.2f} | {r['step_acc']:.2f} "
-                     f"| {r['color_acc']:.2f} | {r['shape_acc']:.2f} | {r['consistency']:.2f} |")
+                     f"| {r['color_acc']:.2f} | {r['shape_acc']:.2f} | {r['consistency']:.2f} | {fvd} |")
     return "\n".join(lines)
 
 
@@ -134,10 +146,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     ckpts = {name: train(name, overrides, cfg, steps) for name, overrides in variants.items()}
+    toy_net = cfg.get("toy_net")
+    if toy_net and not os.path.isfile(os.path.join(toy_net, "model.safetensors")):
+        from ls_video.metrics.toy_net import train_toy_net
+
+        print(f"[ablation] training the toy FVD feature net into {toy_net}", flush=True)
+        train_toy_net(toy_net, steps=cfg.get("toy_net_steps", 400))
     rows = {}
     for name, path in ckpts.items():
-        r = evaluate_checkpoint(path, seeds, 25, 6, 4.0)
+        r = evaluate_checkpoint(path, seeds, 25, 6, 4.0, return_videos=True)
+        videos = r.pop("videos")
         r.pop("rows", None)
+        if toy_net:
+            r["toy_fvd"] = toy_fvd(videos, toy_net)
         rows[name] = r
         print(f"[ablation] {name}: direction {r['direction_acc']:.2f} colour {r['color_acc']:.2f}", flush=True)
     for name, t in side_by_side_times(ckpts, cfg.get("timing_reps", 5)).items():

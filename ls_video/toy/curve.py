@@ -24,7 +24,7 @@ from ls_video.toy.world import all_prompts
 
 
 def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance: float, seed0: int = 1000,
-                        device: str = "cpu") -> dict:
+                        device: str = "cpu", return_videos: bool = False) -> dict:
     ckpt = load_checkpoint(path)
     pipe = pipeline_from_checkpoint(path, ema=find_ema_state(ckpt) is not None).to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -35,6 +35,8 @@ def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance
                   generator=generators).frames
     result = {k: v for k, v in score(list(videos), prompts).items() if k != "rows"}
     result.update(step=int(ckpt["global_step"]), sample_seconds=round(time.perf_counter() - start, 1))
+    if return_videos:
+        result["videos"] = [(v * 255).round().astype("uint8") for v in videos]
     return result
 
 
