@@ -92,3 +92,13 @@ def test_fit_checkpoint_holds_only_trainable_state(tiny_base, tmp_path):
     restored = LatentShiftModule.load_from_checkpoint(ckpt_path, weights_only=True)
     for (name, a), b in zip(m.unet.state_dict().items(), restored.unet.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_performance_options(components):
+    m = LatentShiftModule(**kw(components), channels_last=True, fused_adamw=None)
+    conv = m.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    opt = m.configure_optimizers()["optimizer"]
+    assert not opt.defaults.get("fused")  # CPU parameters: the fused kernel is not used
+    loss = m.training_step(batch(), 0)
+    assert torch.isfinite(loss)
