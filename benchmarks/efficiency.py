@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import alternate  # noqa: E402
 from ls_video.presets import sd15_unet  # noqa: E402
+from ls_video.timing import alternate  # noqa: E402
 from ls_video.unet import (  # noqa: E402
     MIXINGS,
     TemporalConfig,

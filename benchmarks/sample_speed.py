@@ -20,8 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.timing import alternate  # noqa: E402
 from ls_video.pipeline import LatentShiftPipeline  # noqa: E402
+from ls_video.timing import alternate  # noqa: E402
 from ls_video.unet import TemporalConfig, apply_temporal_mixing  # noqa: E402
 
 

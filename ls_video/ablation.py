@@ -62,9 +62,9 @@ def toy_fvd(videos: list, toy_net: str) -> float:
 
 def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
     """Median train-step and sampling seconds per variant, variants alternating in this process."""
-    from benchmarks.timing import alternate
     from ls_video.checkpoint import pipeline_from_checkpoint
     from ls_video.module import LatentShiftModule
+    from ls_video.timing import alternate
 
     modules, pipes = {}, {}
     for name, path in ckpts.items():

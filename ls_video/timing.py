@@ -1,4 +1,4 @@
-"""Side-by-side timing shared by the benchmarks: variants alternate within one run, medians compared."""
+"""Side-by-side timing for benchmarks and the ablation: variants alternate within one run, medians compared."""
 
 from __future__ import annotations
 
