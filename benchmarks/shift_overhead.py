@@ -10,9 +10,7 @@ Last line: ``shift_overhead_ratio=<SD-1.5-size fwd+bwd ratio>`` (target <= 1.03 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -20,25 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ls_video.presets import sd15_unet  # noqa: E402
+from ls_video.timing import alternate  # noqa: E402
 from ls_video.toy.make_base import toy_unet  # noqa: E402
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward  # noqa: E402
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_step(unet, x, t, ctx, backward: bool, device: str) -> float:
-    sync(device)
-    start = time.perf_counter()
-    if backward:
-        video_unet_forward(unet, x, t, ctx).float().square().mean().backward()
-    else:
-        with torch.no_grad():
-            video_unet_forward(unet, x, t, ctx)
-    sync(device)
-    return time.perf_counter() - start
 
 
 def measure(name: str, unet, frames: int, latent: int, reps: int, device: str, dtype) -> dict:
@@ -47,18 +29,21 @@ def measure(name: str, unet, frames: int, latent: int, reps: int, device: str, d
     x = torch.randn(1, frames, 4, latent, latent, device=device, dtype=dtype)
     t = torch.tensor([500], device=device)
     ctx = torch.randn(1, 77 if ctx_dim > 100 else 8, ctx_dim, device=device, dtype=dtype)
+
+    def variant(mixing: str, backward: bool):
+        def setup():
+            apply_temporal_mixing(unet, TemporalConfig(mixing))
+            unet.zero_grad(set_to_none=True)
+            if backward:
+                return lambda: video_unet_forward(unet, x, t, ctx).float().square().mean().backward()
+            return lambda: torch.no_grad()(video_unet_forward)(unet, x, t, ctx)
+        return setup
+
     out = {}
     for backward in (False, True):
-        times = {"shift": [], "none": []}
-        for rep in range(reps + 1):  # first round is warm-up
-            for mixing in (("shift", "none") if rep % 2 else ("none", "shift")):
-                apply_temporal_mixing(unet, TemporalConfig(mixing))
-                unet.zero_grad(set_to_none=True)
-                dt = time_step(unet, x, t, ctx, backward, device)
-                if rep:
-                    times[mixing].append(dt)
+        medians = alternate({m: variant(m, backward) for m in ("none", "shift")}, reps, device)
         key = "fwd_bwd" if backward else "fwd"
-        shift, none = statistics.median(times["shift"]), statistics.median(times["none"])
+        shift, none = medians["shift"], medians["none"]
         out[key] = (shift, none, shift / none)
         print(f"{name:>6} {key:>7}: shift {shift * 1000:9.1f} ms  none {none * 1000:9.1f} ms  ratio {shift / none:.3f}",
               flush=True)
