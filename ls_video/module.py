@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ls_video.compile import compile_regions
 from ls_video.loading import load_components
 from ls_video.pipeline import LatentShiftPipeline, vae_to_latents
 from ls_video.text import encode_prompts
@@ -64,8 +65,10 @@ class LatentShiftModule(L.LightningModule):
             the clean clip at high noise, where layout and motion are decided; this puts weight there.
         gradient_checkpointing: trade compute for memory in the U-Net.
         channels_last: keep the U-Net in ``channels_last`` memory format (faster convolutions on GPUs).
-        compile_unet: ``torch.compile`` the U-Net in place (state-dict keys unchanged; the shift compiles
-            without graph breaks). The first steps pay the compilation.
+        compile_unet: ``torch.compile`` each ResNet and transformer block of the U-Net in place (regional
+            compilation, hooks guarded; state-dict keys unchanged). Whole-U-Net compilation is not
+            offered for training: inductor computed wrong gradients for it (see ``ls_video.compile``).
+            The first steps pay the compilation.
         fused_adamw: fused AdamW kernel; ``None`` uses it when every trainable parameter is on a GPU.
         val_timesteps: fixed timesteps for the validation loss (default: 5 evenly spaced).
         noise_seed: noise, timesteps and caption dropout of step ``s`` on rank ``r`` come from a generator
@@ -144,7 +147,7 @@ class LatentShiftModule(L.LightningModule):
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
         if compile_unet:
-            self.unet.compile()
+            compile_regions(self.unet)
         self._empty_embedding: torch.Tensor | None = None
         self.nonfinite_steps = 0
         self._nonfinite_in_a_row = 0

@@ -5,15 +5,20 @@ clip adjacent. Channels ``[0, n)`` take their value from the previous frame (shi
 time), channels ``[n, 2n)`` from the next frame (shift backward), the rest stay. Missing
 neighbours at the clip ends are zeros, never wrapped around. With ``F == 1`` it is the identity.
 
-Cost: one output tensor in the forward pass, and one in the backward pass, which is the same shift
-with the two directions swapped (its adjoint) instead of autograd's slice-by-slice gradient.
-:func:`temporal_shift_` shifts in place (inference only) and allocates just the moved slices.
-Under ``torch.compile`` both use a mutation-free form that inductor fuses into one kernel.
+The shift is one operator, ``torch.ops.ls_video.temporal_shift`` (a ``torch.library`` custom op):
+one Triton kernel on CUDA (:mod:`ls_video.shift_triton`), a few slice copies elsewhere, a fake
+(meta) implementation for tracing and its adjoint as the gradient (the same shift with the two
+directions swapped). ``torch.ops.ls_video.temporal_shift_`` shifts in place for inference and
+moves only the ``2n`` shifted channels. Eager code therefore pays one launch per shifted block.
+Under ``torch.compile`` both public functions use a mutation-free ``torch.cat`` form instead,
+which inductor fuses into the neighbouring kernels.
 """
 
 from __future__ import annotations
 
 import torch
+
+_LIB = "ls_video"
 
 
 def shift_channels(num_channels: int, fraction: float) -> int:
@@ -31,8 +36,9 @@ def _frames_view(x: torch.Tensor, num_frames: int) -> torch.Tensor:
     return x.view(bf // num_frames, num_frames, c, h, w)
 
 
+# ----------------------------------------------------------------------------- reference (torch) forms
 def _shift_functional(x: torch.Tensor, num_frames: int, n: int) -> torch.Tensor:
-    """The same shift without mutation (``torch.cat``), for ``torch.compile`` to fuse into one kernel."""
+    """The shift without mutation (``torch.cat``), for ``torch.compile`` to fuse into one kernel."""
     src = _frames_view(x, num_frames)
     zero = torch.zeros_like(src[:, :1, :n])
     fwd = torch.cat([zero, src[:, :-1, :n]], dim=1)
@@ -40,8 +46,8 @@ def _shift_functional(x: torch.Tensor, num_frames: int, n: int) -> torch.Tensor:
     return torch.cat([fwd, bwd, src[:, :, 2 * n :]], dim=2).reshape(x.shape)
 
 
-def _shift(x: torch.Tensor, num_frames: int, n: int, reverse: bool = False) -> torch.Tensor:
-    """Out-of-place shift; ``reverse`` swaps the directions (the adjoint, used for gradients)."""
+def _shift_slices(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> torch.Tensor:
+    """Out-of-place shift by slice copies; ``reverse`` swaps the directions (the adjoint)."""
     src = _frames_view(x, num_frames)
     out = torch.empty_like(src)
     fwd, bwd = (slice(n, 2 * n), slice(0, n)) if reverse else (slice(0, n), slice(n, 2 * n))
@@ -53,15 +59,74 @@ def _shift(x: torch.Tensor, num_frames: int, n: int, reverse: bool = False) -> t
     return out.view(x.shape)
 
 
-class _TemporalShift(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, num_frames: int, n: int) -> torch.Tensor:
-        ctx.num_frames, ctx.n = num_frames, n
-        return _shift(x, num_frames, n)
+def _shift_slices_(x: torch.Tensor, num_frames: int, n: int) -> None:
+    """In-place shift by slice copies (only the ``2n`` moved channels are touched)."""
+    v = _frames_view(x, num_frames)
+    v[:, 1:, :n] = v[:, :-1, :n].clone()
+    v[:, :1, :n] = 0
+    v[:, :-1, n : 2 * n] = v[:, 1:, n : 2 * n].clone()
+    v[:, -1:, n : 2 * n] = 0
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _shift(grad, ctx.num_frames, ctx.n, reverse=True), None, None
+
+# ----------------------------------------------------------------------------- the operators
+@torch.library.custom_op(f"{_LIB}::temporal_shift", mutates_args=())
+def _shift_op(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> torch.Tensor:
+    return _shift_slices(x, num_frames, n, reverse)
+
+
+@_shift_op.register_kernel("cuda")
+def _shift_op_cuda(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> torch.Tensor:
+    from ls_video import shift_triton
+
+    if shift_triton.supports(x):
+        return shift_triton.shift(x, num_frames, n, reverse)
+    return _shift_slices(x, num_frames, n, reverse)
+
+
+@_shift_op.register_fake
+def _(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+    _, ctx.num_frames, ctx.n, ctx.reverse = inputs
+
+
+def _backward(ctx, grad: torch.Tensor) -> tuple:
+    return _shift_op(grad, ctx.num_frames, ctx.n, not ctx.reverse), None, None, None
+
+
+_shift_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op(f"{_LIB}::temporal_shift_", mutates_args=("x",))
+def _shift_inplace_op(x: torch.Tensor, num_frames: int, n: int) -> None:
+    _shift_slices_(x, num_frames, n)
+
+
+@_shift_inplace_op.register_kernel("cuda")
+def _shift_inplace_op_cuda(x: torch.Tensor, num_frames: int, n: int) -> None:
+    from ls_video import shift_triton
+
+    if shift_triton.supports(x):
+        shift_triton.shift_(x, num_frames, n)
+    else:
+        _shift_slices_(x, num_frames, n)
+
+
+# ----------------------------------------------------------------------------- public functions
+def shift_frames(x: torch.Tensor, num_frames: int, n: int, in_place: bool = False) -> torch.Tensor:
+    """The hot path of the U-Net hooks: shift ``n`` channels each way, no argument checks.
+
+    ``in_place`` writes into ``x`` (inference only, when nothing else reads ``x``). Under
+    ``torch.compile`` the mutation-free form is traced instead, so inductor can fuse it.
+    """
+    if torch.compiler.is_compiling():
+        return _shift_functional(x, num_frames, n)
+    if in_place:
+        torch.ops.ls_video.temporal_shift_.default(x, num_frames, n)
+        return x
+    return torch.ops.ls_video.temporal_shift.default(x, num_frames, n, False)
 
 
 def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float = 0.125) -> torch.Tensor:
@@ -73,35 +138,25 @@ def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float = 0.125) ->
         fraction: share of channels moved in each direction (``1/8`` forward + ``1/8`` backward).
 
     Returns:
-        A new tensor of the same shape, dtype and memory format.
+        A new tensor of the same shape, dtype and memory format (``x`` itself when nothing moves).
     """
     n = shift_channels(x.shape[1], fraction)
     if num_frames == 1 or n == 0:
         return x
-    _frames_view(x, num_frames)  # validate before autograd
-    if torch.compiler.is_compiling():  # inductor fuses this and differentiates it itself
-        return _shift_functional(x, num_frames, n)
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _TemporalShift.apply(x, num_frames, n)
-    return _shift(x, num_frames, n)
+    _frames_view(x, num_frames)  # one clear error before any kernel
+    return shift_frames(x, num_frames, n)
 
 
 def temporal_shift_(x: torch.Tensor, num_frames: int, fraction: float = 0.125) -> torch.Tensor:
-    """In-place :func:`temporal_shift` for inference: only the two moved slices are copied.
+    """In-place :func:`temporal_shift` for inference: only the ``2n`` moved channels are written.
 
     Only for tensors nothing else reads afterwards (e.g. the activation right before a convolution)
-    and never under autograd.
+    and never under autograd. Under ``torch.compile`` it returns a new tensor instead.
     """
     n = shift_channels(x.shape[1], fraction)
     if num_frames == 1 or n == 0:
         return x
-    if torch.compiler.is_compiling():  # no in-place writes inside compiled graphs
-        return _shift_functional(x, num_frames, n)
-    if torch.is_grad_enabled() and x.requires_grad:
+    if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
         raise RuntimeError("temporal_shift_ is for inference; use temporal_shift under autograd")
-    v = _frames_view(x, num_frames)
-    v[:, 1:, :n] = v[:, :-1, :n].clone()
-    v[:, :1, :n] = 0
-    v[:, :-1, n : 2 * n] = v[:, 1:, n : 2 * n].clone()
-    v[:, -1:, n : 2 * n] = 0
-    return x
+    _frames_view(x, num_frames)
+    return shift_frames(x, num_frames, n, in_place=True)

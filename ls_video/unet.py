@@ -33,7 +33,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from einops import rearrange
 
-from ls_video.shift import shift_channels, temporal_shift, temporal_shift_
+from ls_video.shift import shift_channels, shift_frames
 
 TEMPORAL_CONFIG_NAME = "latent_shift.json"
 TemporalMixing = Literal["shift", "none", "temporal_conv", "temporal_attention"]
@@ -90,20 +90,24 @@ class _FrameState:
 class _ShiftHook:
     """Forward pre-hook: shift the hooked module's first input over frames.
 
+    ``n`` (channels moved each way) is fixed when the hook is installed, so a call is one operator:
+    nothing is validated here (:func:`video_unet_forward` folds frames, so ``F`` divides the batch).
     ``in_place`` (the ``conv1`` hook): without autograd the input is the fresh activation that only
     ``conv1`` reads, so it is shifted in place (no full-size copy while sampling).
     """
 
-    def __init__(self, state: _FrameState, fraction: float, in_place: bool = False) -> None:
+    def __init__(self, state: _FrameState, n: int, in_place: bool = False) -> None:
         self.state = state
-        self.fraction = fraction
+        self.n = n
         self.in_place = in_place
 
-    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
+    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple | None:
+        num_frames = self.state.num_frames
+        if num_frames == 1 or self.n == 0:
+            return None  # the identity: leave the input as it is
         x = args[0]
-        if self.in_place and not torch.is_grad_enabled():
-            return (temporal_shift_(x, self.state.num_frames, self.fraction), *args[1:])
-        return (temporal_shift(x, self.state.num_frames, self.fraction), *args[1:])
+        in_place = self.in_place and not torch.is_grad_enabled()
+        return (shift_frames(x, num_frames, self.n, in_place), *args[1:])
 
 
 class _AddedLayerHook:
@@ -177,8 +181,9 @@ def apply_temporal_mixing(
     for module in list(unet.modules()):
         if config.temporal_mixing == "shift" and isinstance(module, ResnetBlock2D):
             residual = config.shift_placement == "residual"
-            hook = _ShiftHook(state, config.shift_fraction, in_place=residual)
             target = module.conv1 if residual else module
+            n = shift_channels(module.conv1.in_channels, config.shift_fraction)
+            hook = _ShiftHook(state, n, in_place=residual)
             handles.append(target.register_forward_pre_hook(hook))
         elif config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
             with torch.device(ref.device):
