@@ -76,15 +76,13 @@ class LatentShiftPipeline(DiffusionPipeline):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self._compile_unet = False
-        self._unet_compiled = False
-        if compile:
-            self.compile_unet()
         if get_temporal_config(unet) is None:
             apply_temporal_mixing(unet, TemporalConfig())
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self._compile_unet = compile
+        self._unet_compiled = False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):

@@ -117,3 +117,97 @@ def test_in_place_matches_out_of_place(fraction):
 def test_cuda_matches_cpu():
     x = torch.randn(6, 16, 4, 4)
     assert torch.equal(temporal_shift(x.cuda(), 3).cpu(), temporal_shift(x, 3))
+
+
+def test_operators_pass_torch_library_checks():
+    """Schema, fake (meta) implementation, autograd registration and dispatch of both operators."""
+    from ls_video.shift import _shift_inplace_op, _shift_op
+
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(6, 8, 3, 3).to(memory_format=memory_format)
+        for reverse in (False, True):
+            torch.library.opcheck(_shift_op, (x.clone().requires_grad_(), 3, 2, reverse))
+        torch.library.opcheck(_shift_inplace_op, (x.clone(), 3, 2))
+
+
+def test_fake_tensor_keeps_shape_dtype_and_memory_format():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(6, 8, 3, 3, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        y = torch.ops.ls_video.temporal_shift.default(x, 3, 2, False)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.is_contiguous(memory_format=torch.channels_last)
+
+
+TRITON_CHECK = """
+import torch
+from ls_video import shift_triton
+from ls_video.shift import _shift_slices, _shift_slices_
+torch.manual_seed(0)
+for channels_last in (False, True):
+    for b, f, c, h, w, n in [(2, 3, 8, 2, 2, 1), (1, 5, 16, 3, 5, 4), (3, 4, 12, 4, 4, 6), (2, 1, 8, 2, 2, 2)]:
+        x = torch.randn(b * f, c, h, w)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        for reverse in (False, True):
+            got = shift_triton.shift(x, f, n, reverse)
+            assert torch.equal(got, _shift_slices(x, f, n, reverse)), (channels_last, b, f, c, n, reverse)
+            assert got.stride() == x.stride()
+        y, z = x.clone(), x.clone()
+        shift_triton.shift_(y, f, n)
+        _shift_slices_(z, f, n)
+        assert torch.equal(y, z), ("in place", channels_last, b, f, c, n)
+print("ok")
+"""
+
+
+def test_triton_kernels_in_the_interpreter():
+    """The CUDA kernels' indexing, checked on the CPU by Triton's interpreter (where Triton is installed)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_kernels_match_reference(dtype, channels_last):
+    from ls_video import shift_triton
+    from ls_video.shift import _shift_slices
+
+    for b, f, c, h, w, fraction in [(2, 16, 320, 8, 8, 0.125), (1, 5, 64, 7, 3, 0.25), (3, 2, 40, 4, 4, 0.5)]:
+        x = torch.randn(b * f, c, h, w, device="cuda", dtype=dtype)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        assert shift_triton.supports(x)
+        expected = _shift_slices(x, f, int(c * fraction), False)
+        assert torch.equal(temporal_shift(x, f, fraction), expected)
+        y = x.clone()
+        with torch.no_grad():
+            temporal_shift_(y, f, fraction)
+        assert torch.equal(y, expected)
+        xg = x.clone().requires_grad_()
+        g = torch.randn_like(x)
+        temporal_shift(xg, f, fraction).backward(g)
+        assert torch.equal(xg.grad, _shift_slices(g, f, int(c * fraction), True))
+        assert xg.grad.stride() == x.stride()
+
+
+@pytest.mark.gpu
+def test_cuda_shift_is_one_kernel_launch():
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(32, 320, 16, 16, device="cuda")
+    temporal_shift(x, 16)  # load the kernel
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        temporal_shift(x, 16)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1, [e.name for e in kernels]
+    torch.library.opcheck(torch.ops.ls_video.temporal_shift.default, (x.requires_grad_(), 16, 40, False))

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/PERFORMANCE.md in one go, for a lent GPU machine (torch + Triton
+# present, no internet). Steps run in the order given, each bounded by its own timeout; logs go
+# to $OUT (or /tmp/gpu_check). Packages the machine lacks travel as wheels in .whl/ (see the
+# device notes); the repository is used from the working tree (PYTHONPATH), not installed.
+#
+#     bash benchmarks/gpu_check.sh kernels eager sampling      # then: compiled compile_tests
+set -u
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader
+python3 -c "import torch, triton, diffusers; print('torch', torch.__version__, 'triton', triton.__version__,
+'diffusers', diffusers.__version__, torch.cuda.get_device_name())"
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  echo "=== $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  grep -vE "Warning|warn\(|^\s*$" "$OUT/$name.log" | tail -25
+  echo "=== $name: rc $rc in $((SECONDS - start)) s"
+}
+
+BENCH="--device cuda --dtype bfloat16"
+for name in "$@"; do
+  case $name in
+    kernels) step kernels 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_shift.py ;;
+    eager) step eager 90 python3 benchmarks/shift_overhead.py $BENCH --reps 12 --clips 1,4 ;;
+    sampling) step sampling 300 python3 benchmarks/sample_speed.py --model sd15 $BENCH --reps 5 --compile ;;
+    compiled) step compiled 220 python3 benchmarks/shift_overhead.py $BENCH --reps 12 --skip-toy --modes compiled \
+      --compile-clips 4 --compile-passes fwd_bwd ;;
+    compile_tests) step compile_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_compile.py ;;
+    *) echo "unknown step $name" ;;
+  esac
+done
+echo "=== summary"
+grep -hE "ratio|seconds_per_video|warm-up|passed|failed|error" "$OUT"/*.log | grep -v Warning | tail -40
