@@ -5,11 +5,12 @@ clip adjacent. Channels ``[0, n)`` take their value from the previous frame (shi
 time), channels ``[n, 2n)`` from the next frame (shift backward), the rest stay. Missing
 neighbours at the clip ends are zeros, never wrapped around. With ``F == 1`` it is the identity.
 
-The shift is one operator, ``torch.ops.ls_video.temporal_shift`` (a ``torch.library`` custom op):
-one Triton kernel on CUDA (:mod:`ls_video.shift_triton`), a few slice copies elsewhere, a fake
-(meta) implementation for tracing and its adjoint as the gradient (the same shift with the two
-directions swapped). ``torch.ops.ls_video.temporal_shift_`` shifts in place for inference and
-moves only the ``2n`` shifted channels. Eager code therefore pays one launch per shifted block.
+The shift is one kernel: one Triton launch on CUDA (:mod:`ls_video.shift_triton`), a few slice
+copies elsewhere; its gradient is its adjoint (the same shift with the two directions swapped),
+and the in-place form for inference moves only the ``2n`` shifted channels. Eager code therefore
+pays one launch per shifted block. The kernels are also registered as operators,
+``torch.ops.ls_video.temporal_shift`` / ``temporal_shift_`` (``torch.library`` custom ops with a
+fake implementation and the adjoint as autograd formula).
 Under ``torch.compile`` both public functions use a mutation-free ``torch.cat`` form instead,
 which inductor fuses into the neighbouring kernels.
 """
@@ -68,19 +69,49 @@ def _shift_slices_(x: torch.Tensor, num_frames: int, n: int) -> None:
     v[:, -1:, n : 2 * n] = 0
 
 
+# ----------------------------------------------------------------------------- kernels
+def _kernel(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> torch.Tensor:
+    """Out-of-place shift on ``x``'s device: one Triton launch on CUDA, slice copies elsewhere."""
+    if x.is_cuda:
+        from ls_video import shift_triton
+
+        if shift_triton.supports(x):
+            return shift_triton.shift(x, num_frames, n, reverse)
+    return _shift_slices(x, num_frames, n, reverse)
+
+
+def _kernel_(x: torch.Tensor, num_frames: int, n: int) -> None:
+    """In-place shift on ``x``'s device."""
+    if x.is_cuda:
+        from ls_video import shift_triton
+
+        if shift_triton.supports(x):
+            return shift_triton.shift_(x, num_frames, n)
+    _shift_slices_(x, num_frames, n)
+
+
+class _Shift(torch.autograd.Function):
+    """The eager autograd path: the kernel forward, its adjoint backward (a thin wrapper, see below)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_frames: int, n: int) -> torch.Tensor:
+        ctx.num_frames, ctx.n = num_frames, n
+        return _kernel(x, num_frames, n, False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        return _kernel(grad, ctx.num_frames, ctx.n, True), None, None
+
+
 # ----------------------------------------------------------------------------- the operators
+# ``torch.ops.ls_video.temporal_shift`` / ``temporal_shift_``: the same kernels as registered operators,
+# with a fake implementation and the adjoint as autograd formula, for tracing, export and
+# ``torch.library.opcheck``. The U-Net hooks call the kernels through ``_Shift`` instead: the Python
+# custom-op dispatch costs 40-100 us of host time per call (measured on a 2-core CPU), which is the
+# whole cost of the shift on a launch-bound GPU step.
 @torch.library.custom_op(f"{_LIB}::temporal_shift", mutates_args=())
 def _shift_op(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> torch.Tensor:
-    return _shift_slices(x, num_frames, n, reverse)
-
-
-@_shift_op.register_kernel("cuda")
-def _shift_op_cuda(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> torch.Tensor:
-    from ls_video import shift_triton
-
-    if shift_triton.supports(x):
-        return shift_triton.shift(x, num_frames, n, reverse)
-    return _shift_slices(x, num_frames, n, reverse)
+    return _kernel(x, num_frames, n, reverse)
 
 
 @_shift_op.register_fake
@@ -101,17 +132,7 @@ _shift_op.register_autograd(_backward, setup_context=_setup_context)
 
 @torch.library.custom_op(f"{_LIB}::temporal_shift_", mutates_args=("x",))
 def _shift_inplace_op(x: torch.Tensor, num_frames: int, n: int) -> None:
-    _shift_slices_(x, num_frames, n)
-
-
-@_shift_inplace_op.register_kernel("cuda")
-def _shift_inplace_op_cuda(x: torch.Tensor, num_frames: int, n: int) -> None:
-    from ls_video import shift_triton
-
-    if shift_triton.supports(x):
-        shift_triton.shift_(x, num_frames, n)
-    else:
-        _shift_slices_(x, num_frames, n)
+    _kernel_(x, num_frames, n)
 
 
 # ----------------------------------------------------------------------------- public functions
@@ -124,9 +145,11 @@ def shift_frames(x: torch.Tensor, num_frames: int, n: int, in_place: bool = Fals
     if torch.compiler.is_compiling():
         return _shift_functional(x, num_frames, n)
     if in_place:
-        torch.ops.ls_video.temporal_shift_.default(x, num_frames, n)
+        _kernel_(x, num_frames, n)
         return x
-    return torch.ops.ls_video.temporal_shift.default(x, num_frames, n, False)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _Shift.apply(x, num_frames, n)
+    return _kernel(x, num_frames, n, False)
 
 
 def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float = 0.125) -> torch.Tensor:
