@@ -27,11 +27,13 @@ def fresh_dynamo():
 
 
 @pytest.fixture(autouse=True)
-def true_fp32(monkeypatch):
+def true_fp32():
     """Compare in real fp32 on GPUs: with TF32 convolutions (cuDNN's default) eager and inductor pick
     different algorithms and differ by ~1e-3 relative (seen on an H100), which is not what is tested."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.slow
