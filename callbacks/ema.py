@@ -65,6 +65,8 @@ class EMA(L.Callback):
         step = trainer.global_step
         if step < self.start_step or step % self.update_every or self.shadow is None:
             return
+        if getattr(pl_module, "skipping_step", False):  # a non-finite step made no update: nothing to average
+            return
         params = self._params(pl_module)
         decay = self.current_decay()
         names = list(self.shadow)

@@ -74,8 +74,9 @@ class LatentShiftModule(L.LightningModule):
         noise_seed: noise, timesteps and caption dropout of step ``s`` on rank ``r`` come from a generator
             seeded with ``(noise_seed, s, r)``, so a resumed run draws exactly what an uninterrupted
             one would have.
-        max_nonfinite_steps: a non-finite loss skips its step (no update, counted in
-            ``train/nonfinite_steps``); this many in a row stop the run.
+        max_nonfinite_steps: a non-finite loss on any rank skips the step on every rank (no optimizer,
+            scheduler or EMA update; counted once in ``train/nonfinite_steps``; the step still counts
+            towards ``max_steps``); this many in a row stop the run.
     """
 
     def __init__(
@@ -151,6 +152,7 @@ class LatentShiftModule(L.LightningModule):
         self._empty_embedding: torch.Tensor | None = None
         self.nonfinite_steps = 0
         self._nonfinite_in_a_row = 0
+        self.skipping_step = False  # set by training_step when any rank's loss is non-finite
 
     # ----------------------------------------------------------------------------- helpers
     def train(self, mode: bool = True) -> LatentShiftModule:
@@ -227,20 +229,29 @@ class LatentShiftModule(L.LightningModule):
         return weight
 
     # ----------------------------------------------------------------------------- Lightning
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents = batch["latents"]  # (B, F, C, h, w), unscaled VAE latents
         generator = self.step_generator()
         embeds = self.text_embeddings(batch, self.hparams.caption_dropout, generator)
         loss = self.diffusion_loss(latents, embeds, generator=generator)
-        if not torch.isfinite(loss):
-            return self.skip_nonfinite(loss)
+        self.skipping_step = self.any_rank_nonfinite(loss)
+        if self.skipping_step:
+            self.count_nonfinite(loss)
+            return loss  # backward still runs on every rank (DDP stays in step); the update is dropped below
         self._nonfinite_in_a_row = 0
         name = "train/loss_image" if latents.shape[1] == 1 else "train/loss"
         self.log(name, loss, prog_bar=True, batch_size=latents.shape[0])
         return loss
 
-    def skip_nonfinite(self, loss: torch.Tensor) -> None:
-        """Skip the step (Lightning makes no optimizer update for ``None``); stop after too many in a row."""
+    def any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is non-finite on this or any other rank (one all-reduce under DDP)."""
+        flag = (~torch.isfinite(loss.detach())).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
+        return bool(flag > 0)
+
+    def count_nonfinite(self, loss: torch.Tensor) -> None:
+        """Count a skipped step (the same count on every rank); stop after too many in a row."""
         self.nonfinite_steps += 1
         self._nonfinite_in_a_row += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
@@ -248,7 +259,26 @@ class LatentShiftModule(L.LightningModule):
             raise FloatingPointError(f"loss was {loss.item()} for {self._nonfinite_in_a_row} steps in a row at step "
                                      f"{self.global_step}; stopping (the last checkpoint is intact). Lower the "
                                      "learning rate, check the data, or use bf16/fp32 instead of fp16.")
-        return None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the update of a skipped step on every rank: without gradients AdamW leaves every parameter
+        and its state as they were. Under fp16 the gradient scaler needs gradients to inspect, so they are
+        made non-finite instead and the scaler skips the step itself."""
+        if not self.skipping_step:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if scaler is not None and p.grad is not None:
+                    p.grad.fill_(float("nan"))
+                else:
+                    p.grad = None
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
+        """Skipped steps do not advance the learning-rate schedule."""
+        if self.skipping_step:
+            return
+        scheduler.step() if metric is None else scheduler.step(metric)
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents = batch["latents"]

@@ -157,6 +157,29 @@ def test_ddp_two_cpu_processes_get_different_data(tiny_base, tmp_path):
     assert keys[0] != keys[1]
 
 
+@pytest.mark.slow
+def test_ddp_nonfinite_loss_on_one_rank_skips_the_step_on_both(tiny_base, tmp_path):
+    """Rank 1's loss is NaN at step 1 only: both ranks skip that update (no optimizer, scheduler or EMA
+    step), count it once, finish at the same step with the same weights; no traceback."""
+    config = write_config(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=4)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["warmup_steps"] = 10  # a moving learning rate shows whether the scheduler stepped
+    cfg["trainer"]["callbacks"].append({"class_path": "nonfinite_on_rank.NonFiniteOnRank",
+                                        "init_args": {"out": str(tmp_path / "state"), "rank": 1, "step": 1}})
+    config.write_text(yaml.safe_dump(cfg))
+    env = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = train("fit", "-c", str(config), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    states = [json.loads((tmp_path / "state" / f"rank{i}.json").read_text()) for i in range(2)]
+    assert states[0] == states[1]
+    state = states[0]
+    assert state["global_step"] == 4 and state["nonfinite_steps"] == 1
+    assert state["ema_updates"] == 3  # the skipped step is not averaged
+    lrs = state["lrs"]  # warmup: lr grows by one notch per real update, not on the skipped one
+    assert lrs[1] == lrs[0] and lrs[2] > lrs[1] and lrs[3] > lrs[2]
+
+
 def test_help_explains_model_options():
     r = train("fit", "--help")
     assert r.returncode == 0
