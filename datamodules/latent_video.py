@@ -24,7 +24,9 @@ class LatentVideoDataModule(L.LightningDataModule):
         resampled: draw training shards at random forever (best for DDP: no rank runs dry).
         epoch_length: training samples per device per epoch (for resampled streams).
         num_frames: random temporal crop to this many frames; ``None`` keeps the shards' length.
-        seed: seed for shard order, shuffling and crops.
+        seed: seed for shard order, shuffling and crops. A run resumed from a checkpoint saved at step
+            ``s`` draws its training stream from ``(seed, s)`` instead, so it continues with new draws
+            rather than replaying the ones it started with (see docs/RELIABILITY.md).
         pin_memory: pin batches for faster host-to-GPU copies.
         prefetch_factor: batches prefetched per worker.
     """
@@ -53,6 +55,19 @@ class LatentVideoDataModule(L.LightningDataModule):
         self.shuffle_buffer, self.resampled, self.epoch_length = shuffle_buffer, resampled, epoch_length
         self.num_frames, self.seed = num_frames, seed
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.resumed_at_step = 0  # set from the checkpoint by load_state_dict
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the step it was taken at (the resumed stream's seed)."""
+        trainer = getattr(self, "trainer", None)
+        return {"saved_at_step": int(trainer.global_step) if trainer is not None else self.resumed_at_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.resumed_at_step = int(state_dict.get("saved_at_step", 0))
+
+    def train_seed(self) -> int:
+        """``seed`` for a fresh run; a different, reproducible seed after each resume point."""
+        return self.seed if self.resumed_at_step == 0 else self.seed + 1_000_003 * self.resumed_at_step
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -62,7 +77,8 @@ class LatentVideoDataModule(L.LightningDataModule):
         rank, world = self._rank()
         return LatentClipStream(self.train_urls, rank, world, resampled=self.resampled,
                                 epoch_length=self.epoch_length if self.resampled else None,
-                                shuffle_buffer=self.shuffle_buffer, num_frames=self.num_frames, seed=self.seed)
+                                shuffle_buffer=self.shuffle_buffer, num_frames=self.num_frames,
+                                seed=self.train_seed())
 
     def val_stream(self) -> LatentClipStream:
         rank, world = self._rank()

@@ -180,6 +180,27 @@ def test_ddp_nonfinite_loss_on_one_rank_skips_the_step_on_both(tiny_base, tmp_pa
     assert lrs[1] == lrs[0] and lrs[2] > lrs[1] and lrs[3] > lrs[2]
 
 
+@pytest.mark.slow
+def test_resumed_run_continues_the_data_stream_instead_of_replaying_it(tiny_base, tmp_path):
+    """10 steps, then resume to 20: steps 11-20 draw other samples than steps 1-10 (before, the
+    resumed stream started over and replayed the first draws exactly)."""
+    config = write_config(tmp_path, tiny_base, max_steps=10)
+    env = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    runs = {}
+    for name, extra in (("first", []), ("resumed", ["--trainer.max_steps", "20", "--ckpt_path", "last"])):
+        cfg = yaml.safe_load(config.read_text())
+        cfg["trainer"]["callbacks"].append({"class_path": "record_keys.RecordKeys",
+                                            "init_args": {"out": str(tmp_path / name)}})
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        r = train("fit", "-c", str(path), *extra, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "rank0.json").read_text())
+    assert last_ckpt(tmp_path)["global_step"] == 20
+    assert len(runs["first"]) == len(runs["resumed"]) == 20  # 10 steps of 2 clips each
+    assert runs["resumed"] != runs["first"]
+
+
 def test_help_explains_model_options():
     r = train("fit", "--help")
     assert r.returncode == 0
