@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from datamodules.remote import RemoteOptions
 from datamodules.stream import LatentClipStream, collate
 
 
@@ -29,6 +30,11 @@ class LatentVideoDataModule(L.LightningDataModule):
             rather than replaying the ones it started with (see docs/RELIABILITY.md).
         pin_memory: pin batches for faster host-to-GPU copies.
         prefetch_factor: batches prefetched per worker.
+        connect_timeout: seconds to connect to an http(s) shard server.
+        read_timeout: seconds without a byte (http(s) or ``pipe:``) before a shard is abandoned as
+            ``timeout``; training never waits longer than this on one shard.
+        retries: extra attempts to open a remote shard (exponential backoff from 1 s) before it is
+            skipped and counted in ``data/skipped_{reason}``.
     """
 
     def __init__(
@@ -44,8 +50,14 @@ class LatentVideoDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = True,
         prefetch_factor: int = 2,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        retries: int = 2,
     ) -> None:
         super().__init__()
+        if connect_timeout <= 0 or read_timeout <= 0 or retries < 0:
+            raise ValueError("connect_timeout and read_timeout must be > 0 and retries >= 0")
+        self.remote = RemoteOptions(connect_timeout, read_timeout, retries)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_frames is not None and num_frames < 1:
@@ -78,12 +90,12 @@ class LatentVideoDataModule(L.LightningDataModule):
         return LatentClipStream(self.train_urls, rank, world, resampled=self.resampled,
                                 epoch_length=self.epoch_length if self.resampled else None,
                                 shuffle_buffer=self.shuffle_buffer, num_frames=self.num_frames,
-                                seed=self.train_seed())
+                                seed=self.train_seed(), remote=self.remote)
 
     def val_stream(self) -> LatentClipStream:
         rank, world = self._rank()
         return LatentClipStream(self.val_urls, rank, world, num_frames=self.num_frames, seed=self.seed,
-                                split_by="sample")
+                                split_by="sample", remote=self.remote)
 
     def _loader(self, stream: LatentClipStream, workers: int) -> torch.utils.data.DataLoader:
         use_cuda = torch.cuda.is_available()
@@ -111,6 +123,8 @@ class ImageLatentDataModule(LatentVideoDataModule):
     def __init__(self, train_urls: str | list[str], val_urls: str | list[str] | None = None, batch_size: int = 16,
                  num_workers: int = 2, shuffle_buffer: int = 1000, resampled: bool = True,
                  epoch_length: int | None = 10_000, seed: int = 0, pin_memory: bool = True,
-                 prefetch_factor: int = 2) -> None:
+                 prefetch_factor: int = 2, connect_timeout: float = 10.0, read_timeout: float = 60.0,
+                 retries: int = 2) -> None:
         super().__init__(train_urls, val_urls, batch_size, num_workers, shuffle_buffer, resampled, epoch_length,
-                         num_frames=1, seed=seed, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+                         num_frames=1, seed=seed, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
+                         connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tarfile
 from collections import Counter
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ import torch
 import webdataset as wds
 from webdataset.shardlists import expand_urls
 
+from datamodules.remote import RemoteOptions, ShardReadError, open_shard
 from datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
 
 log = logging.getLogger(__name__)
@@ -39,12 +41,15 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         split_by: ``"shard"`` gives each rank / worker its own shards (training); ``"sample"`` lets
             every rank read all shards and keep every ``world_size``-th sample, so each rank gets data
             even with fewer shards than ranks (validation sets are small).
+        remote: timeouts and retries for http(s) and ``pipe:`` shards (:mod:`datamodules.remote`);
+            a shard that cannot be read is skipped and counted by reason.
     """
 
     def __init__(self, urls: str | list[str], rank: int = 0, world_size: int = 1, resampled: bool = False,
                  epoch_length: int | None = None, shuffle_buffer: int = 0, num_frames: int | None = None,
-                 seed: int = 0, split_by: str = "shard") -> None:
+                 seed: int = 0, split_by: str = "shard", remote: RemoteOptions | None = None) -> None:
         super().__init__()
+        self.remote = remote or RemoteOptions()
         if split_by not in ("shard", "sample"):
             raise ValueError(f"split_by must be 'shard' or 'sample', got {split_by!r}")
         if split_by == "sample" and resampled:
@@ -87,10 +92,32 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         if self.skipped[reason] <= 3 or self.skipped[reason] % 100 == 0:
             log.warning("skipping bad sample (%s, %d so far): %s", reason, self.skipped[reason], detail)
 
-    def _tar_error(self, err: Exception) -> bool:
-        url = next((a for a in getattr(err, "args", ()) if isinstance(a, str) and a in self.urls), None)
-        self._skip("bad_shard", f"{type(err).__name__}: {err}", url)
-        return True  # keep going with the next shard
+    def _member_error(self, err: Exception) -> bool:
+        """A bad tar member: skip it and go on, unless the shard's stream itself broke."""
+        if isinstance(err, (ShardReadError, tarfile.ReadError)):
+            raise err  # the shard's stream broke: end it (counted once, with its URL, in _expand)
+        self._skip("bad_shard", f"{type(err).__name__}: {err}")
+        return True
+
+    def _expand(self, sources: Iterator[dict]) -> Iterator[dict]:
+        """Tar members of each shard, then an end-of-shard marker; a shard that cannot be opened or
+        breaks while read (timeout, truncated transfer, corrupt tar) is skipped and counted by reason."""
+        for source in sources:
+            url = source["url"]
+            try:
+                stream = open_shard(url, self.remote)
+            except ShardReadError as err:
+                self._skip(err.reason, str(err), url)
+                continue
+            try:
+                for member in wds.tariterators.tar_file_iterator(stream, handler=self._member_error):
+                    yield {**member, "__url__": url}
+            except Exception as err:  # any broken shard is skipped and counted, never fatal
+                reason = err.reason if isinstance(err, ShardReadError) else "bad_shard"
+                self._skip(reason, f"{type(err).__name__}: {err}", url)
+            finally:
+                stream.close()
+            yield {}  # end of shard: samples never straddle two shards
 
     def _crop(self, latents: np.ndarray, rng: random.Random) -> np.ndarray:
         if self.num_frames is None or latents.shape[0] == self.num_frames:
@@ -108,7 +135,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = self._worker()
         rng = random.Random(f"crop-{self.seed}-{self.rank}-{worker}-{self._iteration}")
-        samples = wds.tarfile_to_samples(handler=self._tar_error)(self.shard_urls())
+        samples = wds.tariterators.group_by_keys(self._expand(self.shard_urls()), handler=self._member_error)
         if self.split_by == "sample":
             slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
             samples = (s for i, s in enumerate(samples) if i % slots == slot)
