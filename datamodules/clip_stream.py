@@ -55,27 +55,30 @@ def _bad(shard: int, source: str, reason: str, detail: str) -> dict:
 
 class ClipStream(torch.utils.data.IterableDataset):
     """Yields ``{"shard", "key", "frames": (F, S, S, 3) uint8, "caption", "meta"}`` clips, error records and
-    ``{"done": shard}`` markers for this worker's share of ``units``."""
+    ``{"done": shard}`` markers for this worker's share of ``units``. ``threads``: decoder threads per video
+    (default: 1 inside DataLoader workers, FFmpeg's choice in the main process)."""
 
-    def __init__(self, units: list[Unit], spec: ClipSpec, threads: int = 0) -> None:
+    def __init__(self, units: list[Unit], spec: ClipSpec, threads: int | None = None) -> None:
         super().__init__()
         self.units, self.spec, self.threads = units, spec, threads
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # workers already use every core: one decoder thread each; alone, FFmpeg picks
+        threads = self.threads if self.threads is not None else 1 if info is not None else 0
         for unit in self.units[worker::workers]:
             if unit.url is None:
                 for index, src in unit.sources:
-                    yield from self._video(unit.shard, f"{index:09d}", src.path, src.path, src.caption)
+                    yield from self._video(unit.shard, f"{index:09d}", src.path, src.path, src.caption, threads)
             else:
-                yield from self._tar(unit)
+                yield from self._tar(unit, threads)
             yield {"done": unit.shard}
 
-    def _video(self, shard: int, key: str, name: str, file: str | bytes, caption: str,
+    def _video(self, shard: int, key: str, name: str, file: str | bytes, caption: str, threads: int,
                extra: dict | None = None) -> Iterator[dict]:
         try:
-            clips, errors = load_clips(file, self.spec, name, self.threads)
+            clips, errors = load_clips(file, self.spec, name, threads)
         except ClipError as err:
             yield _bad(shard, name, err.reason, str(err))
             return
@@ -85,7 +88,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         for err in errors:
             yield _bad(shard, name, err.reason, str(err))
 
-    def _tar(self, unit: Unit) -> Iterator[dict]:
+    def _tar(self, unit: Unit, threads: int) -> Iterator[dict]:
         """Samples of one video2dataset shard; a bad member is named ``shard.tar:key``."""
         tar_errors: list[Exception] = []
 
@@ -108,7 +111,7 @@ class ClipStream(torch.utils.data.IterableDataset):
             caption = sample["txt"].decode("utf-8", errors="replace").strip() if "txt" in sample \
                 else str(info.get("caption") or "")
             out_key = f"{unit.shard:06d}_{key.replace('/', '_')}"
-            yield from self._video(unit.shard, out_key, name, sample[video], caption, {"source_meta": info})
+            yield from self._video(unit.shard, out_key, name, sample[video], caption, threads, {"source_meta": info})
         if tar_errors:  # one record per tar: after a read error webdataset drops the rest of it
             first = tar_errors[0]
             more = f" (+{len(tar_errors) - 1} follow-up errors)" if len(tar_errors) > 1 else ""
