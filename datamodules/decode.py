@@ -2,8 +2,9 @@
 downscaled as they are decoded, so memory is bounded by the clip, not by the video.
 
 Times are seconds from the start of the video stream. A clip is ``num_frames`` frames either at target
-times ``start + k / fps`` (the frame whose timestamp is nearest each target; ties go to the earlier
-frame, so variable-frame-rate files give evenly timed clips) or, with ``stride``, every ``stride``-th
+times ``start + k / fps`` (the frame whose timestamp is nearest each target, so variable-frame-rate
+files give evenly timed clips; exactly halfway, the even-numbered frame, which keeps constant-rate
+clips identical to ``round(k * native_fps / fps)``) or, with ``stride``, every ``stride``-th
 frame from the one nearest ``start``. Decoding stops one frame past the clip's last frame (the frame that
 proves the last pick is the nearest); a clip that starts more than :data:`SEEK_GAP` seconds ahead is
 reached by seeking to the keyframe before it and decoding forward.
@@ -161,7 +162,11 @@ class VideoReader:
         if cur is None:
             raise ValueError("no decodable frames")
         if cur.time >= target:
-            return prev if prev is not None and target - prev.time <= cur.time - target else cur
+            if prev is None or target - prev.time > cur.time - target:
+                return cur
+            if target - prev.time < cur.time - target:
+                return prev
+            return prev if prev.index % 2 == 0 else cur  # exactly halfway: the even frame, as round() does
         if target - cur.time <= self.half_interval:  # the stream ended, but its last frame is close enough
             return cur
         raise ShortVideoError(f"needs a frame at {float(target):.3f}s, the video ends at {float(cur.time):.3f}s")

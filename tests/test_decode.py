@@ -15,8 +15,8 @@ VFR_TIMES = [0.0, 0.03, 0.1, 0.18, 0.2, 0.45, 0.5, 0.52, 0.61, 0.9, 1.0, 1.07, 1
 
 
 def nearest(times, target):
-    """Brute force: the index of the time nearest ``target`` (ties to the earlier frame)."""
-    return min(range(len(times)), key=lambda i: (abs(times[i] - target), i))
+    """Brute force: the index of the time nearest ``target`` (exact ties to the even index)."""
+    return min(range(len(times)), key=lambda i: (round(abs(times[i] - target), 9), i % 2))
 
 
 def levels(frames):
@@ -46,6 +46,13 @@ def long_video(tmp_path_factory):
     """600 frames (24 s at 25 fps), a keyframe every 25 frames; frame i is flat grey index_level(i)."""
     path = tmp_path_factory.mktemp("long") / "long.mp4"
     return write_synthetic_video(path, 600, 32, 32, fps=25, pattern="index", keyint=25, preset="ultrafast")
+
+
+def test_constant_rate_picks_match_rounded_frame_numbers(long_video):
+    with VideoReader(long_video, 32) as reader:
+        clip = reader.clip(0.0, 16, fps=8)  # k * 25 / 8 hits .5 at k = 4 (12.5) and k = 12 (37.5)
+    assert clip.indices == [round(k * 25 / 8) for k in range(16)]
+    assert clip.indices[4] == 12 and clip.indices[12] == 38
 
 
 def test_frames_past_the_clip_are_never_decoded(long_video):
