@@ -76,9 +76,9 @@ class ClipStream(torch.utils.data.IterableDataset):
             yield {"done": unit.shard}
 
     def _video(self, shard: int, key: str, name: str, file: str | bytes, caption: str, threads: int,
-               extra: dict | None = None) -> Iterator[dict]:
+               extra: dict | None = None, seed_key: str | None = None) -> Iterator[dict]:
         try:
-            clips, errors = load_clips(file, self.spec, name, threads)
+            clips, errors = load_clips(file, self.spec, name, threads, seed_key)
         except ClipError as err:
             yield _bad(shard, name, err.reason, str(err))
             return
@@ -111,7 +111,8 @@ class ClipStream(torch.utils.data.IterableDataset):
             caption = sample["txt"].decode("utf-8", errors="replace").strip() if "txt" in sample \
                 else str(info.get("caption") or "")
             out_key = f"{unit.shard:06d}_{key.replace('/', '_')}"
-            yield from self._video(unit.shard, out_key, name, sample[video], caption, threads, {"source_meta": info})
+            yield from self._video(unit.shard, out_key, name, sample[video], caption, threads, {"source_meta": info},
+                                   seed_key=key)
         if tar_errors:  # one record per tar: after a read error webdataset drops the rest of it
             first = tar_errors[0]
             more = f" (+{len(tar_errors) - 1} follow-up errors)" if len(tar_errors) > 1 else ""

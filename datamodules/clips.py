@@ -32,7 +32,7 @@ class ClipSpec:
         fps: frames are the ones nearest the times ``start + k / fps``; ``None`` with ``frame_stride``.
         frame_stride: take every ``frame_stride``-th decoded frame instead (``None``/``None`` means 1).
         clip_start: where the clip window sits: ``start`` of the video, ``middle``, or ``random``
-            (seeded by ``seed`` and the video's name, so reruns give the same clips).
+            (seeded by ``seed`` and the video's file name or tar key, so reruns give the same clips).
         clips_per_video: ``K`` non-overlapping windows spread over the video, each its own sample
             (fewer if the video is too short); ``0`` = as many as fit.
         seed: base seed of ``random``.
@@ -89,14 +89,17 @@ class ClipSpec:
         return [round(s, 6) for s in starts]
 
 
-def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None = None,
-               threads: int = 0) -> tuple[list[tuple[np.ndarray, dict]], list[ClipError]]:
+def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None = None, threads: int = 0,
+               seed_key: str | None = None) -> tuple[list[tuple[np.ndarray, dict]], list[ClipError]]:
     """Decode the clips of one video: ``([(frames (F, S, S, 3) uint8, meta), ...], [errors of later clips])``.
 
-    Only the frames the clips need are decoded (see :mod:`datamodules.decode`). Raises :class:`ClipError`
-    when the video gives no clip at all (``missing``, ``unreadable``, ``too_short``).
+    ``name`` names the video in metadata and errors; ``seed_key`` (default: the file name) seeds
+    ``clip_start="random"``, so the clips stay the same when the data moves. Only the frames the clips
+    need are decoded (see :mod:`datamodules.decode`). Raises :class:`ClipError` when the video gives no
+    clip at all (``missing``, ``unreadable``, ``too_short``).
     """
     name = str(file) if name is None else name
+    seed_key = os.path.basename(name) if seed_key is None else seed_key
     try:
         reader = VideoReader(file, spec.size, threads)
     except FileNotFoundError as err:
@@ -108,7 +111,7 @@ def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None
     with reader:
         try:
             duration = None if spec.clip_start == "start" and spec.clips_per_video == 1 else reader.duration()
-            starts = spec.window_starts(duration, reader.fps, name)
+            starts = spec.window_starts(duration, reader.fps, seed_key)
         except ClipError:
             raise
         except Exception as err:  # noqa: BLE001

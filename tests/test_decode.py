@@ -123,3 +123,16 @@ def test_memory_stays_bounded_on_a_long_video(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.split()[-1]) < 100  # MB of growth
+
+
+def test_random_start_is_reproducible_per_video(long_video, tmp_path):
+    import shutil
+
+    spec = ClipSpec(num_frames=4, size=16, fps=4, clip_start="random", seed=3)
+    first = load_clips(long_video, spec)[0][0][1]
+    moved = shutil.copy(long_video, tmp_path / "long.mp4")  # same file name elsewhere: same clip
+    assert load_clips(moved, spec)[0][0][1]["start"] == first["start"] > 0
+    other = shutil.copy(long_video, tmp_path / "other.mp4")
+    assert load_clips(other, spec)[0][0][1]["start"] != first["start"]
+    assert load_clips(long_video, ClipSpec(num_frames=4, size=16, fps=4, clip_start="random", seed=4))[0][0][1][
+        "start"] != first["start"]

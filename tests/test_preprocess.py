@@ -206,3 +206,13 @@ def test_two_processes_write_disjoint_shards(videos, tiny_base, tmp_path):
     two_report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert sorted(f["source"] for f in two_report["skipped_files"]) == \
         sorted(f["source"] for f in one_report["skipped_files"])
+
+
+def test_cli_clip_options():
+    from datamodules.preprocess import parse_args
+
+    args = parse_args(["--videos", "raw/{00000..00009}.tar", "--vae", "v", "--out", "o", "--clip-start", "random",
+                       "--clips-per-video", "0", "--seed", "7"])
+    assert (args.clip_start, args.clips_per_video, args.seed) == ("random", 0, 7)
+    with pytest.raises(SystemExit):
+        parse_args(["--videos", "v", "--vae", "v", "--out", "o", "--clip-start", "end"])
