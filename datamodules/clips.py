@@ -1,60 +1,139 @@
-"""Decode a video file into a fixed-length, fixed-size clip ready for the VAE."""
+"""Which clips a video gives (the sampling policy) and decoding them into fixed-size frames for the VAE."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+import math
+import os
+import random
+from dataclasses import dataclass
 
-from ls_video.video_io import read_video
+import numpy as np
+
+from datamodules.decode import ShortVideoError, VideoReader
+
+CLIP_STARTS = ("start", "middle", "random")
 
 
 class ClipError(Exception):
-    """A video that cannot give a clip; ``reason`` is a short key for the report."""
+    """A video (or one of its clips) that cannot give a clip; ``reason`` is a short key for the report."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
 
 
-def frame_indices(num_available: int, native_fps: float, num_frames: int, fps: float | None,
-                  frame_stride: int | None) -> list[int]:
-    """Indices of the clip's frames from the start: every ``frame_stride``-th frame, or resampled
-    from ``native_fps`` to ``fps`` (nearest frame). Raises ``ClipError('too_short')``."""
-    if frame_stride is not None:
-        idx = [k * frame_stride for k in range(num_frames)]
-    elif fps is not None:
-        idx = [int(round(k * native_fps / fps)) for k in range(num_frames)]
-    else:
-        idx = list(range(num_frames))
-    if idx[-1] >= num_available:
-        raise ClipError("too_short", f"needs frame {idx[-1]}, video has {num_available}")
-    return idx
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut from each video.
+
+    Args:
+        num_frames: frames per clip.
+        size: square side in pixels (short side resized to it, then center-cropped).
+        fps: frames are the ones nearest the times ``start + k / fps``; ``None`` with ``frame_stride``.
+        frame_stride: take every ``frame_stride``-th decoded frame instead (``None``/``None`` means 1).
+        clip_start: where the clip window sits: ``start`` of the video, ``middle``, or ``random``
+            (seeded by ``seed`` and the video's file name or tar key, so reruns give the same clips).
+        clips_per_video: ``K`` non-overlapping windows spread over the video, each its own sample
+            (fewer if the video is too short); ``0`` = as many as fit.
+        seed: base seed of ``random``.
+    """
+
+    num_frames: int = 16
+    size: int = 256
+    fps: float | None = 8
+    frame_stride: int | None = None
+    clip_start: str = "start"
+    clips_per_video: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.size < 1:
+            raise ValueError("num_frames and size must be >= 1")
+        if self.frame_stride is not None and self.frame_stride < 1 or self.fps is not None and self.fps <= 0:
+            raise ValueError("frame_stride must be >= 1 and fps > 0")
+        if self.clip_start not in CLIP_STARTS:
+            raise ValueError(f"clip_start must be one of {CLIP_STARTS}, got {self.clip_start!r}")
+        if self.clips_per_video < 0:
+            raise ValueError("clips_per_video must be >= 0 (0 = as many as fit)")
+
+    @property
+    def stride(self) -> int | None:
+        """Frame stride when clips are cut by frame count (``--frame-stride``, or neither option given)."""
+        return None if self.fps is not None and self.frame_stride is None else (self.frame_stride or 1)
+
+    def step(self, native_fps: float) -> float:
+        """Seconds between two frames of a clip."""
+        return self.stride / native_fps if self.stride else 1 / self.fps
+
+    def window_starts(self, duration: float | None, native_fps: float, name: str) -> list[float]:
+        """Start times (seconds) of this video's clips; ``duration`` is needed unless it is one clip at 0."""
+        if self.clip_start == "start" and self.clips_per_video == 1:
+            return [0.0]
+        if not duration:
+            raise ClipError("unreadable", "the video's duration is unknown")
+        window = self.num_frames * self.step(native_fps)  # a clip and the gap to the next clip's first frame
+        span = (self.num_frames - 1) * self.step(native_fps)  # first to last frame of a clip
+        last = duration - 1 / native_fps  # time of the last frame
+        if last < span - 1e-6:
+            raise ClipError("too_short", f"a clip spans {span:.2f}s, the video {duration:.2f}s")
+        fit = math.floor((last - span) / window + 1e-6) + 1
+        n = fit if self.clips_per_video == 0 else min(self.clips_per_video, fit)
+        slack = max(0.0, last - span - (n - 1) * window)  # free time to spread the windows over
+        if self.clip_start == "start":
+            starts = [i * (window + (slack / (n - 1) if n > 1 else 0.0)) for i in range(n)]
+        elif self.clip_start == "middle":
+            starts = [i * window + slack * (i + 1) / (n + 1) for i in range(n)]
+        else:
+            rng = random.Random(f"{self.seed}:{name}")  # str seeds hash with SHA-512: same in every process
+            starts = [i * window + u for i, u in enumerate(sorted(rng.uniform(0, slack) for _ in range(n)))]
+        return [round(s, 6) for s in starts]
 
 
-def resize_center_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """``(F, 3, H, W)`` floats -> ``(F, 3, size, size)``: shortest side to ``size``, then center crop."""
-    h, w = frames.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    if (nh, nw) != (h, w):
-        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return frames[..., top : top + size, left : left + size]
+def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None = None, threads: int = 0,
+               seed_key: str | None = None) -> tuple[list[tuple[np.ndarray, dict]], list[ClipError]]:
+    """Decode the clips of one video: ``([(frames (F, S, S, 3) uint8, meta), ...], [errors of later clips])``.
 
-
-def load_clip(path: str, num_frames: int, size: int, fps: float | None = None,
-              frame_stride: int | None = None) -> tuple[torch.Tensor, dict]:
-    """``(F, 3, size, size)`` frames in [-1, 1] plus metadata. Raises :class:`ClipError`."""
+    ``name`` names the video in metadata and errors; ``seed_key`` (default: the file name) seeds
+    ``clip_start="random"``, so the clips stay the same when the data moves. Only the frames the clips
+    need are decoded (see :mod:`datamodules.decode`). Raises :class:`ClipError` when the video gives no
+    clip at all (``missing``, ``unreadable``, ``too_short``).
+    """
+    name = str(file) if name is None else name
+    seed_key = os.path.basename(name) if seed_key is None else seed_key
     try:
-        video, native_fps = read_video(path)
+        reader = VideoReader(file, spec.size, threads)
     except FileNotFoundError as err:
         raise ClipError("missing", str(err)) from None
     except Exception as err:  # noqa: BLE001 - FFmpeg's many error types all mean "unreadable"
         raise ClipError("unreadable", f"{type(err).__name__}: {err}") from None
-    idx = frame_indices(len(video), native_fps, num_frames, fps, frame_stride)
-    frames = torch.from_numpy(np.ascontiguousarray(video[idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    frames = resize_center_crop(frames, size).clamp(-1, 1)
-    meta = dict(source=str(path), frame_indices=idx, native_fps=native_fps, fps=fps or native_fps / (frame_stride or 1),
-                original_size=[int(video.shape[1]), int(video.shape[2])])
-    return frames, meta
+    clips: list[tuple[np.ndarray, dict]] = []
+    errors: list[ClipError] = []
+    with reader:
+        try:
+            duration = None if spec.clip_start == "start" and spec.clips_per_video == 1 else reader.duration()
+            starts = spec.window_starts(duration, reader.fps, seed_key)
+        except ClipError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise ClipError("unreadable", f"{type(err).__name__}: {err}") from None
+        fps = None if spec.stride else spec.fps
+        for c, start in enumerate(starts):
+            try:
+                clip = reader.clip(start, spec.num_frames, fps=fps, stride=spec.stride)
+            except ShortVideoError as err:
+                error = ClipError("too_short", str(err))
+            except Exception as err:  # noqa: BLE001
+                error = ClipError("unreadable", f"{type(err).__name__}: {err}")
+            else:
+                meta = dict(source=name, clip=c, start=start, timestamps=clip.times, frame_indices=clip.indices,
+                            native_fps=reader.fps, fps=spec.fps if fps else reader.fps / spec.stride,
+                            original_size=reader.original_size)
+                clips.append((clip.frames, meta))
+                continue
+            if not clips:
+                raise error
+            rest = len(starts) - c
+            errors.append(ClipError(error.reason, f"{rest} of {len(starts)} clips from {start:.2f}s not made: "
+                                                  f"{error}"))
+            break
+    return clips, errors

@@ -1,13 +1,15 @@
 """Videos + captions -> WebDataset shards of VAE latents, as a Lightning predict loop.
 
     python -m datamodules.preprocess --videos SRC --vae PATH_OR_ID --out DIR [--num-frames 16]
-        [--fps 8 | --frame-stride K] [--size 256] [--shard-size 1000] [--batch-size 8]
-        [--devices N] [--num-nodes N]
+        [--fps 8 | --frame-stride K] [--clip-start start|middle|random] [--clips-per-video K]
+        [--size 256] [--shard-size 1000] [--batch-size 8] [--devices N] [--num-nodes N]
 
-Sample ``i`` of the sorted source list always goes to shard ``i // shard_size`` and shard ``k`` to
-rank ``k % world_size``, so ranks write disjoint shards and a rerun skips shards that are already
-complete (a shard appears under its final name only once fully written). Videos that cannot give a
-clip are skipped and counted by reason in ``DIR/report.json``; ``DIR/index.json`` lists the shards.
+Only the frames a clip needs are decoded (``datamodules.decode``). Source ``i`` of the sorted source
+list always goes to shard ``i // shard_size`` (raw-video tar shard ``j`` in: output shard ``j``) and
+shard ``k`` to rank ``k % world_size``, so ranks write disjoint shards and a rerun skips shards that
+are already complete (a shard appears under its final name only once fully written). Videos, tar
+members or tars that cannot give a clip are skipped and counted by reason in ``DIR/report.json``;
+``DIR/index.json`` lists the shards.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 
 import lightning as L
@@ -27,44 +30,16 @@ import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm import tqdm
 
-from datamodules.clips import ClipError, load_clip
+from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_shard, tar_units
+from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
-from datamodules.sources import Source, list_sources
+from datamodules.sources import list_sources, shard_urls
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
-class ClipDataset(torch.utils.data.Dataset):
-    """The pending clips of one rank; a bad video yields ``{"error": reason}`` instead of frames."""
-
-    def __init__(self, items: list[tuple[int, Source]], num_frames: int, size: int, fps: float | None,
-                 frame_stride: int | None) -> None:
-        self.items, self.num_frames, self.size = items, num_frames, size
-        self.fps, self.frame_stride = fps, frame_stride
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        index, source = self.items[i]
-        try:
-            frames, meta = load_clip(source.path, self.num_frames, self.size, self.fps, self.frame_stride)
-            return {"index": index, "frames": frames, "caption": source.caption, "meta": meta}
-        except ClipError as err:
-            return {"index": index, "error": err.reason, "detail": str(err), "source": source.path}
-
-
-def collate(items: list[dict]) -> dict:
-    good = [it for it in items if "error" not in it]
-    return {
-        "frames": torch.stack([it["frames"] for it in good]) if good else None,
-        "good": [{k: it[k] for k in ("index", "caption", "meta")} for it in good],
-        "bad": [it for it in items if "error" in it],
-    }
-
-
 class VaeEncoder(L.LightningModule):
-    """Frozen VAE; ``predict_step`` turns ``(B, F, 3, S, S)`` frames into unscaled latent means."""
+    """Frozen VAE; ``predict_step`` turns ``(B, F, S, S, 3)`` uint8 frames into unscaled latent means."""
 
     def __init__(self, vae_path: str) -> None:
         super().__init__()
@@ -79,7 +54,7 @@ class VaeEncoder(L.LightningModule):
         if batch["frames"] is None:
             return {"latents": None, **batch}
         b, f = batch["frames"].shape[:2]
-        flat = batch["frames"].flatten(0, 1).to(self.device, self.vae.dtype)
+        flat = batch["frames"].to(self.device).flatten(0, 1).permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1
         dtype = torch.bfloat16 if self.device.type == "cuda" else None
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             latents = self.vae.encode(flat).latent_dist.mean
@@ -88,100 +63,85 @@ class VaeEncoder(L.LightningModule):
 
 
 class ShardWriterCallback(BasePredictionWriter):
-    """Writes each rank's samples shard by shard (tmp file, then rename) with a clips/s bar."""
+    """Writes each rank's samples into their shards (tmp file, then rename once the shard's last unit is
+    done) with a clips/s bar. ``parts``: units per shard still to come."""
 
-    def __init__(self, out: str, shard_size: int, settings: dict, total: int) -> None:
+    def __init__(self, out: str, parts: dict[int, int], settings: dict, total: int | None, rank: int = 0) -> None:
         super().__init__(write_interval="batch")
-        self.out, self.shard_size, self.settings, self.total = out, shard_size, settings, total
-        self.shard: int | None = None
-        self.writer: wds.TarWriter | None = None
-        self.count = 0
-        self.skipped: list[dict] = []
+        self.out, self.parts, self.settings, self.total, self.rank = out, dict(parts), settings, total, rank
+        self.open: dict[int, tuple[wds.TarWriter, dict]] = {}
         self.bar: tqdm | None = None
-
-    def _open(self, shard: int) -> None:
-        self._close()
-        self.shard = shard
-        self.writer = wds.TarWriter(self._path(shard) + ".tmp")
-        self.count, self.skipped = 0, []
+        self.clips = 0  # clips written by this rank
 
     def _path(self, shard: int) -> str:
         return os.path.join(self.out, SHARD_PATTERN.format(shard))
 
-    def _close(self) -> None:
-        if self.writer is None:
-            return
-        self.writer.close()
-        path = self._path(self.shard)
-        with open(path + ".stats.json", "w") as f:
-            json.dump({"shard": os.path.basename(path), "samples": self.count, "skipped": self.skipped}, f)
-        os.replace(path + ".tmp", path)  # atomic: the final name only ever holds a complete shard
-        self.writer = None
+    def _shard(self, shard: int) -> tuple[wds.TarWriter, dict]:
+        if shard not in self.open:
+            self.open[shard] = (wds.TarWriter(self._path(shard) + ".tmp"), {"samples": 0, "skipped": []})
+        return self.open[shard]
 
-    def _shard_for(self, index: int) -> None:
-        shard = index // self.shard_size
-        if shard != self.shard:
-            self._open(shard)
+    def _close(self, shard: int) -> None:
+        writer, stats = self._shard(shard)
+        writer.close()
+        path = self._path(shard)
+        with open(path + ".stats.json", "w") as f:
+            json.dump({"shard": os.path.basename(path), "rank": self.rank, **stats}, f)
+        os.replace(path + ".tmp", path)  # atomic: the final name only ever holds a complete shard
+        del self.open[shard]
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        self.write(prediction, trainer.global_rank)
+        self.write(prediction)
 
-    def write(self, prediction: dict, rank: int = 0) -> None:
-        """Append one predicted batch (good latents and bad-video records) to the current shard."""
+    def write(self, prediction: dict) -> None:
+        """Append one predicted batch (good latents, bad-video records) and close the shards it completes."""
         if self.bar is None:
-            self.bar = tqdm(total=self.total, unit="clip", desc=f"encode rank {rank}", position=rank,
+            self.bar = tqdm(total=self.total, unit="clip", desc=f"encode rank {self.rank}", position=self.rank,
                             disable=self.total == 0)
-        events = [(g["index"], "good", i) for i, g in enumerate(prediction["good"])]
-        events += [(b["index"], "bad", b) for b in prediction["bad"]]
-        for index, kind, item in sorted(events, key=lambda e: e[0]):
-            self._shard_for(index)
-            if kind == "good":
-                g = prediction["good"][item]
-                meta = {**g["meta"], **self.settings, "num_frames": int(prediction["latents"].shape[1])}
-                self.writer.write(encode_sample(f"{index:09d}", prediction["latents"][item], g["caption"], meta))
-                self.count += 1
-            else:
-                self.skipped.append({"source": item["source"], "reason": item["error"], "detail": item["detail"]})
-        self.bar.update(len(events))
+        for i, g in enumerate(prediction["good"]):
+            writer, stats = self._shard(g["shard"])
+            meta = {**self.settings, **g["meta"], "num_frames": int(prediction["latents"].shape[1])}
+            writer.write(encode_sample(g["key"], prediction["latents"][i], g["caption"], meta))
+            stats["samples"] += 1
+            self.clips += 1
+        for b in prediction["bad"]:
+            self._shard(b["shard"])[1]["skipped"].append({"source": b["source"], "reason": b["error"],
+                                                          "detail": b["detail"]})
+        for shard in prediction["done"]:
+            self.parts[shard] -= 1
+            if self.parts[shard] == 0:
+                self._close(shard)
+        self.bar.update(len(prediction["good"]) + len(prediction["bad"]))
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.finish()
 
     def finish(self) -> None:
-        self._close()
         if self.bar is not None:
             self.bar.close()
 
 
-def pending_items(sources: list[Source], out: str, shard_size: int, rank: int, world: int) -> list:
-    """(index, source) pairs of this rank's shards that are not complete on disk yet."""
-    items = []
-    for index, source in enumerate(sources):
-        shard = index // shard_size
-        if shard % world == rank and not os.path.exists(os.path.join(out, SHARD_PATTERN.format(shard))):
-            items.append((index, source))
-    return items
-
-
-def write_index(out: str, settings: dict) -> dict:
-    """Merge the per-shard stats into ``index.json`` and ``report.json``; returns the report."""
+def write_index(out: str, settings: dict, write: bool = True) -> dict:
+    """Merge the per-shard stats into ``index.json`` and ``report.json`` (when ``write``); returns the report."""
     stats = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "shard-*.tar.stats.json")))]
     skipped = [s for st in stats for s in st["skipped"]]
     report = {"written": sum(st["samples"] for st in stats), "skipped": len(skipped),
               "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped_files": skipped}
     index = {"shards": [{"name": st["shard"], "samples": st["samples"]} for st in stats],
              "num_samples": report["written"], "settings": settings}
-    with open(os.path.join(out, "index.json"), "w") as f:
-        json.dump(index, f, indent=2)
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    if write:
+        with open(os.path.join(out, "index.json"), "w") as f:
+            json.dump(index, f, indent=2)
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(report, f, indent=2)
     return report
 
 
 def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float | None = 8,
                frame_stride: int | None = None, size: int = 256, shard_size: int = 1000,
                batch_size: int = 8, num_workers: int = 2, devices: int | str = 1, num_nodes: int = 1,
-               accelerator: str = "auto", video_dir: str | None = None, in_process: bool = False) -> dict:
+               accelerator: str = "auto", video_dir: str | None = None, in_process: bool = False,
+               clip_start: str = "start", clips_per_video: int = 1, seed: int = 0) -> dict:
     """Run the job (see the module docstring) and return the merged report.
 
     ``in_process`` runs the same predict step and writer in a plain loop on this process's device,
@@ -189,71 +149,75 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     """
     if frame_stride is not None:
         fps = None
-    if num_frames < 1 or size < 1 or shard_size < 1 or batch_size < 1:
-        raise ValueError("num_frames, size, shard_size and batch_size must be >= 1")
-    sources = list_sources(videos, video_dir)
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("shard_size and batch_size must be >= 1")
+    spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed)
+    urls = shard_urls(videos)
+    sources = list_sources(videos, video_dir) if urls is None else []
+    units = file_units(sources, shard_size, batch_size) if urls is None else tar_units(urls)
     os.makedirs(out, exist_ok=True)
     model = VaeEncoder(vae)
-    if in_process:
-        return _run_in_process(model, sources, out, num_frames, fps, frame_stride, size, shard_size, batch_size,
-                               num_workers)
-    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
-    settings = _settings(model, size, fps, frame_stride)
-    rank, world = trainer.global_rank, trainer.world_size
-    items = pending_items(sources, out, shard_size, rank, world)
-    dataset = ClipDataset(items, num_frames, size, fps, frame_stride)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=collate, persistent_workers=False)
-    writer = ShardWriterCallback(out, shard_size, settings, len(items))
-    trainer.callbacks.append(writer)
+    settings = {**_settings(model, spec), "shard_size": shard_size if urls is None else None}
+    trainer = None
+    if not in_process:
+        trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    pending = [u for u in units if u.shard % world == rank
+               and not os.path.exists(os.path.join(out, SHARD_PATTERN.format(u.shard)))]
+    total = sum(len(u.sources) for u in pending) if urls is None and clips_per_video == 1 else None
+    loader = torch.utils.data.DataLoader(ClipStream(pending, spec), batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=collate)
+    writer = ShardWriterCallback(out, parts_per_shard(pending), settings, total, rank)
     start = time.perf_counter()
-    if items:
-        trainer.predict(model, loader, return_predictions=False)
+    if trainer is None:
+        for i, batch in enumerate(loader):
+            writer.write(model.predict_step(batch, i))
+        writer.finish()
+    else:  # every rank runs predict, even with nothing left to do, so collective calls line up
+        trainer.callbacks.append(writer)
+        with warnings.catch_warnings():  # the writer keys samples itself; it needs no batch indices
+            warnings.filterwarnings("ignore", "Couldn't infer the batch indices")
+            trainer.predict(model, loader, return_predictions=False)
     elapsed = time.perf_counter() - start
-    trainer.strategy.barrier()
-    return _report(out, settings, num_frames, shard_size, len(items), elapsed)
-
-
-def _report(out: str, settings: dict, num_frames: int, shard_size: int, encoded: int, elapsed: float) -> dict:
-    """Write index/report for the whole folder and add this rank's throughput."""
-    report = write_index(out, {**settings, "num_frames": num_frames, "shard_size": shard_size})
-    report["clips_per_s_rank0"] = encoded / elapsed if encoded and elapsed > 0 else None
+    if trainer is not None:
+        trainer.strategy.barrier()
+    report = write_index(out, settings, write=rank == 0)
+    report["rank"] = rank
+    report["clips_per_s_rank0"] = writer.clips / elapsed if writer.clips and elapsed > 0 else None
     return report
 
 
-def _settings(model: VaeEncoder, size: int, fps: float | None, frame_stride: int | None) -> dict:
+def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
     return dict(vae=model.vae_path, scaling_factor=float(model.vae.config.scaling_factor),
-                shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=size, fps=fps,
-                frame_stride=frame_stride)
-
-
-def _run_in_process(model: VaeEncoder, sources: list[Source], out: str, num_frames: int, fps: float | None,
-                    frame_stride: int | None, size: int, shard_size: int, batch_size: int, num_workers: int) -> dict:
-    settings = _settings(model, size, fps, frame_stride)
-    items = pending_items(sources, out, shard_size, 0, 1)
-    loader = torch.utils.data.DataLoader(ClipDataset(items, num_frames, size, fps, frame_stride),
-                                         batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    writer = ShardWriterCallback(out, shard_size, settings, len(items))
-    start = time.perf_counter()
-    for i, batch in enumerate(loader):
-        writer.write(model.predict_step(batch, i))
-    writer.finish()
-    return _report(out, settings, num_frames, shard_size, len(items), time.perf_counter() - start)
+                shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=spec.size,
+                fps=spec.fps if spec.stride is None else None, frame_stride=spec.frame_stride,
+                clip_start=spec.clip_start, clips_per_video=spec.clips_per_video, seed=spec.seed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m datamodules.preprocess", description=__doc__.split("\n")[0])
-    p.add_argument("--videos", required=True, help="folder of videos + .txt captions, or a .csv/.jsonl of path,caption")
+    p.add_argument("--videos", required=True,
+                   help="folder of videos + .txt captions, a .csv/.jsonl of path,caption, or raw-video tar shards "
+                        "as video2dataset writes them ({key}.mp4 + .txt + .json): 'raw/{00000..00099}.tar', "
+                        "URLs or 'pipe:' commands, read as streams")
     p.add_argument("--video-dir", default=None, help="folder the CSV's paths (or WebVid videoids) are relative to")
     p.add_argument("--vae", required=True, help="diffusers base folder/id (its vae/ is used) or a VAE folder")
     p.add_argument("--out", required=True, help="output folder for shards, index.json and report.json")
     p.add_argument("--num-frames", type=int, default=16, help="frames per clip")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--fps", type=float, default=8, help="resample clips to this frame rate (default 8)")
+    g.add_argument("--fps", type=float, default=8,
+                   help="clip frame rate: the frames nearest the times start + k/fps (default 8)")
     g.add_argument("--frame-stride", type=int, default=None, help="take every K-th frame instead of --fps")
+    p.add_argument("--clip-start", choices=CLIP_STARTS, default="start",
+                   help="where a clip sits in its video: start (default), middle, or random (seeded per video)")
+    p.add_argument("--clips-per-video", type=int, default=1,
+                   help="K non-overlapping clips spread over each video, each its own sample (0: as many as fit)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --clip-start random")
     p.add_argument("--size", type=int, default=256, help="square side in pixels after resize + center crop")
-    p.add_argument("--shard-size", type=int, default=1000, help="clips per shard")
+    p.add_argument("--shard-size", type=int, default=1000,
+                   help="source videos per output shard (= clips with one clip per video); tar shards in: "
+                        "one output shard per input shard")
     p.add_argument("--batch-size", type=int, default=8, help="clips encoded together")
     p.add_argument("--num-workers", type=int, default=2, help="decoding worker processes per device")
     p.add_argument("--devices", default="1", help="devices per node (Lightning syntax: 1, 4, auto)")
@@ -268,13 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
                             args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
-                            args.accelerator, args.video_dir)
+                            args.accelerator, args.video_dir, clip_start=args.clip_start,
+                            clips_per_video=args.clips_per_video, seed=args.seed)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"preprocess: error: {err}", file=sys.stderr)
         return 2
-    rate = report["clips_per_s_rank0"]
-    print(f"wrote {report['written']} clips, skipped {report['skipped']} {report['skipped_by_reason']}"
-          + (f", {rate:.1f} clips/s" if rate else "") + f" -> {args.out}")
+    if report["rank"] == 0:
+        rate = report["clips_per_s_rank0"]
+        print(f"wrote {report['written']} clips, skipped {report['skipped']} {report['skipped_by_reason']}"
+              + (f", {rate:.1f} clips/s" if rate else "") + f" -> {args.out}")
     return 0
 
 

@@ -2,7 +2,10 @@
 
 * a folder of videos with same-name ``.txt`` captions (``clip.mp4`` + ``clip.txt``);
 * a CSV or JSONL file of ``path, caption`` rows (paths relative to the file's folder);
-* WebVid's CSV (``videoid, name`` columns): ``path`` becomes ``{video_dir}/{videoid}.mp4``.
+* WebVid's CSV (``videoid, name`` columns): ``path`` becomes ``{video_dir}/{videoid}.mp4``;
+* raw-video WebDataset shards as video2dataset writes them (``{key}.mp4`` + ``{key}.txt`` +
+  ``{key}.json``): local paths, brace patterns (``raw/{00000..00099}.tar``), URLs or ``pipe:`` commands,
+  read as streams by :mod:`datamodules.clip_stream`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import json
 import os
 from dataclasses import dataclass
 
+from webdataset.shardlists import expand_urls
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".png", ".jpg", ".jpeg")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 @dataclass(frozen=True)
@@ -62,3 +68,19 @@ def list_sources(src: str, video_dir: str | None = None) -> list[Source]:
         else:
             raise ValueError(f"--videos must be a folder, .csv or .jsonl file, got {src}")
     return [_row_to_source(row, root, video_dir) for row in rows]
+
+
+def shard_urls(src: str) -> list[str] | None:
+    """The raw-video tar shards ``src`` names (brace patterns expanded), or ``None`` if it names no shards.
+
+    Raises ``FileNotFoundError`` when ``src`` names local shards and none of them exists.
+    """
+    if os.path.isdir(src):
+        return None
+    remote = src.startswith("pipe:") or "://" in src
+    urls = expand_urls(src)
+    if not remote and not all(u.endswith(SHARD_SUFFIXES) for u in urls):
+        return None
+    if not remote and not any(os.path.isfile(u) for u in urls):
+        raise FileNotFoundError(f"no input shard found: {src}")
+    return urls
