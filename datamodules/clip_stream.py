@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import webdataset as wds
 
 from datamodules.clips import ClipError, ClipSpec, load_clips
+from datamodules.remote import tar_samples
 from datamodules.sources import VIDEO_EXTENSIONS, Source
 
 
@@ -96,7 +96,7 @@ class ClipStream(torch.utils.data.IterableDataset):
             tar_errors.append(exn)
             return True  # webdataset goes on with what it can still read
 
-        for sample in wds.tarfile_to_samples(handler=handler)([{"url": unit.url}]):
+        for sample in tar_samples(unit.url, handler):  # timeouts and retries for remote shards
             key = sample["__key__"]
             name = f"{unit.url}:{key}"
             video = next((ext for ext in sample if "." + ext in VIDEO_EXTENSIONS), None)

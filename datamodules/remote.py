@@ -19,6 +19,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -172,3 +173,20 @@ def open_shard(url: str, opts: RemoteOptions | None = None):
                 raise
             time.sleep(opts.backoff * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def tar_samples(url: str, handler, opts: RemoteOptions | None = None) -> Iterator[dict]:
+    """webdataset samples (``{"__key__", ext: bytes, ...}``) of one shard, opened by :func:`open_shard`.
+
+    ``handler(exception) -> bool`` sees every failure (the shard not opening included), as
+    webdataset's handlers do; ``True`` goes on with what can still be read.
+    """
+
+    def opened() -> Iterator[dict]:
+        try:
+            yield {"url": url, "stream": open_shard(url, opts)}
+        except ShardReadError as err:
+            handler(err)
+
+    files = wds.tariterators.tar_file_expander(opened(), handler=handler)
+    return wds.tariterators.group_by_keys(files, handler=handler)
