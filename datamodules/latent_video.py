@@ -6,7 +6,8 @@ import lightning as L
 import torch
 
 from datamodules.remote import RemoteOptions
-from datamodules.stream import LatentClipStream, collate
+from datamodules.stream import LatentClipStream, collate, expand
+from datamodules.vae_check import check_vae
 
 
 class LatentVideoDataModule(L.LightningDataModule):
@@ -35,6 +36,8 @@ class LatentVideoDataModule(L.LightningDataModule):
             ``timeout``; training never waits longer than this on one shard.
         retries: extra attempts to open a remote shard (exponential backoff from 1 s) before it is
             skipped and counted in ``data/skipped_{reason}``.
+        allow_vae_mismatch: train even when the shards record another VAE than the model's (by default
+            ``fit`` stops before the first step with one line naming both).
     """
 
     def __init__(
@@ -53,8 +56,10 @@ class LatentVideoDataModule(L.LightningDataModule):
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         retries: int = 2,
+        allow_vae_mismatch: bool = False,
     ) -> None:
         super().__init__()
+        self.allow_vae_mismatch = allow_vae_mismatch
         if connect_timeout <= 0 or read_timeout <= 0 or retries < 0:
             raise ValueError("connect_timeout and read_timeout must be > 0 and retries >= 0")
         self.remote = RemoteOptions(connect_timeout, read_timeout, retries)
@@ -68,6 +73,19 @@ class LatentVideoDataModule(L.LightningDataModule):
         self.num_frames, self.seed = num_frames, seed
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.resumed_at_step = 0  # set from the checkpoint by load_state_dict
+
+    def setup(self, stage: str | None = None) -> None:
+        """Before fitting: the shards' recorded VAE must be the model's (see ``allow_vae_mismatch``)."""
+        self.check_vae(stage)
+
+    def check_vae(self, stage: str | None) -> None:
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        if stage not in ("fit", None) or self.allow_vae_mismatch or getattr(module, "vae", None) is None:
+            return
+        urls = expand(self.train_urls)
+        if urls:
+            check_vae(urls[0], module.vae, module.hparams.get("pretrained_model_name_or_path"), self.remote)
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint: the step it was taken at (the resumed stream's seed)."""
@@ -124,7 +142,8 @@ class ImageLatentDataModule(LatentVideoDataModule):
                  num_workers: int = 2, shuffle_buffer: int = 1000, resampled: bool = True,
                  epoch_length: int | None = 10_000, seed: int = 0, pin_memory: bool = True,
                  prefetch_factor: int = 2, connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 retries: int = 2) -> None:
+                 retries: int = 2, allow_vae_mismatch: bool = False) -> None:
         super().__init__(train_urls, val_urls, batch_size, num_workers, shuffle_buffer, resampled, epoch_length,
                          num_frames=1, seed=seed, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
-                         connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries)
+                         connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries,
+                         allow_vae_mismatch=allow_vae_mismatch)

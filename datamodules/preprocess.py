@@ -100,7 +100,8 @@ class ShardWriterCallback(BasePredictionWriter):
                             disable=self.total == 0)
         for i, g in enumerate(prediction["good"]):
             writer, stats = self._shard(g["shard"])
-            meta = {**self.settings, **g["meta"], "num_frames": int(prediction["latents"].shape[1])}
+            meta = {**self.settings, **g["meta"], "num_frames": int(prediction["latents"].shape[1]),
+                    "latent_shape": list(prediction["latents"][i].shape)}
             writer.write(encode_sample(g["key"], prediction["latents"][i], g["caption"], meta))
             stats["samples"] += 1
             self.clips += 1
@@ -189,7 +190,11 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
 
 
 def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
-    return dict(vae=model.vae_path, scaling_factor=float(model.vae.config.scaling_factor),
+    from ls_video.loading import vae_fingerprint
+
+    return dict(vae=model.vae_path, vae_fingerprint=vae_fingerprint(model.vae),
+                latent_channels=int(model.vae.config.latent_channels),
+                scaling_factor=float(model.vae.config.scaling_factor),
                 shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=spec.size,
                 fps=spec.fps if spec.stride is None else None, frame_stride=spec.frame_stride,
                 clip_start=spec.clip_start, clips_per_video=spec.clips_per_video, seed=spec.seed)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
+import torch
 import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, PreTrainedModel
@@ -48,3 +50,16 @@ def load_components(path: str, revision: str | None = None) -> dict:
         noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
         temporal_config=TemporalConfig.load(os.path.join(path, "unet")) if os.path.isdir(path) else None,
     )
+
+
+def vae_fingerprint(vae: AutoencoderKL) -> str:
+    """16 hex digits naming a VAE by its config and weights (bf16-rounded, so a cast VAE keeps its name).
+
+    Latent shards record the fingerprint of the VAE that made them; training compares it with the
+    model's VAE before the first step.
+    """
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for p in vae.parameters():
+        digest.update(p.detach().to("cpu", torch.bfloat16).float().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -50,6 +50,13 @@ def test_writes_shards_and_reports_bad_videos(videos, tiny_base, tmp_path):
     assert latents.dtype == np.float16 and latents.shape == (8, 4, 16, 16)
     meta = json.loads(samples[0]["json"])
     assert meta["scaled"] is False and meta["scaling_factor"] == 0.18215 and len(meta["frame_indices"]) == 8
+    from diffusers import AutoencoderKL
+
+    from ls_video.loading import vae_fingerprint
+
+    vae = AutoencoderKL.from_pretrained(tiny_base, subfolder="vae")  # what training compares with
+    assert meta["vae_fingerprint"] == vae_fingerprint(vae) and meta["latent_channels"] == 4
+    assert meta["latent_shape"] == [8, 4, 16, 16]
     assert samples[0]["txt"].decode().startswith("a ")
     index = json.loads((out / "index.json").read_text())
     assert sum(s["samples"] for s in index["shards"]) == 7 and not list(out.glob("*.tmp"))

@@ -206,3 +206,35 @@ def test_help_explains_model_options():
     assert r.returncode == 0
     for option in ("--model.temporal_mixing", "--model.caption_dropout", "--model.snr_gamma", "--checkpoint.dirpath"):
         assert option in r.stdout
+
+
+def test_shards_from_another_vae_stop_before_step_one(tiny_base, tmp_path):
+    """Shards recording another VAE: one line, exit code 2, no step; allow_vae_mismatch overrides."""
+    import numpy as np
+    import webdataset as wds
+
+    from datamodules.shards import encode_sample
+    from ls_video.loading import vae_fingerprint
+    from ls_video.tiny import tiny_vae
+
+    torch.manual_seed(123)
+    other = tiny_vae()  # same architecture, other weights: only the fingerprint tells them apart
+    meta = {"vae": "other-vae", "vae_fingerprint": vae_fingerprint(other), "latent_channels": 4,
+            "scaling_factor": float(other.config.scaling_factor)}
+    with wds.TarWriter(str(tmp_path / "a.tar")) as w:
+        for i in range(4):
+            w.write(encode_sample(f"{i:06d}", np.random.randn(2, 4, 8, 8).astype(np.float16), "a red square", meta))
+    config = write_config(tmp_path, tiny_base, max_steps=1)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"] = {"class_path": "datamodules.LatentVideoDataModule",
+                   "init_args": {"train_urls": str(tmp_path / "a.tar"), "batch_size": 2, "num_workers": 0}}
+    cfg["trainer"].update(limit_val_batches=0)
+    config.write_text(yaml.safe_dump(cfg))
+    r = train("fit", "-c", str(config))
+    assert r.returncode == 2, r.stderr[-2000:]
+    error = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and "other-vae" in error[0] and "allow_vae_mismatch" in error[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
+    r = train("fit", "-c", str(config), "--data.init_args.allow_vae_mismatch", "true")
+    assert r.returncode == 0, r.stderr[-2000:]
