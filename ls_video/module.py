@@ -155,6 +155,20 @@ class LatentShiftModule(L.LightningModule):
         self.skipping_step = False  # set by training_step when any rank's loss is non-finite
 
     # ----------------------------------------------------------------------------- helpers
+    def setup(self, stage: str) -> None:
+        """Under mixed precision the frozen parts run in it (they never train): ``bf16-mixed`` casts the
+        text encoder and the VAE to bf16, ``16-mixed`` the text encoder only (fp16 SD VAEs overflow)."""
+        precision = str(self.trainer.precision)
+        if precision.startswith("bf16"):
+            frozen = {self.text_encoder: torch.bfloat16, self.vae: torch.bfloat16}
+        elif precision.startswith("16"):
+            frozen = {self.text_encoder: torch.float16}
+        else:
+            return
+        for module, dtype in frozen.items():
+            torch.nn.Module.to(module, dtype)  # (ModelMixin.to warns on dtype casts)
+        self._empty_embedding = None
+
     def train(self, mode: bool = True) -> LatentShiftModule:
         """Frozen modules stay in eval mode whatever Lightning asks."""
         super().train(mode)

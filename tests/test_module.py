@@ -102,3 +102,18 @@ def test_performance_options(components):
     assert not opt.defaults.get("fused")  # CPU parameters: the fused kernel is not used
     loss = m.training_step(batch(), 0)
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("precision,vae_dtype,text_dtype", [("bf16-mixed", torch.bfloat16, torch.bfloat16),
+                                                             ("32-true", torch.float32, torch.float32)])
+def test_frozen_parts_run_in_the_training_precision(components, tmp_path, precision, vae_dtype, text_dtype):
+    """(``16-mixed`` keeps the VAE in fp32; Lightning turns it into ``bf16-mixed`` on CPUs, so it is not
+    tested here.)"""
+    m = LatentShiftModule(**kw(components))
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    loader = torch.utils.data.DataLoader([batch(), batch()], batch_size=None)
+    trainer.fit(m, train_dataloaders=loader)
+    assert next(m.vae.parameters()).dtype == vae_dtype and next(m.text_encoder.parameters()).dtype == text_dtype
+    assert next(m.unet.parameters()).dtype == torch.float32  # the trained weights stay fp32 (mixed precision)
+    assert trainer.global_step == 2
