@@ -6,6 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import lightning as L
 import pytest
+from lightning.pytorch.callbacks import ModelCheckpoint
 from test_reliability import shard_with_bad
 
 from callbacks import DataHealth
@@ -102,18 +103,25 @@ def test_open_shard_gives_up_after_retries_and_never_retries_a_404(server):
 
 @pytest.mark.slow
 def test_training_from_faulty_remote_shards_finishes_in_bounded_time(server, tiny_base, tmp_path):
-    """Resampled shards, 2 DataLoader workers, every fault in the mix: 12 steps, bounded time."""
+    """Resampled shards, 2 DataLoader workers, every fault in the mix: 12 steps in bounded time, then
+    the run's last checkpoint resumes to step 14 (nothing is lost)."""
     urls = [f"{server}/{n}.tar" for n in ("good-0", "stall", "cut", "missing", "good-1")]
-    data = LatentVideoDataModule(urls, batch_size=2, num_workers=2, resampled=True, epoch_length=1000,
-                                 shuffle_buffer=0, read_timeout=1, connect_timeout=2, retries=0)
-    module = LatentShiftModule(tiny_base, warmup_steps=1)
-    health = DataHealth(max_bad_fraction=1.0, min_samples=10**6)
-    trainer = L.Trainer(max_steps=12, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        callbacks=[health])
+
+    def run(steps: int, ckpt_path: str | None = None) -> tuple[L.Trainer, DataHealth]:
+        data = LatentVideoDataModule(urls, batch_size=2, num_workers=2, resampled=True, epoch_length=1000,
+                                     shuffle_buffer=0, read_timeout=1, connect_timeout=2, retries=0)
+        health = DataHealth(max_bad_fraction=1.0, min_samples=10**6)
+        checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
+        trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path, callbacks=[health, checkpoints])
+        trainer.fit(LatentShiftModule(tiny_base, warmup_steps=1), datamodule=data, ckpt_path=ckpt_path)
+        return trainer, health
+
     start = time.monotonic()
-    trainer.fit(module, datamodule=data)
+    trainer, health = run(12)
     assert trainer.global_step == 12
     assert time.monotonic() - start < 120
     _, reasons, _ = health.totals()
     assert reasons["timeout"] >= 1, reasons  # the stalled shard was drawn, cost ~1 s, and training went on
+    trainer, _ = run(14, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 14
