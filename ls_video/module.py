@@ -8,6 +8,7 @@ EMA, video logging and joint image batches live in ``callbacks/``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -188,7 +189,8 @@ class LatentShiftModule(L.LightningModule):
 
     def step_generator(self) -> torch.Generator:
         """Generator for this optimizer step and rank: randomness that survives a resume."""
-        seed = (self.hparams.noise_seed * 1_000_003 + self.global_step) * 1024 + self.global_rank
+        key = f"{self.hparams.noise_seed}-{self.global_step}-{self.global_rank}".encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")  # distinct for every (seed, step, rank)
         return torch.Generator(self.device).manual_seed(seed)
 
     def text_embeddings(self, batch: dict, drop: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -81,10 +81,28 @@ class TemporalConfig:
 
 
 class _FrameState:
-    """Frame count of the batch currently inside the U-Net, shared by all its hooks."""
+    """Frame count of the batch currently inside the U-Net, shared by all its hooks.
+
+    :func:`video_unet_forward` sets it for its call; a plain ``unet(images)`` call resets it to 1 (the
+    U-Net's own pre-hook, :class:`_FrameReset`), so images never exchange channels. It is *not* reset
+    when the video call returns: gradient checkpointing re-runs the blocks during backward and needs it.
+    """
 
     def __init__(self) -> None:
         self.num_frames = 1
+        self.video_call = False
+
+
+class _FrameReset:
+    """Pre-hook on the U-Net itself: a call not made by :func:`video_unet_forward` is a batch of images."""
+
+    def __init__(self, state: _FrameState) -> None:
+        self.state = state
+
+    def __call__(self, module: torch.nn.Module, args: tuple) -> None:
+        if not self.state.video_call:
+            self.state.num_frames = 1
+        self.state.video_call = False
 
 
 class _ShiftHook:
@@ -155,10 +173,11 @@ def added_parameters(unet: torch.nn.Module) -> int:
 class _Temporal:
     """What :func:`apply_temporal_mixing` attaches to a U-Net (a plain attribute, not a module)."""
 
-    def __init__(self, config: TemporalConfig, state: _FrameState, handles: list) -> None:
+    def __init__(self, config: TemporalConfig, state: _FrameState, handles: list, reset_handle) -> None:
         self.config = config
         self.state = state
-        self.handles = handles
+        self.handles = handles  # one per hooked block
+        self.reset_handle = reset_handle
 
 
 def apply_temporal_mixing(
@@ -172,7 +191,7 @@ def apply_temporal_mixing(
     config = config or TemporalConfig()
     old = getattr(unet, "_latent_shift", None)
     if old is not None:
-        for handle in old.handles:
+        for handle in [*old.handles, old.reset_handle]:
             handle.remove()
     _remove_added_layers(unet)
     state = _FrameState()
@@ -196,7 +215,8 @@ def apply_temporal_mixing(
                 module.temporal_attention = _temporal_attention(module)
             torch.nn.Module.to(module.temporal_attention, ref.dtype)  # (ModelMixin.to warns on dtype casts)
             handles.append(module.register_forward_hook(_AddedLayerHook(state, "temporal_attention")))
-    unet._latent_shift = _Temporal(config, state, handles)
+    reset_handle = unet.register_forward_pre_hook(_FrameReset(state))
+    unet._latent_shift = _Temporal(config, state, handles, reset_handle)
     return unet
 
 
@@ -254,6 +274,6 @@ def video_unet_forward(
     context = encoder_hidden_states.repeat_interleave(f, dim=0)
     temporal = getattr(unet, "_latent_shift", None)
     if temporal is not None:
-        temporal.state.num_frames = f
+        temporal.state.num_frames, temporal.state.video_call = f, True
     out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
     return rearrange(out, "(b f) c h w -> b f c h w", b=b)

@@ -115,3 +115,32 @@ def test_inference_in_place_shift_matches_autograd_path():
         fast = video_unet_forward(unet, x, t, ctx)  # in-place shift before each conv1
     slow = video_unet_forward(unet, x.requires_grad_(), t, ctx)  # out-of-place, differentiable
     assert torch.allclose(fast, slow.detach(), atol=1e-6)
+
+
+def test_plain_call_after_a_video_call_is_an_image_model():
+    """The frame count lives only for one video_unet_forward call: a later ``unet(images)`` never shifts
+    channels between unrelated images (or fails on a batch that F does not divide)."""
+    torch.manual_seed(0)
+    unet = apply_temporal_mixing(tiny_unet().eval())
+    x, t, ctx = inputs(b=2, f=3)
+    images = torch.randn(5, 4, 8, 8)
+    with torch.no_grad():
+        before = unet(images, 10, encoder_hidden_states=ctx[:1].expand(5, -1, -1)).sample
+        video_unet_forward(unet, x, t, ctx)
+        after = unet(images, 10, encoder_hidden_states=ctx[:1].expand(5, -1, -1)).sample
+    assert torch.equal(before, after)
+
+
+def test_gradient_checkpointing_keeps_the_shift_in_the_recomputation():
+    """Checkpointed blocks re-run during backward, after video_unet_forward returned: same gradients."""
+    import copy
+
+    torch.manual_seed(0)
+    plain = apply_temporal_mixing(tiny_unet().train(), TemporalConfig("shift", 0.25))
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.enable_gradient_checkpointing()
+    x, t, ctx = inputs(b=2, f=3)
+    for unet in (plain, checkpointed):
+        video_unet_forward(unet, x, t, ctx).square().mean().backward()
+    for p, q in zip(checkpointed.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
