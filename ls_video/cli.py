@@ -65,6 +65,11 @@ def main(args: list[str] | None = None) -> int:
     bad values, unsafe or mostly-bad data, diverging loss) end with a one-line error and exit code 2."""
     from callbacks.data_health import BadDataError
 
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["transfer"]:  # ls-video transfer extract|apply ... (motion as a file)
+        from ls_video.transfer import main as transfer_main
+
+        return transfer_main(argv[1:])
     try:
         build(args)
     except (FileNotFoundError, ValueError, BadDataError, FloatingPointError, ArgumentError) as err:
