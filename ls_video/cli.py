@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
+from ls_video.quiet import quiet
 
 
 class LatentShiftCLI(LightningCLI):
@@ -65,6 +66,7 @@ def main(args: list[str] | None = None) -> int:
     bad values, unsafe or mostly-bad data, diverging loss) end with a one-line error and exit code 2."""
     from callbacks.data_health import BadDataError
 
+    quiet()
     try:
         build(args)
     except (FileNotFoundError, ValueError, BadDataError, FloatingPointError, ArgumentError) as err:
