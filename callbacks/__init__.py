@@ -1,8 +1,10 @@
-"""Training callbacks: EMA weights, video logging, image-video joint batches, data health."""
+"""Training callbacks: EMA weights, video logging, image-video joint batches, data health, CPU threads, speed."""
 
 from callbacks.data_health import DataHealth
 from callbacks.ema import EMA
 from callbacks.joint import JointImageVideo
+from callbacks.speed import StepSpeed
+from callbacks.threads import CPUThreads
 from callbacks.video_logger import VideoLogger
 
-__all__ = ["DataHealth", "EMA", "JointImageVideo", "VideoLogger"]
+__all__ = ["CPUThreads", "DataHealth", "EMA", "JointImageVideo", "StepSpeed", "VideoLogger"]

@@ -4,6 +4,7 @@ cache folder, then streams those shards like any :class:`LatentVideoDataModule`.
 
 from __future__ import annotations
 
+import gc
 import glob
 import hashlib
 import json
@@ -107,6 +108,10 @@ class ToyDataModule(LatentVideoDataModule):
                        size=self.world.size, shard_size=self.shard_size, num_workers=0, in_process=True)
         with open(os.path.join(self.root, "done.json"), "w") as f:
             json.dump(self.settings, f, indent=2)
+        # Free the PyAV codec contexts left in reference cycles now, while their FFmpeg threads exist: a
+        # DataLoader worker forked later would otherwise collect them and hang for ever in
+        # avcodec_free_context (seen in `make demo` on a fresh cache: training stalled at step 0).
+        gc.collect()
 
     def setup(self, stage: str | None = None) -> None:
         self.train_urls = sorted(glob.glob(os.path.join(self.shard_dir("train"), "shard-*.tar")))

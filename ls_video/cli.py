@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
+from ls_video.quiet import quiet
 
 
 class LatentShiftCLI(LightningCLI):
@@ -70,6 +71,7 @@ def main(args: list[str] | None = None) -> int:
         from ls_video.transfer import main as transfer_main
 
         return transfer_main(argv[1:])
+    quiet()
     try:
         build(args)
     except (FileNotFoundError, ValueError, BadDataError, FloatingPointError, ArgumentError) as err:

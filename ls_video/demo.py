@@ -7,13 +7,16 @@
 3. Latent-Shift fine-tuning: ``python train.py fit -c configs/toy.yaml``,
 4. export: ``python -m ls_video.export last.ckpt OUT/model``,
 5. samples for the 32 prompts x 2 seeds: ``python sample.py --model OUT/model ...``,
-6. motion / colour accuracy: ``python -m ls_video.eval OUT``.
-Each step is the command a user would type; the demo prints them as it goes.
+6. motion / colour accuracy and the gallery page ``OUT/index.html``: ``python -m ls_video.eval OUT --html --run RUN``.
+Each step is the command a user would type; the demo prints them as it goes, and at the end the
+elapsed time of each stage, the training speed (steps/s) and the accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import shlex
 import subprocess
@@ -25,9 +28,40 @@ from ls_video.toy.world import all_prompts
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(cmd: list[str]) -> None:
-    print(f"\n$ {shlex.join(cmd)}", flush=True)
+def run(cmd: list[str], stage: str, times: dict[str, float]) -> None:
+    """Run one stage's command, printed first, and record its elapsed seconds under ``stage``."""
+    print(f"\n== {stage}\n$ {shlex.join(cmd)}", flush=True)
+    start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
+    times[stage] = time.perf_counter() - start
+
+
+def summary(times: dict[str, float], run_dir: str, out: str) -> str:
+    """The closing report: seconds per stage, training steps/s and the accuracy (from the files written)."""
+    lines = ["", "== summary"]
+    runs = sorted(glob.glob(os.path.join(run_dir, "**", "speed.json"), recursive=True), key=os.path.getmtime)
+    speed = _read_json(runs[-1]) if runs else {}
+    for stage, seconds in times.items():
+        note = ""
+        if stage == "train" and speed:
+            note = (f"  ({speed['steps']} steps at {speed['steps_per_s']:.2f} steps/s; the rest is start-up, data "
+                    f"preparation, validation and video logging)")
+        lines.append(f"{stage:>10}  {seconds / 60:5.1f} min{note}")
+    lines.append(f"{'total':>10}  {sum(times.values()) / 60:5.1f} min")
+    metrics = _read_json(os.path.join(out, "metrics.json")) or {}
+    if metrics:
+        lines.append("accuracy over {} videos: direction {:.2f} (target >= 0.95), steps right {:.2f} (>= 0.90), "
+                     "colour {:.2f}, shape {:.2f}".format(metrics["protocol"]["num_samples"], metrics["direction_acc"],
+                                                          metrics["step_acc"], metrics["color_acc"],
+                                                          metrics["shape_acc"]))
+    return "\n".join(lines)
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py arguments")
     args = p.parse_args(argv)
     py = sys.executable
-    start = time.perf_counter()
+    times: dict[str, float] = {}
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
 
     if not os.path.isfile(os.path.join(args.base, "model_index.json")):
-        run([py, "-m", "ls_video.toy.make_base", "--out", args.base])
+        run([py, "-m", "ls_video.toy.make_base", "--out", args.base], "base", times)
 
     run_dir = os.path.join(out, "run")
     train = [py, "train.py", "fit", "-c", args.config, "--model.pretrained_model_name_or_path", args.base,
@@ -54,11 +88,10 @@ def main(argv: list[str] | None = None) -> int:
              "--trainer.logger.init_args.save_dir", run_dir]
     if args.max_steps is not None:
         train += ["--trainer.max_steps", str(args.max_steps)]
-    run(train + args.extra)
-    train_done = time.perf_counter()
+    run(train + args.extra, "train", times)
 
     model = os.path.join(out, "model")
-    run([py, "-m", "ls_video.export", os.path.join(run_dir, "checkpoints", "last.ckpt"), model])
+    run([py, "-m", "ls_video.export", os.path.join(run_dir, "checkpoints", "last.ckpt"), model], "export", times)
 
     prompts = os.path.join(out, "prompts.txt")
     with open(prompts, "w") as f:
@@ -66,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     frames = _config_frames(args.config)
     run([py, "sample.py", "--model", model, "--prompts-file", prompts, "--num-videos-per-prompt", str(args.seeds),
          "--num-frames", str(frames), "--steps", str(args.sample_steps), "--guidance-scale", "4.0", "--seed", "0",
-         "--batch-size", "32", "--out-dir", out])
-    run([py, "-m", "ls_video.eval", out])
-    total = time.perf_counter() - start
-    print(f"\ndemo finished in {total / 60:.1f} min (training {(train_done - start) / 60:.1f} min); "
-          f"videos, manifest.json, contact_sheet.png and metrics.json in {out}, model in {model}")
+         "--batch-size", "32", "--out-dir", out], "sample", times)
+    run([py, "-m", "ls_video.eval", out, "--html", "--run", run_dir], "eval", times)
+    print(summary(times, run_dir, out))
+    print(f"open {os.path.join(out, 'index.html')} (videos, scores, learning curves); mp4s, manifest.json, "
+          f"contact_sheet.png and metrics.json in {out}, model in {model}; tensorboard --logdir {run_dir}", flush=True)
     return 0
 
 

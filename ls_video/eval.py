@@ -1,7 +1,7 @@
 """Evaluate a ``sample.py`` output folder (``manifest.json`` + videos).
 
     python -m ls_video.eval DIR [--metrics motion,clipsim,fvd,fid] [--clip-model PATH]
-        [--fvd-model PATH] [--fid-model PATH] [--reference DIR|toy] [--device cpu]
+        [--fvd-model PATH] [--fid-model PATH] [--reference DIR|toy] [--device cpu] [--html [--run RUN]]
 
 Prints a table and writes ``DIR/metrics.json`` with flat keys (``direction_acc``, ``step_acc``,
 ``color_acc``, ``shape_acc``, ``consistency``, ``clipsim``, ``clip_frame_consistency``, ``fvd``,
@@ -16,6 +16,9 @@ extractor, the SHA-256 of the extractor's weights, the value range fed to it and
 
 ``--reference`` is a folder of real videos (mp4/gif/webm, or a ``sample.py`` folder) or ``toy``:
 clips of the toy world's validation split rendered at the samples' resolution and frame count.
+
+``--html`` also writes ``DIR/index.html`` (``ls_video.gallery``): every sample as an animated GIF with its
+prompt, seed and scores, the metrics, and with ``--run`` the training run's loss curves.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def load_reference(reference: str, like: list[np.ndarray], n: int) -> tuple[list
 
 def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: str | None = None,
              fvd_model: str | None = None, fid_model: str | None = None, reference: str | None = None,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", html: bool = False, run_dir: str | None = None) -> dict:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; available: {list(METRICS)}")
@@ -115,6 +118,10 @@ def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: st
             protocol[name] = dict(ex.protocol, reference=described, num_generated=len(videos), num_real=len(real))
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
+    if html:
+        from ls_video.gallery import write_gallery
+
+        write_gallery(folder, videos, result, run_dir)
     return result
 
 
@@ -127,17 +134,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fid-model", help="frame feature extractor for fid (a CLIP folder; default --clip-model)")
     p.add_argument("--reference", help="real videos for fvd/fid: a folder of videos, a sample.py folder, or 'toy'")
     p.add_argument("--device", default="cpu", help="device for the feature extractors")
+    p.add_argument("--html", action="store_true", help="also write DIR/index.html (samples, metrics, curves)")
+    p.add_argument("--run", help="training run folder (TensorBoard logs) whose loss curves --html plots")
     args = p.parse_args(argv)
+    if args.run and not os.path.isdir(args.run):
+        print(f"eval: error: --run {args.run} is not a folder", file=sys.stderr)
+        return 2
     try:
         result = evaluate(args.dir, tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
-                          args.clip_model, args.fvd_model, args.fid_model, args.reference, args.device)
+                          args.clip_model, args.fvd_model, args.fid_model, args.reference, args.device,
+                          args.html, args.run)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"eval: error: {err}", file=sys.stderr)
         return 2
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:>22}  {value:.4f}")
-    print(f"{'n':>22}  {result['protocol']['num_samples']}  (metrics.json written)")
+    page = " and index.html" if args.html else ""
+    print(f"{'n':>22}  {result['protocol']['num_samples']}  (metrics.json{page} written)")
     return 0
 
 

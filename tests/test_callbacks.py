@@ -92,3 +92,24 @@ def test_batch_size_finder_scales_the_datamodule(tiny_base, toy_data, tmp_path):
     finder = BatchSizeFinder(mode="power", steps_per_trial=1, max_trials=2, init_val=2)
     trainer(tmp_path, [finder], steps=1).fit(module, toy_data)
     assert finder.optimal_batch_size == toy_data.batch_size == 4  # 2 -> 4, then max_trials reached
+
+
+def test_cpu_threads_and_step_speed(tiny_base, toy_data, tmp_path):
+    import json
+
+    from callbacks import CPUThreads, StepSpeed
+
+    with pytest.raises(ValueError, match="num_threads"):
+        CPUThreads(0)
+    before = torch.get_num_threads()
+    try:
+        threads, speed = CPUThreads(1), StepSpeed()
+        assert torch.get_num_threads() == 1  # already for prepare_data, before the trainer's setup
+        module = LatentShiftModule(tiny_base, warmup_steps=1)
+        logger = TensorBoardLogger(tmp_path, name="tb")
+        trainer(tmp_path, [threads, speed], steps=3, logger=logger).fit(module, toy_data)
+        saved = json.loads((tmp_path / "tb" / "version_0" / "speed.json").read_text())
+        assert saved["steps"] == 3 and saved["steps_per_s"] > 0
+        assert 0 < saved["validation_seconds"] < saved["seconds"]  # validation ran once, timed apart
+    finally:
+        torch.set_num_threads(before)

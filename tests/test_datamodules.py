@@ -127,3 +127,23 @@ def test_validation_split_by_sample_feeds_every_rank(tmp_path):
     write_synthetic_shards(tmp_path, num_shards=1, per_shard=5, shape=(2, 4, 8, 8))
     got = [captions(LatentClipStream(str(tmp_path / "shard-000000.tar"), r, 2, split_by="sample")) for r in range(2)]
     assert got == [["clip 0", "clip 2", "clip 4"], ["clip 1", "clip 3"]]
+
+
+def test_toy_preparation_leaves_no_codec_for_a_forked_worker(tiny_base, tmp_path):
+    """A PyAV codec context still alive after prepare_data would be freed inside a forked DataLoader worker,
+    where its FFmpeg threads are gone, and hang it."""
+    import gc
+
+    import av
+
+    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=8, num_val_clips=2, size=16,
+                       num_frames=4, object_size=4, shard_size=4, batch_size=2, num_workers=1)
+    gc.disable()  # only prepare_data's own collection may free them
+    try:
+        dm.prepare_data()
+        alive = [o for o in gc.get_objects() if isinstance(o, av.codec.context.CodecContext)]
+    finally:
+        gc.enable()
+    assert not alive
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["latents"].shape[:2] == (2, 4)  # a forked worker delivers

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from diffusers import UNet2DConditionModel
 from ls_video.pipeline import LatentShiftPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+# Lines mentioning a warning that the demo's console may show; everything else is a regression.
+ALLOWED_WARNINGS: list[str] = []
 
 
 def test_make_base_recipe_on_a_tiny_budget(tmp_path):
@@ -54,3 +57,8 @@ def test_demo_steps_on_a_tiny_budget(tiny_base, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["direction_acc"] <= 1.0
     assert "direction_acc" in r.stdout
+    assert "steps/s" in r.stdout and "== summary" in r.stdout
+    console = r.stdout + r.stderr
+    stray = [line for line in console.splitlines()
+             if re.search(r"warn|💡 Tip", line, re.IGNORECASE) and not any(a in line for a in ALLOWED_WARNINGS)]
+    assert not stray, "\n".join(stray)
