@@ -29,10 +29,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(cmd: list[str], stage: str, times: dict[str, float]) -> None:
-    """Run one stage's command, printed first, and record its elapsed seconds under ``stage``."""
+    """Run one stage's command, printed first, and record its elapsed seconds under ``stage``.
+
+    Stages get one CPU thread (``OMP_NUM_THREADS=1`` unless set): the toy models are too small to gain from
+    more, and on a shared 2-core machine two threads made sampling 5x slower (216 s vs 39 s, docs/TOY.md).
+    """
     print(f"\n== {stage}\n$ {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env={"OMP_NUM_THREADS": "1", **os.environ})
     times[stage] = time.perf_counter() - start
 
 
