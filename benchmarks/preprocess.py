@@ -172,21 +172,21 @@ def main() -> None:
               f"{stats['workers']} workers: {rate:.1f} clips/s ({stats['seconds']:.1f} s in the loop, "
               f"{r['wall_s']:.1f} s with start-up), peak RSS {r['peak_tree_gb']:.2f} GB tree / "
               f"{r['peak_single_gb']:.2f} GB largest process", flush=True)
-    if 2 in steps:
-        out = work / "out-webvid"
+    def whole_job(name: str, videos: Path, size: int) -> tuple[dict, int]:
+        """Run the preprocessing job into a fresh ``work/name``; (measurements, clips written)."""
+        out = work / name
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        r = run_measured(job + ["--videos", str(folder), "--out", str(out), "--num-frames", "16", "--fps", "8",
-                                "--size", "256"], env, cwd=args.repo)
-        written = json.loads((out / "report.json").read_text())["written"]
+        r = run_measured(job + ["--videos", str(videos), "--out", str(out), "--num-frames", "16", "--fps", "8",
+                                "--size", str(size)], env, cwd=args.repo)
+        return r, json.loads((out / "report.json").read_text())["written"]
+
+    if 2 in steps:
+        r, written = whole_job("out-webvid", folder, 256)
         print(f"2. whole job with the toy VAE, {written} clips of 16x256x256: {r['wall_s']:.1f} s, "
               f"{written / r['wall_s']:.2f} clips/s, peak RSS {r['peak_tree_gb']:.2f} GB tree / "
               f"{r['peak_single_gb']:.2f} GB largest process", flush=True)
     if 3 in steps:
-        out = work / "out-long"
-        subprocess.run(["rm", "-rf", str(out)], check=True)
-        r = run_measured(job + ["--videos", str(long_dir), "--out", str(out), "--num-frames", "16", "--fps", "8",
-                                "--size", "64"], env, cwd=args.repo)
-        written = json.loads((out / "report.json").read_text())["written"]
+        r, written = whole_job("out-long", long_dir, 64)
         print(f"3. whole job on one {args.long_seconds}-s 1080p file, {written} clip of 16x64x64: "
               f"{r['wall_s']:.1f} s, peak RSS {r['peak_tree_gb']:.2f} GB tree / "
               f"{r['peak_single_gb']:.2f} GB largest process", flush=True)
