@@ -12,22 +12,18 @@ run. Last line: ``efficiency_shift_fwd_bwd_ratio=<shift / none>``.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ls_video.presets import sd15_unet  # noqa: E402
-from ls_video.timing import alternate  # noqa: E402
-from ls_video.unet import (  # noqa: E402
+from ls_video.presets import sd15_unet
+from ls_video.temporal_layers import added_parameters
+from ls_video.timing import alternate
+from ls_video.unet import (
     MIXINGS,
     TemporalConfig,
-    added_parameters,
     apply_temporal_mixing,
-    video_unet_forward,  # noqa: E402
+    video_unet_forward,
 )
 
 

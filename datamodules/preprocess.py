@@ -43,10 +43,9 @@ class VaeEncoder(L.LightningModule):
 
     def __init__(self, vae_path: str) -> None:
         super().__init__()
-        from diffusers import AutoencoderKL
+        from ls_video.components import load_vae
 
-        subfolder = "vae" if os.path.isdir(os.path.join(vae_path, "vae")) else None
-        self.vae = AutoencoderKL.from_pretrained(vae_path, subfolder=subfolder).eval().requires_grad_(False)
+        self.vae = load_vae(vae_path)
         self.vae_path = vae_path
 
     @torch.no_grad()
@@ -190,7 +189,7 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
 
 
 def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
-    from ls_video.loading import vae_fingerprint
+    from ls_video.components import vae_fingerprint
 
     return dict(vae=model.vae_path, vae_fingerprint=vae_fingerprint(model.vae),
                 latent_channels=int(model.vae.config.latent_channels),

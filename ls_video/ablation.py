@@ -24,8 +24,9 @@ import torch
 import yaml
 
 from ls_video.checkpoint import load_checkpoint, temporal_config_from_hparams
+from ls_video.objective import ObjectiveConfig
+from ls_video.temporal_layers import added_parameters
 from ls_video.toy.curve import evaluate_checkpoint
-from ls_video.unet import added_parameters
 
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
@@ -70,9 +71,8 @@ def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
     for name, path in ckpts.items():
         hp = load_checkpoint(path)["hyper_parameters"]
         config = temporal_config_from_hparams(hp)
-        modules[name] = LatentShiftModule(hp["pretrained_model_name_or_path"], temporal_mixing=config.temporal_mixing,
-                                          shift_fraction=config.shift_fraction, shift_placement=config.shift_placement,
-                                          caption_dropout=0.0)
+        modules[name] = LatentShiftModule(hp["pretrained_model_name_or_path"], temporal=config,
+                                          objective=ObjectiveConfig(caption_dropout=0.0))
         pipes[name] = pipeline_from_checkpoint(path)
         pipes[name].set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)

@@ -43,8 +43,8 @@ def test_ablation_end_to_end_on_a_tiny_budget(tiny_base, tmp_path, monkeypatch):
               "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
     cfg = dict(train_config="configs/toy.yaml", out=str(tmp_path / "abl"), results=str(tmp_path / "RESULTS.md"),
                steps=2, seeds=1, timing_reps=1, toy_net=str(tmp_path / "toynet"), toy_net_steps=2, shared=shared,
-               variants={"none": ["--model.temporal_mixing", "none"],
-                         "temporal_conv": ["--model.temporal_mixing", "temporal_conv"]})
+               variants={"none": ["--model.temporal.temporal_mixing", "none"],
+                         "temporal_conv": ["--model.temporal.temporal_mixing", "temporal_conv"]})
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["-c", str(path)]) == 0

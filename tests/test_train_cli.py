@@ -61,7 +61,7 @@ def write_config(tmp_path: Path, base: str, **trainer) -> Path:
                     "limit_val_batches": 1, "val_check_interval": 2, "check_val_every_n_epoch": None,
                     "callbacks": [{"class_path": "callbacks.EMA", "init_args": {"decay": 0.9}}], **trainer},
         "checkpoint": {"every_n_train_steps": 1},
-        "model": {"pretrained_model_name_or_path": base, "warmup_steps": 1, "learning_rate": 1e-3},
+        "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3}},
         "data": {"class_path": "datamodules.ToyDataModule",
                  "init_args": {"base": base, "cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,
                                "num_val_clips": 2, "size": 16, "num_frames": 4, "object_size": 4, "batch_size": 2,
@@ -163,7 +163,7 @@ def test_ddp_nonfinite_loss_on_one_rank_skips_the_step_on_both(tiny_base, tmp_pa
     step), count it once, finish at the same step with the same weights; no traceback."""
     config = write_config(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=4)
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["warmup_steps"] = 10  # a moving learning rate shows whether the scheduler stepped
+    cfg["model"]["optim"]["warmup_steps"] = 10  # a moving learning rate shows whether the scheduler stepped
     cfg["trainer"]["callbacks"].append({"class_path": "nonfinite_on_rank.NonFiniteOnRank",
                                         "init_args": {"out": str(tmp_path / "state"), "rank": 1, "step": 1}})
     config.write_text(yaml.safe_dump(cfg))
@@ -204,7 +204,7 @@ def test_resumed_run_continues_the_data_stream_instead_of_replaying_it(tiny_base
 def test_help_explains_model_options():
     r = train("fit", "--help")
     assert r.returncode == 0
-    for option in ("--model.temporal_mixing", "--model.caption_dropout", "--model.snr_gamma", "--checkpoint.dirpath"):
+    for option in ("--model.temporal.temporal_mixing", "--model.objective.caption_dropout", "--model.objective.snr_gamma", "--checkpoint.dirpath"):
         assert option in r.stdout
 
 
@@ -214,7 +214,7 @@ def test_shards_from_another_vae_stop_before_step_one(tiny_base, tmp_path):
     import webdataset as wds
 
     from datamodules.shards import encode_sample
-    from ls_video.loading import vae_fingerprint
+    from ls_video.components import vae_fingerprint
     from ls_video.tiny import tiny_vae
 
     torch.manual_seed(123)
