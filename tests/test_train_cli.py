@@ -204,7 +204,8 @@ def test_resumed_run_continues_the_data_stream_instead_of_replaying_it(tiny_base
 def test_help_explains_model_options():
     r = train("fit", "--help")
     assert r.returncode == 0
-    for option in ("--model.temporal.temporal_mixing", "--model.objective.caption_dropout", "--model.objective.snr_gamma", "--checkpoint.dirpath"):
+    for option in ("--model.temporal.temporal_mixing", "--model.objective.caption_dropout",
+                   "--model.objective.snr_gamma", "--checkpoint.dirpath"):
         assert option in r.stdout
 
 
