@@ -34,6 +34,7 @@ from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_s
 from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
 from datamodules.sources import list_sources, shard_urls
+from ls_video.errors import command
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -230,17 +231,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command("ls-video preprocess")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     devices = int(args.devices) if args.devices.isdigit() else args.devices
-    try:
-        report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
-                            args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
-                            args.accelerator, args.video_dir, clip_start=args.clip_start,
-                            clips_per_video=args.clips_per_video, seed=args.seed)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"preprocess: error: {err}", file=sys.stderr)
-        return 2
+    report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
+                        args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
+                        args.accelerator, args.video_dir, clip_start=args.clip_start,
+                        clips_per_video=args.clips_per_video, seed=args.seed)
     if report["rank"] == 0:
         rate = report["clips_per_s_rank0"]
         print(f"wrote {report['written']} clips, skipped {report['skipped']} {report['skipped_by_reason']}"

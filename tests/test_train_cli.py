@@ -10,7 +10,7 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel
 
-from ls_video.cli import LatentShiftCLI
+from ls_video.train_cli import LatentShiftCLI
 from ls_video.module import LatentShiftModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,11 +112,11 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
     assert json.loads((out / "unet" / "latent_shift.json").read_text())["temporal_mixing"] == "shift"
 
     r = subprocess.run([sys.executable, "sample.py", "--model", str(out), "--prompt", "a red square moving left",
-                        "--num-frames", "4", "--steps", "2", "--out-dir", str(tmp_path / "s")],
+                        "--num-frames", "4", "--num-inference-steps", "2", "--out", str(tmp_path / "s")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "sample.py", "--model", str(tmp_path / "run/checkpoints/last.ckpt"),
-                        "--ema", "--prompt", "a red square", "--num-frames", "2", "--steps", "1", "--out-dir",
+                        "--ema", "--prompt", "a red square", "--num-frames", "2", "--num-inference-steps", "1", "--out",
                         str(tmp_path / "s2")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 

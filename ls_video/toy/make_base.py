@@ -28,6 +28,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
 from ls_video.components import load_vae
+from ls_video.errors import command
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer
 from ls_video.text import encode_prompts
@@ -198,8 +199,9 @@ def make_base(out: str, cfg: ToyBaseConfig, vae_from: str | None = None) -> dict
     return check
 
 
+@command("ls-video make-toy-base")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.toy.make_base", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ls-video make-toy-base", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder (Stable Diffusion layout)")
     defaults = ToyBaseConfig()
     p.add_argument("--vae-from", default=None, help="reuse the vae/ of an existing base instead of training one")
