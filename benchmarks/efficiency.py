@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ls_video.presets import sd15_unet
 from ls_video.temporal_layers import added_parameters
-from ls_video.timing import alternate
+from ls_video.timing import alternate, unet_pass
 from ls_video.unet import (
     MIXINGS,
     TemporalConfig,
@@ -62,13 +62,7 @@ def main() -> None:
           f"latent={args.latent}x{args.latent} base_params={base_params:,}", flush=True)
 
     def prepare(mixing: str, backward: bool):
-        def setup():
-            apply_temporal_mixing(unet, TemporalConfig(mixing))
-            unet.zero_grad(set_to_none=True)
-            if backward:
-                return lambda: video_unet_forward(unet, x, t, ctx).float().square().mean().backward()
-            return lambda: torch.no_grad()(video_unet_forward)(unet, x, t, ctx)
-        return setup
+        return unet_pass(unet, mixing, x, t, ctx, backward)
 
     rows = {}
     for mixing in variants:

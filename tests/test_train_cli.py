@@ -10,8 +10,8 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel
 
-from ls_video.train_cli import LatentShiftCLI
 from ls_video.module import LatentShiftModule
+from ls_video.train_cli import LatentShiftCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -35,10 +35,19 @@ def parse(*args: str):
         os.chdir(cwd)
 
 
+OVERLAYS = {"sd21-base.yaml": "sd15.yaml"}  # overlay: the config it is used after
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "*.yaml"))), ids=os.path.basename)
 def test_every_config_parses(path):
-    config = parse("fit", "-c", path)
+    under = OVERLAYS.get(os.path.basename(path))
+    config = parse("fit", *(["-c", str(CONFIGS / under)] if under else []), "-c", path)
     assert config.fit.model.pretrained_model_name_or_path
+    if under:  # the overlay changes the base and the output folders, and keeps the rest
+        assert "2-1" in config.fit.model.pretrained_model_name_or_path
+        assert config.fit.trainer.default_root_dir == "outputs/sd21-base"
+        assert config.fit.model.performance.gradient_checkpointing
+    assert config.fit.model.temporal.temporal_mixing == "shift"
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "data" / "*.yaml"))), ids=os.path.basename)

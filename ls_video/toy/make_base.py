@@ -41,17 +41,17 @@ from ls_video.toy.world import COLORS, SHAPES, ToyWorld
 class ToyBaseConfig:
     """Sizes and budgets of the toy base (defaults: about 6 minutes on 2 CPU cores)."""
 
-    size: int = 32
-    object_size: int = 8
-    vae_steps: int = 1500
+    size: int = 32  # frame side in pixels (latents are size / 8)
+    object_size: int = 8  # shape side / diameter in pixels
+    vae_steps: int = 1500  # stage 1: VAE reconstruction steps, batches of vae_batch frames
     vae_batch: int = 32
-    text_steps: int = 600
-    unet_steps: int = 4000
+    text_steps: int = 600  # stage 2: text-encoder pretraining steps (all captions each step)
+    unet_steps: int = 4000  # stage 3: image U-Net steps, batches of unet_batch frames
     unet_batch: int = 32
-    unet_channels: tuple[int, int] = (32, 64)
-    text_dim: int = 64
-    lr: float = 1e-3
-    num_images: int = 20000
+    unet_channels: tuple[int, int] = (32, 64)  # block_out_channels of the U-Net
+    text_dim: int = 64  # text encoder width = the U-Net's cross_attention_dim
+    lr: float = 1e-3  # peak AdamW learning rate of every stage
+    num_images: int = 20000  # rendered training frames
     seed: int = 0
 
 
