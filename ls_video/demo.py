@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = os.path.join(out, "run")
     train = [py, "train.py", "fit", "-c", args.config, "--model.pretrained_model_name_or_path", args.base,
-             "--data.init_args.base", args.base, "--trainer.default_root_dir", run_dir,
+             "--trainer.default_root_dir", run_dir,
              "--trainer.logger.init_args.save_dir", run_dir]
     if args.max_steps is not None:
         train += ["--trainer.max_steps", str(args.max_steps)]
@@ -116,7 +116,7 @@ def _config_frames(config: str) -> int:
     import yaml
 
     with open(os.path.join(ROOT, config)) as f:
-        return int(yaml.safe_load(f)["data"]["init_args"].get("num_frames", 16))
+        return int(yaml.safe_load(f)["data"]["init_args"].get("world", {}).get("num_frames", 16))
 
 
 if __name__ == "__main__":

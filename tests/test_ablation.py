@@ -36,7 +36,7 @@ def test_unknown_variant_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_ablation_end_to_end_on_a_tiny_budget(tiny_base, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    shared = ["--model.pretrained_model_name_or_path", tiny_base, "--data.init_args.base", tiny_base,
+    shared = ["--model.pretrained_model_name_or_path", tiny_base,
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.num_train_clips", "8",
               "--data.init_args.num_val_clips", "2", "--data.init_args.batch_size", "2",
               "--data.init_args.shard_size", "4", "--trainer.val_check_interval", "2",

@@ -11,12 +11,14 @@ from datamodules import ToyDataModule
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 from ls_video.performance import PerformanceConfig
+from ls_video.toy.world import ToyWorld
 
 
 @pytest.fixture()
 def toy_data(tiny_base, tmp_path):
-    return ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=8, num_val_clips=2, size=16,
-                         num_frames=4, object_size=4, shard_size=4, images=True, batch_size=2, num_workers=0)
+    return ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=8, num_val_clips=2,
+                         world=ToyWorld(size=16, num_frames=4, object_size=4), shard_size=4, images=True,
+                         batch_size=2, num_workers=0)
 
 
 def trainer(tmp_path, callbacks, steps=3, logger=False):
@@ -59,7 +61,7 @@ def test_video_logger_writes_files_and_tensorboard_gifs(tiny_base, toy_data, tmp
 
 def test_video_logger_never_crashes_training(tiny_base, toy_data, tmp_path):
     module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
-    vl = VideoLogger(prompts=["x"], every_n_steps=1, num_frames=2, num_inference_steps=1, height=15)  # bad size
+    vl = VideoLogger(prompts=["x"], every_n_steps=1, num_frames=2, num_inference_steps=1, size=(15, 16))  # bad size
     with pytest.warns(UserWarning, match="VideoLogger failed"):
         trainer(tmp_path, [vl], steps=2).fit(module, toy_data)
 
