@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ls_video.components import build_pipeline, load_components, temporal_config_from_hparams
+from ls_video.components import build_pipeline, load_components, looks_local, temporal_config_from_hparams
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.unet import apply_temporal_mixing
 
@@ -69,7 +69,7 @@ def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPip
         return pipeline_from_checkpoint(model, ema=ema)
     if os.path.exists(model) and not os.path.isdir(model):
         raise ValueError(f"--model must be a diffusers folder or a .ckpt file, got {model}")
-    if (os.path.sep in model or model.startswith(".")) and not os.path.isdir(model):
+    if looks_local(model) and not os.path.isdir(model):
         raise FileNotFoundError(f"model not found: {model}")
     if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
         raise FileNotFoundError(f"{model} has no model_index.json (not a diffusers pipeline folder)")

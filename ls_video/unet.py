@@ -106,26 +106,31 @@ def frames(unet: torch.nn.Module, num_frames: int) -> Iterator[None]:
         temporal.state.num_frames = previous
 
 
-def _frame_aware_checkpoint(unet: torch.nn.Module):
+class _FrameAwareCheckpoint:
     """diffusers' checkpointing function, with the frame count of the forward pass restored while
-    backward recomputes a block (which happens after :func:`frames` has returned)."""
+    backward recomputes a block (which happens after :func:`frames` has returned).
 
-    def checkpoint(module: torch.nn.Module, *args):
-        temporal = getattr(unet, "_latent_shift", None)
+    An object holding its U-Net, not a closure, so that ``copy.deepcopy(unet)`` gives the copy its own.
+    """
+
+    frame_aware = True
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = unet
+
+    def __call__(self, module: torch.nn.Module, *args):
+        temporal = getattr(self.unet, "_latent_shift", None)
         num_frames = temporal.state.num_frames if temporal is not None else 1
 
         def contexts():
-            return contextlib.nullcontext(), frames(unet, num_frames)
+            return contextlib.nullcontext(), frames(self.unet, num_frames)
 
         return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts)
-
-    checkpoint.frame_aware = True
-    return checkpoint
 
 
 def enable_gradient_checkpointing(unet: UNet2DConditionModel) -> None:
     """``unet.enable_gradient_checkpointing()`` that keeps the temporal mixing right in the recomputation."""
-    unet.enable_gradient_checkpointing(_frame_aware_checkpoint(unet))
+    unet.enable_gradient_checkpointing(_FrameAwareCheckpoint(unet))
 
 
 def _checkpointing_is_frame_aware(unet: torch.nn.Module) -> bool:

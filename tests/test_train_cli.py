@@ -72,9 +72,9 @@ def write_config(tmp_path: Path, base: str, **trainer) -> Path:
         "checkpoint": {"every_n_train_steps": 1},
         "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3}},
         "data": {"class_path": "datamodules.ToyDataModule",
-                 "init_args": {"base": base, "cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,
-                               "num_val_clips": 2, "size": 16, "num_frames": 4, "object_size": 4, "batch_size": 2,
-                               "num_workers": 0, "shard_size": 4}},
+                 "init_args": {"cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,  # base: the model's
+                               "num_val_clips": 2, "world": {"size": 16, "num_frames": 4, "object_size": 4},
+                               "batch_size": 2, "num_workers": 0, "shard_size": 4}},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -134,9 +134,10 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
 def test_no_config_file_and_last_with_defaults(tiny_base, tmp_path):
     write_config(tmp_path, tiny_base)  # only to build the toy shards
     from datamodules import ToyDataModule
+    from ls_video.toy.world import ToyWorld
 
-    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=4, num_val_clips=0, size=16,
-                       num_frames=4, object_size=4, shard_size=4)
+    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=4, num_val_clips=0,
+                       world=ToyWorld(size=16, num_frames=4, object_size=4), shard_size=4)
     dm.prepare_data()
     shards = os.path.join(dm.shard_dir("train"), "shard-000000.tar")
     args = ["fit", "--model.pretrained_model_name_or_path", tiny_base,
