@@ -53,5 +53,5 @@ def test_ablation_end_to_end_on_a_tiny_budget(tiny_base, tmp_path, monkeypatch):
     assert rows["none"]["added_params"] == 0 and rows["temporal_conv"]["added_params"] > 0
     assert all(r["toy_fvd"] >= 0 and r["train_step_s"] > 0 for r in rows.values())
     text = (tmp_path / "RESULTS.md").read_text()
-    assert START in text and "| temporal_conv |" in text and "python -m ls_video.ablation" in text
+    assert START in text and "| temporal_conv |" in text and "ls-video ablation" in text
     assert main(["-c", str(path), "--only", "none"]) == 0  # finished runs are reused, not retrained

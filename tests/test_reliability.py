@@ -19,6 +19,7 @@ from callbacks import EMA, DataHealth
 from callbacks.data_health import BadDataError
 from datamodules import LatentVideoDataModule
 from datamodules.shards import encode_sample
+from ls_video.checkpoint import EMA_KEY
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
@@ -196,8 +197,8 @@ def test_resume_is_exact(tiny_base, tmp_path):
     assert a["global_step"] == b["global_step"] == 4
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    for k, v in a["callbacks"]["EMA"]["shadow"].items():
-        assert torch.equal(v, b["callbacks"]["EMA"]["shadow"][k]), k
+    for k, v in a[EMA_KEY].items():
+        assert torch.equal(v, b[EMA_KEY][k]), k
 
 
 @pytest.mark.slow

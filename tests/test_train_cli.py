@@ -10,6 +10,7 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel
 
+from ls_video.checkpoint import EMA_KEY
 from ls_video.module import LatentShiftModule
 from ls_video.train_cli import LatentShiftCLI
 
@@ -98,14 +99,14 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
     ckpt = last_ckpt(tmp_path)
     assert ckpt["global_step"] == 3 and ckpt["callbacks"]["EMA"]["num_updates"] == 3
     assert not any(k.startswith(("vae.", "text_encoder.")) for k in ckpt["state_dict"])
-    ema_at_3 = ckpt["callbacks"]["EMA"]["shadow"]
+    ema_at_3 = ckpt[EMA_KEY]
 
     r = train("fit", "-c", str(config), "--trainer.max_steps", "5", "--ckpt_path", "last")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "EMA: resumed after 3 updates" in r.stderr + r.stdout
     ckpt = last_ckpt(tmp_path)
     assert ckpt["global_step"] == 5 and ckpt["callbacks"]["EMA"]["num_updates"] == 5
-    assert any(not torch.equal(ema_at_3[k], ckpt["callbacks"]["EMA"]["shadow"][k]) for k in ema_at_3)
+    assert any(not torch.equal(ema_at_3[k], ckpt[EMA_KEY][k]) for k in ema_at_3)
 
     r = train("validate", "-c", str(config), "--ckpt_path", "last")
     assert r.returncode == 0 and "val/loss" in r.stdout, r.stderr[-2000:]
@@ -116,7 +117,7 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
     assert r.returncode == 0 and "EMA" in r.stdout, r.stderr
     unet, info = UNet2DConditionModel.from_pretrained(out / "unet", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    ema = ckpt["callbacks"]["EMA"]["shadow"]
+    ema = ckpt[EMA_KEY]
     assert all(torch.equal(unet.state_dict()[k], ema[k]) for k in ema)
     assert json.loads((out / "unet" / "latent_shift.json").read_text())["temporal_mixing"] == "shift"
 
