@@ -5,7 +5,10 @@ its centroid is tracked over frames. Direction is the dominant axis and sign of 
 displacement ("static" when it moves less than ``min_motion`` pixels); ``step_acc`` is the share
 of frame-to-frame steps that go the prompted way, so a blob reappearing at typical positions does
 not count as motion. Colour is the nearest palette entry of the object's mean colour; shape is
-square when the object fills its bounding box (a disc fills about pi/4 of it).
+square when the object fills its bounding box (a disc fills about pi/4 of it). The palette and the
+shapes include the concepts only personalised models know (purple, an apex-up triangle: it fills
+about 5/8 of its box and puts about 3/10 of its area in the box's upper half, a disc 1/2), so a model
+asked for them is judged against them and one asked for an old concept cannot pass by drawing a new one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 
 import numpy as np
 
-from ls_video.toy.world import COLORS, DIRECTIONS
+from ls_video.toy.world import ALL_COLORS, DIRECTIONS
 
 PROMPT = re.compile(r"a (\w+) (\w+)(?: moving (\w+))?")
 
@@ -33,13 +36,22 @@ def object_mask(frame: np.ndarray, threshold: int = 80) -> np.ndarray:
 
 def classify_color(pixels: np.ndarray) -> str:
     mean = pixels.reshape(-1, 3).astype(float).mean(0)
-    return min(COLORS, key=lambda c: float(((np.array(COLORS[c]) - mean) ** 2).sum()))
+    return min(ALL_COLORS, key=lambda c: float(((np.array(ALL_COLORS[c]) - mean) ** 2).sum()))
+
+
+# (share of the bounding box filled, share of the area in the box's upper half) of each rendered non-square shape
+SHAPE_TEMPLATES = {"circle": (0.81, 0.5), "triangle": (0.625, 0.3)}
 
 
 def classify_shape(mask: np.ndarray) -> str:
+    """Square above 0.89 fill (as before the triangle existed); otherwise the nearest of circle / triangle."""
     ys, xs = np.nonzero(mask)
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    return "square" if mask.sum() / box > 0.89 else "circle"
+    height = ys.max() - ys.min() + 1
+    fill = mask.sum() / (height * (xs.max() - xs.min() + 1))
+    if fill > 0.89:
+        return "square"
+    top = float((ys < ys.min() + height / 2).mean())
+    return min(SHAPE_TEMPLATES, key=lambda s: (SHAPE_TEMPLATES[s][0] - fill) ** 2 + (SHAPE_TEMPLATES[s][1] - top) ** 2)
 
 
 def direction_of(dx: float, dy: float, min_motion: float) -> str:
