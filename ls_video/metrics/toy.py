@@ -39,19 +39,18 @@ def classify_color(pixels: np.ndarray) -> str:
     return min(ALL_COLORS, key=lambda c: float(((np.array(ALL_COLORS[c]) - mean) ** 2).sum()))
 
 
-# (share of the bounding box filled, share of the area in the box's upper half) of each rendered non-square shape
-SHAPE_TEMPLATES = {"circle": (0.81, 0.5), "triangle": (0.625, 0.3)}
-
-
 def classify_shape(mask: np.ndarray) -> str:
-    """Square above 0.89 fill (as before the triangle existed); otherwise the nearest of circle / triangle."""
+    """Square above 0.89 fill of the bounding box; triangle when the object is bottom-heavy (under 0.42 of
+    its area in the box's upper half: an apex-up triangle has 0.3, a disc 0.5) with a triangle-like fill
+    (0.45-0.8: a rendered triangle fills 0.625, a disc 0.81); circle otherwise, as before the triangle
+    existed (so smeared or doubled blobs, fill 0.2-0.35, still count as circles, not triangles)."""
     ys, xs = np.nonzero(mask)
     height = ys.max() - ys.min() + 1
     fill = mask.sum() / (height * (xs.max() - xs.min() + 1))
     if fill > 0.89:
         return "square"
     top = float((ys < ys.min() + height / 2).mean())
-    return min(SHAPE_TEMPLATES, key=lambda s: (SHAPE_TEMPLATES[s][0] - fill) ** 2 + (SHAPE_TEMPLATES[s][1] - top) ** 2)
+    return "triangle" if top < 0.42 and 0.45 <= fill <= 0.8 else "circle"
 
 
 def direction_of(dx: float, dy: float, min_motion: float) -> str:
