@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -51,6 +52,34 @@ def sample_and_score(model: str, prompts_file: str, out: str, seeds: int, log: l
         m = json.load(f)
     return {k: m.get(k) for k in ("direction_acc", "step_acc", "color_acc", "shape_acc", "consistency")} | {
         "n": m.get("protocol", {}).get("num_samples")}
+
+
+def group_of(name: str) -> str:
+    for group, pattern in (("cross-attn k/v", r"attn2\.to_[kv]\."), ("attentions", r"attentions\."),
+                           ("resnets", r"resnets\."), ("conv/time/other", r"")):
+        if re.search(pattern, name):
+            return group
+    return "conv/time/other"
+
+
+def delta_stats(base: str, video: str, personal: str) -> dict:
+    """Per layer group: how much the video and the personal fine-tune moved the weights (relative L2 norm),
+    and the cosine between the two changes (0: they do not overlap; the motion adds cleanly)."""
+    from ls_video.transfer import load_unet
+
+    b, v, p = (load_unet(path)[0].state_dict() for path in (base, video, personal))
+    sums: dict[str, dict[str, float]] = {}
+    for name, w in b.items():
+        dv, dp = (v[name] - w).double(), (p[name] - w).double()
+        s = sums.setdefault(group_of(name), {"w": 0.0, "video": 0.0, "personal": 0.0, "dot": 0.0, "params": 0})
+        s["w"] += float(w.double().pow(2).sum())
+        s["video"] += float(dv.pow(2).sum())
+        s["personal"] += float(dp.pow(2).sum())
+        s["dot"] += float((dv * dp).sum())
+        s["params"] += w.numel()
+    return {g: {"params": s["params"], "video_rel": (s["video"] / s["w"]) ** 0.5,
+                "personal_rel": (s["personal"] / s["w"]) ** 0.5,
+                "cosine": s["dot"] / max(1e-30, (s["video"] * s["personal"]) ** 0.5)} for g, s in sums.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,14 +152,19 @@ def main(argv: list[str] | None = None) -> int:
                         "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(results[-1]), flush=True)
 
+    stats = delta_stats(args.base, args.video, args.personal)
     with open(os.path.join(out, "table.json"), "w") as f:
-        json.dump({"rows": results, "motion_files": {str(k): v for k, v in files.items()}, "commands": log}, f,
-                  indent=2)
+        json.dump({"rows": results, "motion_files": {str(k): v for k, v in files.items()}, "delta_stats": stats,
+                   "commands": log}, f, indent=2)
     lines = ["| model sampled | prompts | videos | direction | steps right | colour | shape |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['prompts']} concepts moving | {r['n']} | {r['direction_acc']:.2f} | "
                      f"{r['step_acc']:.2f} | {r['color_acc']:.2f} | {r['shape_acc']:.2f} |")
+    lines += ["", "| layers | parameters | video change / weight | personal change / weight | cosine |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {g} | {s['params']:,} | {s['video_rel']:.3f} | {s['personal_rel']:.3f} | {s['cosine']:+.3f} |"
+              for g, s in stats.items()]
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
