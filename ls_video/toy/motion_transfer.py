@@ -27,7 +27,8 @@ from ls_video.toy.world import all_prompts, new_concept_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # which U-Net parameters a layer-subset row moves (``transfer apply --include``)
-LAYER_SETS = {"resnets": r"resnets\.", "attentions": r"attentions\.", "cross-attn k/v": r"attn2\.to_[kv]\."}
+LAYER_SETS = {"resnets": r"resnets\.", "attentions": r"attentions\.", "cross-attn k/v": r"attn2\.to_[kv]\.",
+              "all but cross-attn k/v": r"^(?!.*attn2\.to_[kv]\.)"}
 
 
 def run(cmd: list[str], log: list[str]) -> float:
@@ -88,11 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="assets/toy-base", help="the image base it was fine-tuned from")
     p.add_argument("--personal", default="outputs/personal", help="the personalised model (ls_video.toy.personalise)")
     p.add_argument("--out", default="outputs/transfer", help="output folder")
-    p.add_argument("--ranks", type=int, nargs="*", default=[4, 16, 64], help="low-rank motion files to try")
+    p.add_argument("--ranks", type=int, nargs="*", default=[4, 16, 32],
+                   help="low-rank motion files to try (at the toy's sizes rank 64 already stores every delta whole)")
     p.add_argument("--scales", type=float, nargs="*", default=[1.0], help="delta scales for the full delta")
     p.add_argument("--layers", nargs="*", default=[], choices=list(LAYER_SETS),
                    help="also apply the full delta to these layer subsets only")
     p.add_argument("--seeds", type=int, default=3, help="videos per prompt")
+    p.add_argument("--no-video-rows", action="store_true",
+                   help="skip sampling the video model itself (when another --out already has those rows)")
     args = p.parse_args(argv)
     py = sys.executable
     out = os.path.abspath(args.out)
@@ -128,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         return model
 
     full = files[None]["file"]
-    rows = [("personalised + shift, no delta", applied("personal_s0", full, 0.0), "new"),
-            ("video model (no personalisation)", args.video, "new")]
+    rows = [("personalised + shift, no delta", applied("personal_s0", full, 0.0), "new")]
+    if not args.no_video_rows:
+        rows.append(("video model (no personalisation)", args.video, "new"))
     for scale in args.scales:
         rows.append((f"personalised + full delta (scale {scale:g})", applied(f"personal_full_s{scale:g}", full, scale),
                      "new"))
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"personalised + full delta on {layers} only", applied(tag, full, 1.0, LAYER_SETS[layers]),
                      "new"))
     rows.append(("personalised + full delta (scale 1)", applied("personal_full_s1", full, 1.0), "old"))
-    rows.append(("video model (no personalisation)", args.video, "old"))
+    if not args.no_video_rows:
+        rows.append(("video model (no personalisation)", args.video, "old"))
 
     results = []
     for label, model, prompt_set in rows:
