@@ -66,7 +66,8 @@ def test_personalise_recipe_on_a_tiny_base(tiny_base, tmp_path):
     from ls_video.toy.personalise import PersonaliseConfig, personalise
 
     out = str(tmp_path / "personal")
-    cfg = PersonaliseConfig(steps=2, batch=4, decoder_steps=1, decoder_batch=2, num_images=16)
+    cfg = PersonaliseConfig(steps=2, batch=4, decoder_steps=1, decoder_batch=2, num_images=16,
+                            reconstruction_images=4)
     report = personalise(tiny_base, out, cfg, check_seeds=0)
     assert report["steps_per_s"] > 0 and json.load(open(f"{out}/personalise.json"))["new_token_ids"]
     tok = CLIPTokenizer.from_pretrained(out, subfolder="tokenizer")
@@ -84,3 +85,21 @@ def test_personalise_recipe_on_a_tiny_base(tiny_base, tmp_path):
     pipe.set_progress_bar_config(disable=True)
     frames = pipe(["a purple triangle moving left"], num_frames=2, num_inference_steps=2, output_type="np").frames
     assert np.isfinite(np.asarray(frames)).all()
+
+
+def test_motion_transfer_layer_sets_and_delta_stats(tiny_base, tmp_path):
+    import re
+
+    from ls_video.pipeline import LatentShiftPipeline
+    from ls_video.toy.motion_transfer import LAYER_SETS, delta_stats
+
+    kv = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    assert re.search(LAYER_SETS["cross-attn k/v"], kv) and not re.search(LAYER_SETS["all but cross-attn k/v"], kv)
+    assert re.search(LAYER_SETS["all but cross-attn k/v"], "conv_in.weight")
+    pipe = LatentShiftPipeline.from_pretrained(tiny_base)
+    with torch.no_grad():
+        pipe.unet.conv_in.weight.mul_(1.1)
+    pipe.save_pretrained(tmp_path / "moved")
+    stats = delta_stats(tiny_base, str(tmp_path / "moved"), tiny_base)
+    assert stats["conv/time/other"]["video_rel"] > 0 and stats["resnets"]["video_rel"] == 0
+    assert all(s["personal_rel"] == 0 for s in stats.values())

@@ -64,6 +64,7 @@ class PersonaliseConfig:
     size: int = 32
     object_size: int = 8
     seed: int = 0
+    reconstruction_images: int = 150  # held-out images for the VAE's before / after reconstruction check
 
 
 def extend_text_side(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> list[int]:
@@ -111,12 +112,12 @@ def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 
     with torch.no_grad():
         latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)]) * vae.config.scaling_factor
     report: dict = {"base": base, "config": asdict(cfg)}
-    report["reconstruction_before"] = reconstruction_accuracy(vae, world, cfg.seed)
+    report["reconstruction_before"] = reconstruction_accuracy(vae, world, cfg.seed, cfg.reconstruction_images)
     if cfg.decoder_steps:
         decoder_start = time.perf_counter()
         finetune_decoder(vae, latents, images, cfg)
         report["decoder_steps_per_s"] = round(cfg.decoder_steps / (time.perf_counter() - decoder_start), 2)
-        report["reconstruction_after"] = reconstruction_accuracy(vae, world, cfg.seed)
+        report["reconstruction_after"] = reconstruction_accuracy(vae, world, cfg.seed, cfg.reconstruction_images)
     ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     ids, empty = ids[:-1], ids[-1:]
