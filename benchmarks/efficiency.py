@@ -12,22 +12,18 @@ run. Last line: ``efficiency_shift_fwd_bwd_ratio=<shift / none>``.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ls_video.presets import sd15_unet  # noqa: E402
-from ls_video.timing import alternate  # noqa: E402
-from ls_video.unet import (  # noqa: E402
+from ls_video.presets import sd15_unet
+from ls_video.temporal_layers import added_parameters
+from ls_video.timing import alternate, unet_pass
+from ls_video.unet import (
     MIXINGS,
     TemporalConfig,
-    added_parameters,
     apply_temporal_mixing,
-    video_unet_forward,  # noqa: E402
+    video_unet_forward,
 )
 
 
@@ -66,13 +62,7 @@ def main() -> None:
           f"latent={args.latent}x{args.latent} base_params={base_params:,}", flush=True)
 
     def prepare(mixing: str, backward: bool):
-        def setup():
-            apply_temporal_mixing(unet, TemporalConfig(mixing))
-            unet.zero_grad(set_to_none=True)
-            if backward:
-                return lambda: video_unet_forward(unet, x, t, ctx).float().square().mean().backward()
-            return lambda: torch.no_grad()(video_unet_forward)(unet, x, t, ctx)
-        return setup
+        return unet_pass(unet, mixing, x, t, ctx, backward)
 
     rows = {}
     for mixing in variants:

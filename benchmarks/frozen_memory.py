@@ -32,8 +32,9 @@ def main() -> None:
                    help="the Trainer precision whose setup is run")
     args = p.parse_args()
     parts = sd15_components()
-    del parts["unet"], parts["scheduler"]
-    module = LatentShiftModule(unet=tiny_unet(cross_attention_dim=parts["text_encoder"].config.hidden_size), **parts)
+    parts.pop("scheduler")
+    parts["unet"] = tiny_unet(cross_attention_dim=parts["text_encoder"].config.hidden_size)
+    module = LatentShiftModule(components=parts)
     frozen = sum(p.numel() for m in (module.vae, module.text_encoder) for p in m.parameters())
     before = rss_mib()
     module._trainer = types.SimpleNamespace(precision=args.precision)  # what setup reads of the Trainer

@@ -8,15 +8,11 @@ Last line: ``clips_per_s=<N>`` (target >= 500 on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules import LatentVideoDataModule  # noqa: E402
-from datamodules.synthetic import write_synthetic_shards  # noqa: E402
+from datamodules import LatentVideoDataModule
+from datamodules.synthetic import write_synthetic_shards
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 

@@ -22,9 +22,8 @@ import torch
 
 from ls_video.compile import compile_regions
 from ls_video.presets import sd15_unet
-from ls_video.timing import alternate
+from ls_video.timing import alternate, unet_pass
 from ls_video.toy.make_base import toy_unet
-from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
 
 PASSES = ("fwd", "fwd_bwd")
 
@@ -37,13 +36,7 @@ def measure(unet, clips: int, frames: int, latent: int, reps: int, device: str, 
     ctx = torch.randn(clips, 77 if ctx_dim > 100 else 8, ctx_dim, device=device, dtype=dtype)
 
     def variant(mixing: str):
-        def setup():
-            apply_temporal_mixing(unet, TemporalConfig(mixing))
-            unet.zero_grad(set_to_none=True)
-            if backward:
-                return lambda: video_unet_forward(unet, x, t, ctx).float().square().mean().backward()
-            return lambda: torch.no_grad()(video_unet_forward)(unet, x, t, ctx)
-        return setup
+        return unet_pass(unet, mixing, x, t, ctx, backward)
 
     medians = alternate({m: variant(m) for m in ("none", "shift")}, reps, device, warmup=2)
     return medians["shift"], medians["none"]

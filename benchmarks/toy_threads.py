@@ -14,6 +14,9 @@ import time
 import torch
 
 from ls_video.module import LatentShiftModule
+from ls_video.objective import ObjectiveConfig
+from ls_video.optim import OptimConfig
+from ls_video.unet import TemporalConfig
 
 
 def main() -> None:
@@ -23,7 +26,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="timed steps per round and thread count")
     p.add_argument("--base", default="assets/toy-base")
     args = p.parse_args()
-    m = LatentShiftModule(args.base, shift_fraction=0.25, x0_weight_cap=100, learning_rate=1e-3)
+    m = LatentShiftModule(args.base, temporal=TemporalConfig(shift_fraction=0.25),
+                          objective=ObjectiveConfig(x0_weight_cap=100), optim=OptimConfig(learning_rate=1e-3))
     opt = torch.optim.AdamW([q for q in m.unet.parameters() if q.requires_grad], lr=1e-3)
     latents, captions = torch.randn(16, 6, 4, 8, 8), ["a red square moving left"] * 16
 

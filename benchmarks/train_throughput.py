@@ -24,25 +24,25 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ls_video.module import LatentShiftModule
+from ls_video.optim import OptimConfig
+from ls_video.performance import PerformanceConfig
+from ls_video.presets import sd15_components
+from ls_video.unet import TemporalConfig
 
-from ls_video.module import LatentShiftModule  # noqa: E402
-from ls_video.presets import sd15_components  # noqa: E402
-
+NONE = TemporalConfig("none")
 CONFIGS = {
     "base": {},
-    "none": dict(temporal_mixing="none"),
-    "channels_last": dict(channels_last=True),
-    "checkpointing": dict(gradient_checkpointing=True),
-    "compile": dict(compile_unet=True),
-    "compile_none": dict(compile_unet=True, temporal_mixing="none"),
+    "none": dict(temporal=NONE),
+    "channels_last": dict(performance=PerformanceConfig(channels_last=True)),
+    "checkpointing": dict(performance=PerformanceConfig(gradient_checkpointing=True)),
+    "compile": dict(performance=PerformanceConfig(compile_unet=True)),
+    "compile_none": dict(performance=PerformanceConfig(compile_unet=True), temporal=NONE),
 }
 
 
@@ -79,8 +79,8 @@ def run(name: str, args) -> dict:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init where it runs: fast
         parts = sd15_components()
     parts.pop("scheduler")
-    module = LatentShiftModule(**parts, learning_rate=1e-5, warmup_steps=0, lr_schedule="constant",
-                               **CONFIGS[name])
+    optim = OptimConfig(learning_rate=1e-5, warmup_steps=0, lr_schedule="constant")
+    module = LatentShiftModule(components=parts, **CONFIGS[name], optim=optim)
     data = torch.utils.data.DataLoader(RandomClips(args.batch * (args.steps + args.warmup), args.frames, args.latent),
                                        batch_size=args.batch, pin_memory=torch.cuda.is_available(), num_workers=1)
     timer = StepTimer()

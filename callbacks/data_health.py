@@ -7,9 +7,7 @@ from typing import Any
 
 import lightning as L
 
-
-class BadDataError(RuntimeError):
-    """Too large a share of the training samples was unusable."""
+from ls_video.errors import BadDataError  # noqa: F401 - raised here, defined in the library (the CLI reports it)
 
 
 class DataHealth(L.Callback):

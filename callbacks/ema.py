@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from ls_video.checkpoint import EMA_KEY
+
 
 class EMA(L.Callback):
     """Keeps ``shadow = decay * shadow + (1 - decay) * weights`` of every trainable U-Net parameter.
@@ -106,12 +108,21 @@ class EMA(L.Callback):
             self._ctx = None
 
     def state_dict(self) -> dict[str, Any]:
-        shadow = {n: t.detach().cpu() for n, t in (self.shadow or {}).items()}
-        return {"shadow": shadow, "num_updates": self.num_updates, "decay": self.decay}
+        return {"num_updates": self.num_updates, "decay": self.decay}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.shadow = dict(state_dict["shadow"]) or None
+        if state_dict.get("shadow"):  # checkpoints written before EMA_KEY
+            self.shadow = dict(state_dict["shadow"])
         self.num_updates = int(state_dict["num_updates"])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """The weights go where :func:`ls_video.checkpoint.find_ema_state` (export, sampling) reads them."""
+        if self.shadow:
+            checkpoint[EMA_KEY] = {n: t.detach().cpu() for n, t in self.shadow.items()}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if checkpoint.get(EMA_KEY):
+            self.shadow = dict(checkpoint[EMA_KEY])
 
 
 def find_ema(trainer: L.Trainer) -> EMA | None:

@@ -30,7 +30,7 @@ class VideoLogger(L.Callback):
         on_validation: also sample at the end of each validation.
         seed: seed of the first prompt (prompt i uses seed + i), the same at every log.
         num_frames: frames per video.
-        height, width: pixel size (default: the model's native size).
+        size: ``(height, width)`` in pixels (default: the model's native size).
         num_inference_steps: DDIM steps.
         guidance_scale: classifier-free guidance weight.
         fps: frame rate of the written files and GIFs.
@@ -40,14 +40,14 @@ class VideoLogger(L.Callback):
     """
 
     def __init__(self, prompts: list[str] | None = None, every_n_steps: int = 500, on_validation: bool = True,
-                 seed: int = 0, num_frames: int = 8, height: int | None = None, width: int | None = None,
+                 seed: int = 0, num_frames: int = 8, size: tuple[int, int] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = 4.0, fps: float = 8, format: str = "mp4",
                  use_ema: bool = True, compare_raw: bool = False) -> None:
         if format not in ("mp4", "gif"):
             raise ValueError(f"format must be 'mp4' or 'gif', got {format!r}")
         self.prompts = prompts or ["a red square moving left", "a blue circle moving up"]
         self.every_n_steps, self.on_validation, self.seed = every_n_steps, on_validation, seed
-        self.num_frames, self.height, self.width = num_frames, height, width
+        self.num_frames, (self.height, self.width) = num_frames, size or (None, None)
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
         self.fps, self.format, self.use_ema, self.compare_raw = fps, format, use_ema, compare_raw
         self._last_step = -1

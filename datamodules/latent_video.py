@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 
@@ -29,13 +31,12 @@ class LatentVideoDataModule(L.LightningDataModule):
         seed: seed for shard order, shuffling and crops. A run resumed from a checkpoint saved at step
             ``s`` draws its training stream from ``(seed, s)`` instead, so it continues with new draws
             rather than replaying the ones it started with (see docs/RELIABILITY.md).
-        pin_memory: pin batches for faster host-to-GPU copies.
-        prefetch_factor: batches prefetched per worker.
-        connect_timeout: seconds to connect to an http(s) shard server.
-        read_timeout: seconds without a byte (http(s) or ``pipe:``) before a shard is abandoned as
-            ``timeout``; training never waits longer than this on one shard.
-        retries: extra attempts to open a remote shard (exponential backoff from 1 s) before it is
-            skipped and counted in ``data/skipped_{reason}``.
+        prefetch_factor: batches prefetched per worker (batches are pinned when a GPU is present).
+        remote: timeouts and retries of remote shards (:class:`~datamodules.remote.RemoteOptions`):
+            ``connect_timeout`` (seconds to connect to an http(s) server), ``read_timeout`` (seconds without
+            a byte, http(s) or ``pipe:``, before a shard is abandoned as ``timeout``; training never waits
+            longer on one shard), ``retries`` (extra attempts to open a shard, exponential backoff from
+            ``backoff`` seconds, before it is skipped and counted in ``data/skipped_{reason}``).
         allow_vae_mismatch: train even when the shards record another VAE than the model's (by default
             ``fit`` stops before the first step with one line naming both).
     """
@@ -51,18 +52,13 @@ class LatentVideoDataModule(L.LightningDataModule):
         epoch_length: int | None = 10_000,
         num_frames: int | None = None,
         seed: int = 0,
-        pin_memory: bool = True,
         prefetch_factor: int = 2,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-        retries: int = 2,
+        remote: RemoteOptions = RemoteOptions(),
         allow_vae_mismatch: bool = False,
     ) -> None:
         super().__init__()
         self.allow_vae_mismatch = allow_vae_mismatch
-        if connect_timeout <= 0 or read_timeout <= 0 or retries < 0:
-            raise ValueError("connect_timeout and read_timeout must be > 0 and retries >= 0")
-        self.remote = RemoteOptions(connect_timeout, read_timeout, retries)
+        self.remote = RemoteOptions(**remote) if isinstance(remote, dict) else remote
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_frames is not None and num_frames < 1:
@@ -71,7 +67,7 @@ class LatentVideoDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.resampled, self.epoch_length = shuffle_buffer, resampled, epoch_length
         self.num_frames, self.seed = num_frames, seed
-        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.prefetch_factor = prefetch_factor
         self.resumed_at_step = 0  # set from the checkpoint by load_state_dict
 
     def setup(self, stage: str | None = None) -> None:
@@ -119,7 +115,7 @@ class LatentVideoDataModule(L.LightningDataModule):
         use_cuda = torch.cuda.is_available()
         return torch.utils.data.DataLoader(
             stream, batch_size=self.batch_size, num_workers=workers, collate_fn=collate,
-            pin_memory=self.pin_memory and use_cuda, persistent_workers=workers > 0,
+            pin_memory=use_cuda, persistent_workers=workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
         )
 
@@ -138,12 +134,7 @@ class ImageLatentDataModule(LatentVideoDataModule):
     Takes every argument of :class:`LatentVideoDataModule` except ``num_frames`` (always 1).
     """
 
-    def __init__(self, train_urls: str | list[str], val_urls: str | list[str] | None = None, batch_size: int = 16,
-                 num_workers: int = 2, shuffle_buffer: int = 1000, resampled: bool = True,
-                 epoch_length: int | None = 10_000, seed: int = 0, pin_memory: bool = True,
-                 prefetch_factor: int = 2, connect_timeout: float = 10.0, read_timeout: float = 60.0,
-                 retries: int = 2, allow_vae_mismatch: bool = False) -> None:
-        super().__init__(train_urls, val_urls, batch_size, num_workers, shuffle_buffer, resampled, epoch_length,
-                         num_frames=1, seed=seed, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
-                         connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries,
-                         allow_vae_mismatch=allow_vae_mismatch)
+    def __init__(self, train_urls: str | list[str], batch_size: int = 16, **kwargs: Any) -> None:
+        if "num_frames" in kwargs:
+            raise ValueError("ImageLatentDataModule always yields one frame; drop num_frames")
+        super().__init__(train_urls, batch_size=batch_size, num_frames=1, **kwargs)

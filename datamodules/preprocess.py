@@ -34,6 +34,7 @@ from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_s
 from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
 from datamodules.sources import list_sources, shard_urls
+from ls_video.errors import command
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -43,10 +44,9 @@ class VaeEncoder(L.LightningModule):
 
     def __init__(self, vae_path: str) -> None:
         super().__init__()
-        from diffusers import AutoencoderKL
+        from ls_video.components import load_vae
 
-        subfolder = "vae" if os.path.isdir(os.path.join(vae_path, "vae")) else None
-        self.vae = AutoencoderKL.from_pretrained(vae_path, subfolder=subfolder).eval().requires_grad_(False)
+        self.vae = load_vae(vae_path)
         self.vae_path = vae_path
 
     @torch.no_grad()
@@ -190,7 +190,7 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
 
 
 def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
-    from ls_video.loading import vae_fingerprint
+    from ls_video.components import vae_fingerprint
 
     return dict(vae=model.vae_path, vae_fingerprint=vae_fingerprint(model.vae),
                 latent_channels=int(model.vae.config.latent_channels),
@@ -231,17 +231,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command("ls-video preprocess")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     devices = int(args.devices) if args.devices.isdigit() else args.devices
-    try:
-        report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
-                            args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
-                            args.accelerator, args.video_dir, clip_start=args.clip_start,
-                            clips_per_video=args.clips_per_video, seed=args.seed)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"preprocess: error: {err}", file=sys.stderr)
-        return 2
+    report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
+                        args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
+                        args.accelerator, args.video_dir, clip_start=args.clip_start,
+                        clips_per_video=args.clips_per_video, seed=args.seed)
     if report["rank"] == 0:
         rate = report["clips_per_s_rank0"]
         print(f"wrote {report['written']} clips, skipped {report['skipped']} {report['skipped_by_reason']}"

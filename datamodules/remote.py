@@ -43,6 +43,10 @@ class RemoteOptions:
     retries: int = 2
     backoff: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.retries < 0:
+            raise ValueError("connect_timeout and read_timeout must be > 0 and retries >= 0")
+
 
 class _HTTPStream(io.RawIOBase):
     """Body of an HTTP response; socket timeouts and early closes become :class:`ShardReadError`."""

@@ -4,12 +4,14 @@ cache folder, then streams those shards like any :class:`LatentVideoDataModule`.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import glob
 import hashlib
 import json
 import os
 import shutil
+from typing import Any
 
 from datamodules.latent_video import LatentVideoDataModule
 from ls_video.toy.world import ToyWorld
@@ -28,61 +30,63 @@ class ToyDataModule(LatentVideoDataModule):
     """Toy "moving shapes" videos, preprocessed to latent shards on first use and cached.
 
     Args:
-        base: the base model folder whose ``vae/`` encodes the clips (same as the model's base).
+        base: the base model folder whose ``vae/`` encodes the clips; ``None`` (the default) takes the
+            model's ``pretrained_model_name_or_path``, so a config names the base once.
         cache_dir: where videos and shards are cached (keyed by every setting below).
         num_train_clips: training clips to generate.
         num_val_clips: validation clips (disjoint from training).
-        size: frame side in pixels.
-        num_frames: frames per clip.
-        fps: frame rate of the generated files.
-        object_size: object side / diameter in pixels.
-        min_travel: least distance covered per clip, as a fraction of ``size``.
-        max_speed: fastest object speed in pixels per frame (``None``: as fast as fits).
+        world: the clips' settings (:class:`~ls_video.toy.world.ToyWorld`: ``size``, ``num_frames``, ``fps``,
+            ``object_size``, ``min_travel``, ``max_speed``).
         world_seed: seed of the generated clips.
         shard_size: clips per shard.
         images: also write one-frame image shards (``{cache}/shards/images``) for joint training.
-        batch_size, num_workers, shuffle_buffer, resampled, epoch_length, seed, pin_memory,
-        prefetch_factor: as in :class:`LatentVideoDataModule`.
+        batch_size, num_workers, shuffle_buffer, epoch_length, and any other argument of
+            :class:`LatentVideoDataModule` (``seed``, ``resampled``, ...): as there.
     """
 
     def __init__(
         self,
-        base: str,
+        base: str | None = None,
         cache_dir: str = ".cache/toy",
         num_train_clips: int = 2000,
         num_val_clips: int = 64,
-        size: int = 64,
-        num_frames: int = 16,
-        fps: int = 8,
-        object_size: int = 16,
-        min_travel: float = 0.25,
-        max_speed: int | None = None,
+        world: ToyWorld = ToyWorld(),
         world_seed: int = 0,
         shard_size: int = 500,
         images: bool = False,
         batch_size: int = 8,
         num_workers: int = 1,
         shuffle_buffer: int = 500,
-        resampled: bool = True,
         epoch_length: int | None = 2000,
-        seed: int = 0,
-        pin_memory: bool = True,
-        prefetch_factor: int = 2,
+        **kwargs: Any,
     ) -> None:
         super().__init__(train_urls=[], val_urls=[], batch_size=batch_size, num_workers=num_workers,
-                         shuffle_buffer=shuffle_buffer, resampled=resampled, epoch_length=epoch_length,
-                         num_frames=None, seed=seed, pin_memory=pin_memory, prefetch_factor=prefetch_factor)
+                         shuffle_buffer=shuffle_buffer, epoch_length=epoch_length, num_frames=None, **kwargs)
         self.base = base
-        self.world = ToyWorld(size=size, num_frames=num_frames, fps=fps, object_size=object_size,
-                              min_travel=min_travel, max_speed=max_speed)
+        self.world = ToyWorld(**world) if isinstance(world, dict) else dataclasses.replace(world)
         self.world.speeds()  # fail now, with a clear message, if the world is impossible
         self.counts = dict(train=num_train_clips, val=num_val_clips)
-        self.world_seed, self.shard_size, self.images = world_seed, shard_size, images
-        settings = dict(world=self.world.__dict__, counts=self.counts, seed=world_seed, shard_size=shard_size,
-                        images=images, vae=_vae_fingerprint(base))
-        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-        self.root = os.path.join(cache_dir, f"toy-{digest}")
-        self.settings = settings
+        self.world_seed, self.shard_size, self.images, self.cache_dir = world_seed, shard_size, images, cache_dir
+
+    def base_path(self) -> str:
+        """``base``, or the model's base when the datamodule runs under a Trainer."""
+        if self.base is None:
+            trainer = getattr(self, "trainer", None)
+            module = trainer.lightning_module if trainer is not None else None
+            self.base = getattr(module, "hparams", {}).get("pretrained_model_name_or_path") if module else None
+            if self.base is None:
+                raise ValueError("ToyDataModule needs `base` (or a model with pretrained_model_name_or_path)")
+        return self.base
+
+    @property
+    def settings(self) -> dict:
+        return dict(world=self.world.__dict__, counts=self.counts, seed=self.world_seed, shard_size=self.shard_size,
+                    images=self.images, vae=_vae_fingerprint(self.base_path()))
+
+    @property
+    def root(self) -> str:
+        digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
+        return os.path.join(self.cache_dir, f"toy-{digest}")
 
     def shard_dir(self, split: str) -> str:
         return os.path.join(self.root, "shards", split)
@@ -98,13 +102,13 @@ class ToyDataModule(LatentVideoDataModule):
             videos = os.path.join(self.root, "videos", split)
             shutil.rmtree(videos, ignore_errors=True)
             self.world.write_videos(videos, n, split, self.world_seed)
-            preprocess(videos, self.base, self.shard_dir(split), num_frames=self.world.num_frames, fps=None,
+            preprocess(videos, self.base_path(), self.shard_dir(split), num_frames=self.world.num_frames, fps=None,
                        frame_stride=1, size=self.world.size, shard_size=self.shard_size, num_workers=0,
                        in_process=True)
         if self.images:
             images = os.path.join(self.root, "videos", "images")
             self.world.write_images(images, self.counts["train"], "train", self.world_seed)
-            preprocess(images, self.base, self.shard_dir("images"), num_frames=1, fps=None, frame_stride=1,
+            preprocess(images, self.base_path(), self.shard_dir("images"), num_frames=1, fps=None, frame_stride=1,
                        size=self.world.size, shard_size=self.shard_size, num_workers=0, in_process=True)
         with open(os.path.join(self.root, "done.json"), "w") as f:
             json.dump(self.settings, f, indent=2)

@@ -31,7 +31,7 @@ def check_vae(url: str, vae, model_name: str | None, remote: RemoteOptions | Non
 
     Shards without the record (made before it existed) are not checked, with a note in the log.
     """
-    from ls_video.loading import vae_fingerprint
+    from ls_video.components import vae_fingerprint
 
     meta = first_meta(url, remote)
     if not meta or "vae_fingerprint" not in meta:

@@ -1,6 +1,6 @@
 """The ablation: train each temporal-mixing variant on the toy world, sample, score, write a table.
 
-    python -m ls_video.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--steps N]
+    python -m ls_video.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--max-steps N]
 
 For every variant (and with ``--sweep`` the shift-fraction / placement sweep) it runs
 ``train.py fit -c <train_config> <overrides>`` into ``<out>/<variant>`` (skipped when that run already
@@ -24,8 +24,10 @@ import torch
 import yaml
 
 from ls_video.checkpoint import load_checkpoint, temporal_config_from_hparams
+from ls_video.errors import command
+from ls_video.objective import ObjectiveConfig
+from ls_video.temporal_layers import added_parameters
 from ls_video.toy.curve import evaluate_checkpoint
-from ls_video.unet import added_parameters
 
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
@@ -70,9 +72,8 @@ def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
     for name, path in ckpts.items():
         hp = load_checkpoint(path)["hyper_parameters"]
         config = temporal_config_from_hparams(hp)
-        modules[name] = LatentShiftModule(hp["pretrained_model_name_or_path"], temporal_mixing=config.temporal_mixing,
-                                          shift_fraction=config.shift_fraction, shift_placement=config.shift_placement,
-                                          caption_dropout=0.0)
+        modules[name] = LatentShiftModule(hp["pretrained_model_name_or_path"], temporal=config,
+                                          objective=ObjectiveConfig(caption_dropout=0.0))
         pipes[name] = pipeline_from_checkpoint(path)
         pipes[name].set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
@@ -121,29 +122,25 @@ def write_results(path: str, text: str) -> None:
         f.write(doc)
 
 
+@command("ls-video ablation")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.ablation", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ls-video ablation", description=__doc__.split("\n")[0])
     p.add_argument("-c", "--config", required=True, help="ablation YAML (e.g. configs/ablation/toy.yaml)")
     p.add_argument("--only", help="comma-separated variant names (default: all `variants`)")
     p.add_argument("--sweep", action="store_true", help="also run the `sweep` entries (shift fraction, placement)")
-    p.add_argument("--steps", type=int, help="override the step budget")
-    p.add_argument("--seeds", type=int, help="override videos per prompt")
+    p.add_argument("--max-steps", type=int, help="override the training steps of every variant")
+    p.add_argument("--num-videos-per-prompt", type=int, help="override videos (seeds) per prompt")
     args = p.parse_args(argv)
-    try:
-        with open(args.config) as f:
-            cfg = yaml.safe_load(f)
-    except OSError as e:
-        print(f"ablation: error: {e}", file=sys.stderr)
-        return 2
-    steps, seeds = args.steps or cfg["steps"], args.seeds or cfg["seeds"]
+    with open(args.config) as f:
+        cfg = yaml.safe_load(f)
+    steps, seeds = args.max_steps or cfg["steps"], args.num_videos_per_prompt or cfg["seeds"]
     variants = dict(cfg["variants"])
     if args.sweep:
         variants.update(cfg.get("sweep", {}))
     if args.only:
         unknown = set(args.only.split(",")) - set(variants)
         if unknown:
-            print(f"ablation: error: unknown variants {sorted(unknown)}; known: {sorted(variants)}", file=sys.stderr)
-            return 2
+            raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     ckpts = {name: train(name, overrides, cfg, steps) for name, overrides in variants.items()}
     toy_net = cfg.get("toy_net")
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(cfg["out"], exist_ok=True)
     with open(os.path.join(cfg["out"], "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    command = "python -m ls_video.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "ls-video ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (f"{START}\n`{command}` ({steps} steps each, 32 prompts x {seeds} seeds, EMA weights, 25 DDIM "
             f"steps, guidance 4; times on this machine, variants alternating in one process):\n\n{table(rows)}\n{END}")
     write_results(cfg["results"], text)

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from ls_video.loading import load_components
+from ls_video.components import build_pipeline, load_components, looks_local, temporal_config_from_hparams
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.unet import TemporalConfig, apply_temporal_mixing
+from ls_video.unet import apply_temporal_mixing
 
-EMA_STATE_PREFIX = "EMA"
+EMA_KEY = "ema_unet"  # checkpoint entry with the EMA weights (U-Net parameter names), written by callbacks.EMA
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -25,9 +25,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def find_ema_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """The EMA callback's shadow weights (U-Net parameter names), if the run used EMA."""
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if key.startswith(EMA_STATE_PREFIX) and "shadow" in state:
+    """The EMA weights (U-Net parameter names), if the run used EMA."""
+    if checkpoint.get(EMA_KEY):
+        return checkpoint[EMA_KEY]
+    for state in checkpoint.get("callbacks", {}).values():  # checkpoints written before EMA_KEY
+        if isinstance(state, dict) and state.get("shadow"):
             return state["shadow"]
     return None
 
@@ -41,12 +43,6 @@ def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) ->
         return shadow
     prefix = "unet."
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-
-
-def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:
-    """The U-Net's temporal settings recorded in a checkpoint's hyper-parameters."""
-    return TemporalConfig(hparams.get("temporal_mixing", "shift"), hparams.get("shift_fraction", 0.125),
-                          hparams.get("shift_placement", "residual"))
 
 
 def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: str | None = None
@@ -63,11 +59,7 @@ def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: s
     missing, unexpected = unet.load_state_dict(unet_state_from_checkpoint(checkpoint, ema), strict=False)
     if unexpected:
         raise ValueError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(parts["noise_scheduler"].config)
-    return LatentShiftPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"],
-                               tokenizer=parts["tokenizer"], unet=unet, scheduler=scheduler)
+    return build_pipeline(**parts)
 
 
 def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPipeline:
@@ -77,7 +69,7 @@ def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPip
         return pipeline_from_checkpoint(model, ema=ema)
     if os.path.exists(model) and not os.path.isdir(model):
         raise ValueError(f"--model must be a diffusers folder or a .ckpt file, got {model}")
-    if (os.path.sep in model or model.startswith(".")) and not os.path.isdir(model):
+    if looks_local(model) and not os.path.isdir(model):
         raise FileNotFoundError(f"model not found: {model}")
     if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
         raise FileNotFoundError(f"{model} has no model_index.json (not a diffusers pipeline folder)")

@@ -1,87 +1,70 @@
-"""The training command line: a ``LightningCLI`` over ``LatentShiftModule`` and any datamodule.
+"""``ls-video``: one command for every step, ``ls-video SUBCOMMAND --help`` for its options.
 
-    python train.py fit -c configs/toy.yaml          (or: ls-video fit -c configs/toy.yaml)
-    python train.py fit -c configs/toy.yaml --ckpt_path last
-    python train.py fit --model.pretrained_model_name_or_path BASE \
-        --data.class_path datamodules.LatentVideoDataModule --data.init_args.train_urls SHARDS \
-        --trainer.max_steps 1000
+    ls-video fit -c configs/toy.yaml            train (LightningCLI; also validate, test, predict)
+    ls-video preprocess --videos ... --out ...  videos -> latent shards
+    ls-video sample --model M --prompt ...      prompts -> mp4/gif
+    ls-video export CKPT OUT                    checkpoint -> diffusers folder
+    ls-video eval DIR                           score a sample folder
+    ls-video demo                               the toy world end to end (make demo)
+    ls-video ablation -c configs/ablation/toy.yaml
+    ls-video transfer extract|apply ...         motion as a file
+    ls-video make-toy-base --out assets/toy-base
 
-Checkpoints go to ``{default_root_dir}/checkpoints`` (``last.ckpt`` kept), so ``--ckpt_path last``
-finds the newest one with or without a config file.
+This file is the application layer: it names each subcommand's module by path and imports it only
+when that subcommand runs, so the library below (``ls_video``) never imports ``callbacks`` or
+``datamodules``. Expected failures end with one line on stderr and exit code 2 (``ls_video.errors``).
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
-from argparse import ArgumentError
 
-import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from ls_video.errors import command
 
-from ls_video.checkpoint_io import AtomicCheckpointIO
-from ls_video.module import LatentShiftModule
-from ls_video.quiet import quiet
-
-
-class LatentShiftCLI(LightningCLI):
-    """LightningCLI with a checkpoint callback configurable as ``--checkpoint.*``."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1,
-                             "checkpoint.every_n_train_steps": 500, "checkpoint.filename": "step{step:07d}",
-                             "checkpoint.auto_insert_metric_name": False})
-
-    def instantiate_trainer(self, **kwargs):
-        """Checkpoints are written atomically unless the config names its own checkpoint IO."""
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
-        if not plugins:
-            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        if config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
-            root = config.trainer.get("default_root_dir") or os.getcwd()
-            config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+COMMANDS = {  # name: (module with main(argv), one-line help)
+    "preprocess": ("datamodules.preprocess", "encode videos into latent shards"),
+    "sample": ("ls_video.sample", "turn prompts into videos"),
+    "export": ("ls_video.export", "export a checkpoint as a diffusers folder"),
+    "eval": ("ls_video.eval", "score a sample folder (motion, CLIP, FVD, FID) and write its gallery"),
+    "demo": ("ls_video.demo", "the toy world end to end: data, training, export, samples, scores"),
+    "ablation": ("ls_video.ablation", "train and compare temporal-mixing variants"),
+    "transfer": ("ls_video.transfer", "carry motion onto another fine-tune of the base"),
+    "make-toy-base": ("ls_video.toy.make_base", "build the toy text-to-image base model"),
+    "curve": ("ls_video.toy.curve", "toy accuracy of every checkpoint of a run"),
+}
 
 
-def build(args: list[str] | None = None) -> LatentShiftCLI:
-    """Parse ``args``, build the model, data and trainer, and run the subcommand."""
-    return LatentShiftCLI(
-        LatentShiftModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+def usage() -> str:
+    from ls_video.train_cli import SUBCOMMANDS
+
+    lines = [__doc__.split("\n")[0], "", "subcommands:"]
+    lines += [f"  {name:<14}{text} (Lightning CLI: -c CONFIG, --help)" for name, text in SUBCOMMANDS.items()]
+    lines += [f"  {name:<14}{text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
-def main(args: list[str] | None = None) -> int:
-    """Entry point of ``train.py`` and the ``ls-video`` console script: expected failures (missing files,
-    bad values, unsafe or mostly-bad data, diverging loss) end with a one-line error and exit code 2."""
-    from callbacks.data_health import BadDataError
+@command("ls-video")
+def train_main(argv: list[str] | None = None) -> int:
+    """``train.py`` and ``ls-video fit|validate|test|predict``."""
+    from ls_video.quiet import quiet
+    from ls_video.train_cli import build
 
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["transfer"]:  # ls-video transfer extract|apply ... (motion as a file)
-        from ls_video.transfer import main as transfer_main
-
-        return transfer_main(argv[1:])
     quiet()
-    try:
-        build(args)
-    except (FileNotFoundError, ValueError, BadDataError, FloatingPointError, ArgumentError) as err:
-        if isinstance(err, ArgumentError):
-            message = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
-            print(f"train.py: error: {message[:400]} (see --help)", file=sys.stderr)
-            return 2
-        print(f"train.py: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+    build(argv)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    name = args[0] if args else None
+    if name in COMMANDS:
+        module = importlib.import_module(COMMANDS[name][0])
+        return module.main(args[1:])
+    if name in (None, "-h", "--help") and not args[1:]:
+        print(usage())
+        return 0 if name else 2
+    return train_main(argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

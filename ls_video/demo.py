@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="assets/toy-base", help="toy base model folder (built if missing)")
     p.add_argument("--config", default="configs/toy.yaml", help="training config")
     p.add_argument("--max-steps", type=int, default=None, help="override the config's training steps")
-    p.add_argument("--seeds", type=int, default=2, help="videos per prompt")
-    p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps when sampling")
+    p.add_argument("--num-videos-per-prompt", type=int, default=2, help="videos (seeds) per prompt")
+    p.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps when sampling")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py arguments")
     args = p.parse_args(argv)
     py = sys.executable
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = os.path.join(out, "run")
     train = [py, "train.py", "fit", "-c", args.config, "--model.pretrained_model_name_or_path", args.base,
-             "--data.init_args.base", args.base, "--trainer.default_root_dir", run_dir,
+             "--trainer.default_root_dir", run_dir,
              "--trainer.logger.init_args.save_dir", run_dir]
     if args.max_steps is not None:
         train += ["--trainer.max_steps", str(args.max_steps)]
@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(prompts, "w") as f:
         f.write("\n".join(all_prompts()) + "\n")
     frames = _config_frames(args.config)
-    run([py, "sample.py", "--model", model, "--prompts-file", prompts, "--num-videos-per-prompt", str(args.seeds),
-         "--num-frames", str(frames), "--steps", str(args.sample_steps), "--guidance-scale", "4.0", "--seed", "0",
-         "--batch-size", "32", "--out-dir", out], "sample", times)
+    run([py, "sample.py", "--model", model, "--prompts-file", prompts,
+         "--num-videos-per-prompt", str(args.num_videos_per_prompt), "--num-frames", str(frames),
+         "--num-inference-steps", str(args.num_inference_steps), "--guidance-scale", "4.0", "--seed", "0",
+         "--batch-size", "32", "--out", out], "sample", times)
     run([py, "-m", "ls_video.eval", out, "--html", "--run", run_dir], "eval", times)
     print(summary(times, run_dir, out))
     print(f"open {os.path.join(out, 'index.html')} (videos, scores, learning curves); mp4s, manifest.json, "
@@ -115,7 +116,7 @@ def _config_frames(config: str) -> int:
     import yaml
 
     with open(os.path.join(ROOT, config)) as f:
-        return int(yaml.safe_load(f)["data"]["init_args"].get("num_frames", 16))
+        return int(yaml.safe_load(f)["data"]["init_args"].get("world", {}).get("num_frames", 16))
 
 
 if __name__ == "__main__":

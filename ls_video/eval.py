@@ -31,6 +31,7 @@ import sys
 
 import numpy as np
 
+from ls_video.errors import command
 from ls_video.video_io import read_video
 
 METRICS = ("motion", "clipsim", "fvd", "fid")
@@ -125,8 +126,9 @@ def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: st
     return result
 
 
+@command("ls-video eval")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.eval", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ls-video eval", description=__doc__.split("\n")[0])
     p.add_argument("dir", help="folder written by sample.py")
     p.add_argument("--metrics", default="motion", help=f"comma-separated, from {list(METRICS)}")
     p.add_argument("--clip-model", help="CLIPModel folder or hub id (clipsim; default extractor for fid)")
@@ -138,15 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", help="training run folder (TensorBoard logs) whose loss curves --html plots")
     args = p.parse_args(argv)
     if args.run and not os.path.isdir(args.run):
-        print(f"eval: error: --run {args.run} is not a folder", file=sys.stderr)
-        return 2
-    try:
-        result = evaluate(args.dir, tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
-                          args.clip_model, args.fvd_model, args.fid_model, args.reference, args.device,
-                          args.html, args.run)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"eval: error: {err}", file=sys.stderr)
-        return 2
+        raise NotADirectoryError(f"--run {args.run} is not a folder")
+    result = evaluate(args.dir, tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+                      args.clip_model, args.fvd_model, args.fid_model, args.reference, args.device,
+                      args.html, args.run)
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:>22}  {value:.4f}")

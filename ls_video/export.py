@@ -1,7 +1,7 @@
 """Export a training checkpoint as a diffusers folder that ``sample.py`` and
 ``LatentShiftPipeline.from_pretrained`` load.
 
-    python -m ls_video.export CKPT OUT [--raw] [--base PATH]
+    ls-video export CKPT OUT [--raw] [--base PATH]        (or: python -m ls_video.export ...)
 
 OUT gets the base's ``vae/``, ``text_encoder/``, ``tokenizer/``, a DDIM ``scheduler/``, the trained
 ``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``) plus ``unet/latent_shift.json``.
@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
+from ls_video.errors import command
 
 
 def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None) -> bool:
@@ -24,18 +25,15 @@ def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None
     return ema
 
 
+@command("ls-video export")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.export", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ls-video export", description=__doc__.split("\n")[0])
     p.add_argument("ckpt", help="Lightning checkpoint (.ckpt) written by train.py")
     p.add_argument("out", help="output diffusers folder")
     p.add_argument("--raw", action="store_true", help="export the raw weights even when EMA weights exist")
     p.add_argument("--base", default=None, help="base model folder/id (default: the one recorded in the ckpt)")
     args = p.parse_args(argv)
-    try:
-        used_ema = export(args.ckpt, args.out, ema=False if args.raw else None, base=args.base)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"export: error: {err}", file=sys.stderr)
-        return 2
+    used_ema = export(args.ckpt, args.out, ema=False if args.raw else None, base=args.base)
     print(f"exported {'EMA' if used_ema else 'raw'} weights to {args.out}")
     return 0
 

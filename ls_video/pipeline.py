@@ -21,14 +21,9 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.compile import compile_whole
+from ls_video.temporal_layers import load_added_weights
 from ls_video.text import encode_prompts
-from ls_video.unet import (
-    TemporalConfig,
-    apply_temporal_mixing,
-    get_temporal_config,
-    load_added_weights,
-    video_unet_forward,
-)
+from ls_video.unet import TemporalConfig, apply_temporal_mixing, get_temporal_config, video_unet_forward
 
 
 @dataclass
@@ -58,6 +53,9 @@ class LatentShiftPipeline(DiffusionPipeline):
     ``scheduler``), so ``from_pretrained`` takes a plain SD folder (the shift is then added to its
     U-Net with default settings) or a folder exported by this project (``unet/latent_shift.json``).
 
+    The pipeline never changes the parts it is given: a U-Net without temporal mixing (see
+    :func:`ls_video.unet.apply_temporal_mixing`) samples its frames independently.
+
     ``compile=True`` compiles the whole U-Net on the first call (:func:`ls_video.compile.compile_whole`),
     with CUDA graphs on a GPU (``mode="reduce-overhead"``): each denoising step is then one graph
     replay instead of hundreds of kernel launches. The first call with a new shape (prompts x videos,
@@ -76,8 +74,6 @@ class LatentShiftPipeline(DiffusionPipeline):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if get_temporal_config(unet) is None:
-            apply_temporal_mixing(unet, TemporalConfig())
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -88,17 +84,17 @@ class LatentShiftPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """Load like any diffusers pipeline, then apply ``unet/latent_shift.json`` when present."""
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        if os.path.isdir(pretrained_model_name_or_path):
-            config = TemporalConfig.load(os.path.join(pretrained_model_name_or_path, "unet"))
-            if config is not None:
-                apply_temporal_mixing(pipe.unet, config)
-                load_added_weights(pipe.unet, os.path.join(pretrained_model_name_or_path, "unet"))
+        unet_dir = os.path.join(pretrained_model_name_or_path, "unet")
+        config = TemporalConfig.load(unet_dir) if os.path.isdir(pretrained_model_name_or_path) else None
+        apply_temporal_mixing(pipe.unet, config or TemporalConfig())  # its own U-Net: a plain SD one gets the shift
+        if config is not None:
+            load_added_weights(pipe.unet, unet_dir)
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save as a diffusers folder plus the shift settings in ``unet/latent_shift.json``."""
         super().save_pretrained(save_directory, **kwargs)
-        get_temporal_config(self.unet).save(os.path.join(save_directory, "unet"))
+        (get_temporal_config(self.unet) or TemporalConfig("none")).save(os.path.join(save_directory, "unet"))
 
     def compile_unet(self) -> None:
         """Compile the U-Net on the next call (see the class docstring); the same as ``compile=True``."""
@@ -142,6 +138,51 @@ class LatentShiftPipeline(DiffusionPipeline):
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
 
+    def encode_prompt(self, prompts: list[str], negative_prompt: str | list[str] | None, num_videos_per_prompt: int,
+                      do_cfg: bool) -> torch.Tensor:
+        """``(B, L, D)`` embeddings, each distinct prompt encoded once; with CFG the negatives come first."""
+        unique = list(dict.fromkeys(prompts))
+        table = encode_prompts(unique, self.tokenizer, self.text_encoder)
+        embeds = table[[unique.index(p) for p in prompts]].repeat_interleave(num_videos_per_prompt, 0)
+        if do_cfg:
+            negatives = negative_prompt if negative_prompt is not None else ""
+            negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
+            if len(negatives) != len(prompts):
+                raise ValueError("negative_prompt must be one string or one per prompt")
+            neg = encode_prompts(negatives, self.tokenizer, self.text_encoder)
+            embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
+        return embeds.to(self.unet.dtype)
+
+    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict) -> torch.Tensor:
+        """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance."""
+        do_cfg = guidance_scale > 1.0
+        graphed = self._maybe_compile(latents.device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = torch.cat([latents] * 2) if do_cfg else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            if graphed:  # the graph's output buffer is reused by the next replay: keep a copy
+                torch.compiler.cudagraph_mark_step_begin()
+                pred = video_unet_forward(self.unet, model_in, t, embeds).clone()
+            else:
+                pred = video_unet_forward(self.unet, model_in, t, embeds)
+            if do_cfg:
+                uncond, cond = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
+        return latents
+
+    def postprocess(self, latents: torch.Tensor, output_type: str, decode_chunk_size: int):
+        """Decoded frames as ``np``, ``pt`` or ``pil`` (see :class:`LatentShiftPipelineOutput`)."""
+        if output_type not in ("np", "pt", "pil"):
+            raise ValueError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
+        frames = self.decode_latents(latents, decode_chunk_size)
+        if output_type == "pt":
+            return frames
+        arrays = frames.permute(0, 1, 3, 4, 2).cpu().numpy()
+        if output_type == "np":
+            return arrays
+        return [[Image.fromarray(f) for f in video] for video in (arrays * 255).round().astype(np.uint8)]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -180,54 +221,15 @@ class LatentShiftPipeline(DiffusionPipeline):
         self.check_inputs(height, width, num_frames, num_inference_steps)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
-
-        # Text embeddings: each distinct prompt is encoded once.
-        unique = list(dict.fromkeys(prompts))
-        table = encode_prompts(unique, self.tokenizer, self.text_encoder)
-        embeds = table[[unique.index(p) for p in prompts]].repeat_interleave(num_videos_per_prompt, 0)
-        batch = embeds.shape[0]
-        if do_cfg:
-            negatives = negative_prompt if negative_prompt is not None else ""
-            negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
-            if len(negatives) != len(prompts):
-                raise ValueError("negative_prompt must be one string or one per prompt")
-            neg = encode_prompts(negatives, self.tokenizer, self.text_encoder)
-            embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
-        embeds = embeds.to(self.unet.dtype)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        shape = (batch, num_frames, self.unet.config.in_channels, height // self.vae_scale_factor,
-                 width // self.vae_scale_factor)
+        embeds = self.encode_prompt(prompts, negative_prompt if do_cfg else None, num_videos_per_prompt, do_cfg)
+        shape = (embeds.shape[0] // (2 if do_cfg else 1), num_frames, self.unet.config.in_channels,
+                 height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
-        extra = self._extra_step_kwargs(generator, eta)
-        graphed = self._maybe_compile(device)
-
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            if graphed:  # the graph's output buffer is reused by the next replay: keep a copy
-                torch.compiler.cudagraph_mark_step_begin()
-                pred = video_unet_forward(self.unet, model_in, t, embeds).clone()
-            else:
-                pred = video_unet_forward(self.unet, model_in, t, embeds)
-            if do_cfg:
-                uncond, cond = pred.chunk(2)
-                pred = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
-
-        if output_type == "latent":
-            frames = latents
-        else:
-            frames = self.decode_latents(latents, decode_chunk_size)
-            if output_type == "np":
-                frames = frames.permute(0, 1, 3, 4, 2).cpu().numpy()
-            elif output_type == "pil":
-                arrays = (frames.permute(0, 1, 3, 4, 2).cpu().numpy() * 255).round().astype(np.uint8)
-                frames = [[Image.fromarray(f) for f in video] for video in arrays]
-            elif output_type != "pt":
-                raise ValueError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.denoise(latents.to(device) * self.scheduler.init_noise_sigma, embeds, guidance_scale,
+                               self._extra_step_kwargs(generator, eta))
+        frames = latents if output_type == "latent" else self.postprocess(latents, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)

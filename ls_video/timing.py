@@ -40,3 +40,19 @@ def alternate(variants: dict[str, Callable[[], Callable[[], object]]], reps: int
             if rep >= warmup:
                 times[name].append(dt)
     return {n: statistics.median(v) for n, v in times.items()}
+
+
+def unet_pass(unet: torch.nn.Module, mixing: str, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor,
+              backward: bool) -> Callable[[], Callable[[], object]]:
+    """A variant for :func:`alternate`: install ``mixing`` on ``unet``, then time one forward (no grad) or
+    forward + backward of ``video_unet_forward``."""
+    from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
+
+    def setup() -> Callable[[], object]:
+        apply_temporal_mixing(unet, TemporalConfig(mixing))
+        unet.zero_grad(set_to_none=True)
+        if backward:
+            return lambda: video_unet_forward(unet, x, t, ctx).float().square().mean().backward()
+        return lambda: torch.no_grad()(video_unet_forward)(unet, x, t, ctx)
+
+    return setup

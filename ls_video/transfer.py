@@ -24,6 +24,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
+from ls_video.errors import command
 from ls_video.unet import TemporalConfig
 
 FORMAT = "ls-video-motion/1"
@@ -154,6 +155,7 @@ def apply(motion: str, target: str, out: str, scale: float = 1.0, include: str |
     return len(changed)
 
 
+@command("ls-video transfer")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ls-video transfer", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,18 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--include", default=None,
                    help="regular expression: only U-Net parameters whose name matches get the delta")
     args = p.parse_args(argv)
-    try:
-        if args.command == "extract":
-            r = extract(args.video, args.base, args.out, args.rank)
-            print(f"wrote {args.out}: {r['stored_parameters']:,} numbers for {r['changed_tensors']} tensors "
-                  f"({r['file_bytes'] / 2**20:.1f} MiB; {r['vs_unet']:.1%} of the U-Net's "
-                  f"{r['unet_parameters']:,} parameters; {r['vs_motion_adapter_sd15']:.1%} of SD-1.5's MotionAdapter)")
-        else:
-            n = apply(args.motion, args.target, args.out, args.scale, args.include)
-            print(f"wrote {args.out}: {n} tensors moved by the motion (scale {args.scale:g})")
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"ls-video transfer: error: {err}", file=sys.stderr)
-        return 2
+    if args.command == "extract":
+        r = extract(args.video, args.base, args.out, args.rank)
+        print(f"wrote {args.out}: {r['stored_parameters']:,} numbers for {r['changed_tensors']} tensors "
+              f"({r['file_bytes'] / 2**20:.1f} MiB; {r['vs_unet']:.1%} of the U-Net's "
+              f"{r['unet_parameters']:,} parameters; {r['vs_motion_adapter_sd15']:.1%} of SD-1.5's MotionAdapter)")
+    else:
+        n = apply(args.motion, args.target, args.out, args.scale, args.include)
+        print(f"wrote {args.out}: {n} tensors moved by the motion (scale {args.scale:g})")
     return 0
 
 

@@ -8,21 +8,19 @@ is added, so ``state_dict`` keys and parameter counts stay those of the diffuser
 Diffusion weights load unchanged and a trained U-Net saves with plain ``save_pretrained``. The
 settings travel next to it in ``latent_shift.json``.
 
-The baselines of the ablation add zero-initialised layers (identity at the start, so base weights
-still load and behave unchanged): ``temporal_conv`` runs diffusers' ``TemporalConvLayer`` (1D
-convolutions over frames, Make-A-Video / ModelScope style) after every ``ResnetBlock2D``;
-``temporal_attention`` runs diffusers' ``TransformerTemporalModel`` (self-attention over frames with
-sinusoidal frame positions, AnimateDiff style) after every spatial ``Transformer2DModel``. Their
-weights are children of the blocks they follow, so they save and load with the U-Net's state dict.
+The baselines of the ablation (``temporal_conv``, ``temporal_attention``) add zero-initialised
+layers instead; they live in :mod:`ls_video.temporal_layers`.
 
 Outside the U-Net videos are ``(B, F, C, H, W)``; :func:`video_unet_forward` folds frames into
-the batch, tells the hooks ``F``, and unfolds the result.
+the batch, tells the hooks ``F`` for that call only (:func:`frames`), and unfolds the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -30,16 +28,19 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from einops import rearrange
 
 from ls_video.shift import shift_channels, shift_frames
+from ls_video.temporal_layers import (
+    AddedLayerHook,
+    remove_added_layers,
+    temporal_attention_like,
+)
 
 TEMPORAL_CONFIG_NAME = "latent_shift.json"
 TemporalMixing = Literal["shift", "none", "temporal_conv", "temporal_attention"]
 ShiftPlacement = Literal["residual", "input"]
 MIXINGS = ("shift", "none", "temporal_conv", "temporal_attention")
-ADDED_NAMES = ("temporal_conv", "temporal_attention")  # attribute names of added layers
 
 
 @dataclass
@@ -83,26 +84,59 @@ class TemporalConfig:
 class _FrameState:
     """Frame count of the batch currently inside the U-Net, shared by all its hooks.
 
-    :func:`video_unet_forward` sets it for its call; a plain ``unet(images)`` call resets it to 1 (the
-    U-Net's own pre-hook, :class:`_FrameReset`), so images never exchange channels. It is *not* reset
-    when the video call returns: gradient checkpointing re-runs the blocks during backward and needs it.
+    Set only inside :func:`frames` (and so :func:`video_unet_forward`), which always puts it back to 1:
+    a plain ``unet(images)`` call is a batch of images whose channels never move.
     """
 
     def __init__(self) -> None:
         self.num_frames = 1
-        self.video_call = False
 
 
-class _FrameReset:
-    """Pre-hook on the U-Net itself: a call not made by :func:`video_unet_forward` is a batch of images."""
+@contextlib.contextmanager
+def frames(unet: torch.nn.Module, num_frames: int) -> Iterator[None]:
+    """Within the block, calls of ``unet`` treat their batch as clips of ``num_frames`` frames."""
+    temporal = getattr(unet, "_latent_shift", None)
+    if temporal is None:
+        yield
+        return
+    previous, temporal.state.num_frames = temporal.state.num_frames, num_frames
+    try:
+        yield
+    finally:
+        temporal.state.num_frames = previous
 
-    def __init__(self, state: _FrameState) -> None:
-        self.state = state
 
-    def __call__(self, module: torch.nn.Module, args: tuple) -> None:
-        if not self.state.video_call:
-            self.state.num_frames = 1
-        self.state.video_call = False
+class _FrameAwareCheckpoint:
+    """diffusers' checkpointing function, with the frame count of the forward pass restored while
+    backward recomputes a block (which happens after :func:`frames` has returned).
+
+    An object holding its U-Net, not a closure, so that ``copy.deepcopy(unet)`` gives the copy its own.
+    """
+
+    frame_aware = True
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.unet = unet
+
+    def __call__(self, module: torch.nn.Module, *args):
+        temporal = getattr(self.unet, "_latent_shift", None)
+        num_frames = temporal.state.num_frames if temporal is not None else 1
+
+        def contexts():
+            return contextlib.nullcontext(), frames(self.unet, num_frames)
+
+        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts)
+
+
+def enable_gradient_checkpointing(unet: UNet2DConditionModel) -> None:
+    """``unet.enable_gradient_checkpointing()`` that keeps the temporal mixing right in the recomputation."""
+    unet.enable_gradient_checkpointing(_FrameAwareCheckpoint(unet))
+
+
+def _checkpointing_is_frame_aware(unet: torch.nn.Module) -> bool:
+    func = next((m._gradient_checkpointing_func for m in unet.modules() if getattr(m, "gradient_checkpointing", False)
+                 and hasattr(m, "_gradient_checkpointing_func")), None)
+    return func is None or getattr(func, "frame_aware", False)
 
 
 class _ShiftHook:
@@ -128,56 +162,13 @@ class _ShiftHook:
         return (shift_frames(x, num_frames, self.n, in_place), *args[1:])
 
 
-class _AddedLayerHook:
-    """Forward hook: pass a block's output through the temporal layer stored on that block."""
-
-    def __init__(self, state: _FrameState, name: str) -> None:
-        self.state = state
-        self.name = name
-
-    def __call__(self, module: torch.nn.Module, args: tuple, output):
-        layer = getattr(module, self.name)
-        if isinstance(output, tuple):  # Transformer2DModel(return_dict=False)
-            return (layer(output[0], num_frames=self.state.num_frames, return_dict=False)[0], *output[1:])
-        if self.name == "temporal_attention":
-            return type(output)(sample=layer(output.sample, num_frames=self.state.num_frames, return_dict=False)[0])
-        return layer(output, num_frames=self.state.num_frames)
-
-
-def _temporal_attention(block: Transformer2DModel, max_frames: int = 64) -> TransformerTemporalModel:
-    """A zero-initialised temporal transformer shaped like ``block`` (same heads and width)."""
-    channels = block.config.in_channels
-    heads = block.config.num_attention_heads
-    layer = TransformerTemporalModel(
-        num_attention_heads=heads, attention_head_dim=channels // heads, in_channels=channels,
-        norm_num_groups=block.config.norm_num_groups, positional_embeddings="sinusoidal",
-        num_positional_embeddings=max_frames,
-    )
-    torch.nn.init.zeros_(layer.proj_out.weight)
-    torch.nn.init.zeros_(layer.proj_out.bias)
-    return layer
-
-
-def _remove_added_layers(unet: torch.nn.Module) -> None:
-    for module in unet.modules():
-        for name in ADDED_NAMES:
-            if name in module._modules:
-                del module._modules[name]
-
-
-def added_parameters(unet: torch.nn.Module) -> int:
-    """Parameters the temporal layers added to the image U-Net (0 for ``shift`` and ``none``)."""
-    return sum(p.numel() for n, p in unet.named_parameters() if any(f".{a}." in f".{n}" for a in ADDED_NAMES))
-
-
 class _Temporal:
     """What :func:`apply_temporal_mixing` attaches to a U-Net (a plain attribute, not a module)."""
 
-    def __init__(self, config: TemporalConfig, state: _FrameState, handles: list, reset_handle) -> None:
+    def __init__(self, config: TemporalConfig, state: _FrameState, handles: list) -> None:
         self.config = config
         self.state = state
         self.handles = handles  # one per hooked block
-        self.reset_handle = reset_handle
 
 
 def apply_temporal_mixing(
@@ -191,9 +182,9 @@ def apply_temporal_mixing(
     config = config or TemporalConfig()
     old = getattr(unet, "_latent_shift", None)
     if old is not None:
-        for handle in [*old.handles, old.reset_handle]:
+        for handle in old.handles:
             handle.remove()
-    _remove_added_layers(unet)
+    remove_added_layers(unet)
     state = _FrameState()
     handles = []
     ref = next(unet.parameters())
@@ -209,14 +200,13 @@ def apply_temporal_mixing(
                 module.temporal_conv = TemporalConvLayer(module.conv2.out_channels,
                                                          norm_num_groups=module.norm2.num_groups)
             module.temporal_conv.to(ref.dtype)
-            handles.append(module.register_forward_hook(_AddedLayerHook(state, "temporal_conv")))
+            handles.append(module.register_forward_hook(AddedLayerHook(state, "temporal_conv")))
         elif config.temporal_mixing == "temporal_attention" and isinstance(module, Transformer2DModel):
             with torch.device(ref.device):
-                module.temporal_attention = _temporal_attention(module)
+                module.temporal_attention = temporal_attention_like(module)
             torch.nn.Module.to(module.temporal_attention, ref.dtype)  # (ModelMixin.to warns on dtype casts)
-            handles.append(module.register_forward_hook(_AddedLayerHook(state, "temporal_attention")))
-    reset_handle = unet.register_forward_pre_hook(_FrameReset(state))
-    unet._latent_shift = _Temporal(config, state, handles, reset_handle)
+            handles.append(module.register_forward_hook(AddedLayerHook(state, "temporal_attention")))
+    unet._latent_shift = _Temporal(config, state, handles)
     return unet
 
 
@@ -224,23 +214,6 @@ def get_temporal_config(unet: torch.nn.Module) -> TemporalConfig | None:
     """The temporal settings installed on ``unet``, or ``None`` for a plain image U-Net."""
     temporal = getattr(unet, "_latent_shift", None)
     return temporal.config if temporal is not None else None
-
-
-def load_added_weights(unet: torch.nn.Module, unet_dir: str | os.PathLike) -> None:
-    """Load the added temporal layers' weights from a saved U-Net folder (diffusers drops them)."""
-    names = [k for k in unet.state_dict() if any(f".{a}." in f".{k}" for a in ADDED_NAMES)]
-    if not names:
-        return
-    from safetensors.torch import load_file
-
-    files = sorted(f for f in os.listdir(unet_dir) if f.endswith(".safetensors"))
-    state = {}
-    for name in files:
-        state.update({k: v for k, v in load_file(os.path.join(unet_dir, name)).items() if k in names})
-    missing = sorted(set(names) - set(state))
-    if missing:
-        raise ValueError(f"{unet_dir} lacks {len(missing)} temporal-layer weights, e.g. {missing[0]}")
-    unet.load_state_dict(state, strict=False)
 
 
 def num_shift_hooks(unet: torch.nn.Module) -> int:
@@ -272,8 +245,8 @@ def video_unet_forward(
         timesteps = timesteps.expand(b)
     t = timesteps.repeat_interleave(f)
     context = encoder_hidden_states.repeat_interleave(f, dim=0)
-    temporal = getattr(unet, "_latent_shift", None)
-    if temporal is not None:
-        temporal.state.num_frames, temporal.state.video_call = f, True
-    out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+    if unet.is_gradient_checkpointing and not _checkpointing_is_frame_aware(unet):
+        enable_gradient_checkpointing(unet)  # the default function would recompute blocks with F = 1
+    with frames(unet, f):
+        out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
     return rearrange(out, "(b f) c h w -> b f c h w", b=b)

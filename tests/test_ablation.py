@@ -36,15 +36,15 @@ def test_unknown_variant_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_ablation_end_to_end_on_a_tiny_budget(tiny_base, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    shared = ["--model.pretrained_model_name_or_path", tiny_base, "--data.init_args.base", tiny_base,
+    shared = ["--model.pretrained_model_name_or_path", tiny_base,
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.num_train_clips", "8",
               "--data.init_args.num_val_clips", "2", "--data.init_args.batch_size", "2",
               "--data.init_args.shard_size", "4", "--trainer.val_check_interval", "2",
               "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
     cfg = dict(train_config="configs/toy.yaml", out=str(tmp_path / "abl"), results=str(tmp_path / "RESULTS.md"),
                steps=2, seeds=1, timing_reps=1, toy_net=str(tmp_path / "toynet"), toy_net_steps=2, shared=shared,
-               variants={"none": ["--model.temporal_mixing", "none"],
-                         "temporal_conv": ["--model.temporal_mixing", "temporal_conv"]})
+               variants={"none": ["--model.temporal.temporal_mixing", "none"],
+                         "temporal_conv": ["--model.temporal.temporal_mixing", "temporal_conv"]})
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["-c", str(path)]) == 0
@@ -53,5 +53,5 @@ def test_ablation_end_to_end_on_a_tiny_budget(tiny_base, tmp_path, monkeypatch):
     assert rows["none"]["added_params"] == 0 and rows["temporal_conv"]["added_params"] > 0
     assert all(r["toy_fvd"] >= 0 and r["train_step_s"] > 0 for r in rows.values())
     text = (tmp_path / "RESULTS.md").read_text()
-    assert START in text and "| temporal_conv |" in text and "python -m ls_video.ablation" in text
+    assert START in text and "| temporal_conv |" in text and "ls-video ablation" in text
     assert main(["-c", str(path), "--only", "none"]) == 0  # finished runs are reused, not retrained

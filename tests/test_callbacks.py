@@ -9,12 +9,16 @@ from callbacks import EMA, JointImageVideo, VideoLogger
 from callbacks.tensorboard_video import gif_bytes
 from datamodules import ToyDataModule
 from ls_video.module import LatentShiftModule
+from ls_video.optim import OptimConfig
+from ls_video.performance import PerformanceConfig
+from ls_video.toy.world import ToyWorld
 
 
 @pytest.fixture()
 def toy_data(tiny_base, tmp_path):
-    return ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=8, num_val_clips=2, size=16,
-                         num_frames=4, object_size=4, shard_size=4, images=True, batch_size=2, num_workers=0)
+    return ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=8, num_val_clips=2,
+                         world=ToyWorld(size=16, num_frames=4, object_size=4), shard_size=4, images=True,
+                         batch_size=2, num_workers=0)
 
 
 def trainer(tmp_path, callbacks, steps=3, logger=False):
@@ -25,7 +29,7 @@ def trainer(tmp_path, callbacks, steps=3, logger=False):
 
 
 def test_ema_math_and_swap(tiny_base, toy_data, tmp_path):
-    module = LatentShiftModule(tiny_base, warmup_steps=1, learning_rate=1e-2)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0, learning_rate=1e-2))
     start = {n: p.detach().clone() for n, p in module.unet.named_parameters()}
     ema = EMA(decay=0.5, warmup=False)
     trainer(tmp_path, [ema], steps=2).fit(module, toy_data)
@@ -42,7 +46,7 @@ def test_ema_math_and_swap(tiny_base, toy_data, tmp_path):
 def test_video_logger_writes_files_and_tensorboard_gifs(tiny_base, toy_data, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    module = LatentShiftModule(tiny_base, warmup_steps=1)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
     logger = TensorBoardLogger(tmp_path, name="tb")
     vl = VideoLogger(prompts=["a red square moving left"], every_n_steps=2, num_frames=3, num_inference_steps=2)
     trainer(tmp_path, [EMA(), vl], steps=2, logger=logger).fit(module, toy_data)
@@ -56,8 +60,8 @@ def test_video_logger_writes_files_and_tensorboard_gifs(tiny_base, toy_data, tmp
 
 
 def test_video_logger_never_crashes_training(tiny_base, toy_data, tmp_path):
-    module = LatentShiftModule(tiny_base, warmup_steps=1)
-    vl = VideoLogger(prompts=["x"], every_n_steps=1, num_frames=2, num_inference_steps=1, height=15)  # bad size
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
+    vl = VideoLogger(prompts=["x"], every_n_steps=1, num_frames=2, num_inference_steps=1, size=(15, 16))  # bad size
     with pytest.warns(UserWarning, match="VideoLogger failed"):
         trainer(tmp_path, [vl], steps=2).fit(module, toy_data)
 
@@ -69,7 +73,7 @@ def test_joint_image_video_batches(tiny_base, toy_data, tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             seen.append(batch["latents"].shape[1])
 
-    module = LatentShiftModule(tiny_base, warmup_steps=1)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
     joint = JointImageVideo(every_n_steps=2, batch_size=3)
     trainer(tmp_path, [joint, Spy()], steps=4).fit(module, toy_data)
     assert seen == [4, 1, 4, 1] and joint.image_steps == 2
@@ -88,7 +92,8 @@ def test_gif_bytes_are_animated():
 def test_batch_size_finder_scales_the_datamodule(tiny_base, toy_data, tmp_path):
     from lightning.pytorch.callbacks import BatchSizeFinder
 
-    module = LatentShiftModule(tiny_base, warmup_steps=1, gradient_checkpointing=True)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0),
+                               performance=PerformanceConfig(gradient_checkpointing=True))
     finder = BatchSizeFinder(mode="power", steps_per_trial=1, max_trials=2, init_val=2)
     trainer(tmp_path, [finder], steps=1).fit(module, toy_data)
     assert finder.optimal_batch_size == toy_data.batch_size == 4  # 2 -> 4, then max_trials reached
@@ -105,7 +110,7 @@ def test_cpu_threads_and_step_speed(tiny_base, toy_data, tmp_path):
     try:
         threads, speed = CPUThreads(1), StepSpeed()
         assert torch.get_num_threads() == 1  # already for prepare_data, before the trainer's setup
-        module = LatentShiftModule(tiny_base, warmup_steps=1)
+        module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
         logger = TensorBoardLogger(tmp_path, name="tb")
         trainer(tmp_path, [threads, speed], steps=3, logger=logger).fit(module, toy_data)
         saved = json.loads((tmp_path / "tb" / "version_0" / "speed.json").read_text())

@@ -10,6 +10,7 @@ from datamodules import ImageLatentDataModule, LatentVideoDataModule, ToyDataMod
 from datamodules.shards import UnsafeShardError, encode_sample
 from datamodules.stream import LatentClipStream, collate
 from datamodules.synthetic import write_synthetic_shards
+from ls_video.toy.world import ToyWorld
 
 
 @pytest.fixture()
@@ -111,15 +112,16 @@ def test_collate_keeps_text_embeds():
 
 
 def test_toy_datamodule_runs_the_real_preprocessing(tiny_base, tmp_path):
-    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path), num_train_clips=6, num_val_clips=2, size=16,
-                       num_frames=4, object_size=4, shard_size=4, images=True, batch_size=2, num_workers=0)
+    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path), num_train_clips=6, num_val_clips=2,
+                       world=ToyWorld(size=16, num_frames=4, object_size=4), shard_size=4, images=True,
+                         batch_size=2, num_workers=0)
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_urls) == 2 and len(dm.val_urls) == 1 and len(dm.image_urls()) == 2
     batch = next(iter(dm.train_dataloader()))
     assert batch["latents"].shape == (2, 4, 4, 8, 8) and " moving " in batch["captions"][0]
-    again = ToyDataModule(tiny_base, cache_dir=str(tmp_path), num_train_clips=6, num_val_clips=2, size=16,
-                          num_frames=4, object_size=4, shard_size=4, images=True)
+    again = ToyDataModule(tiny_base, cache_dir=str(tmp_path), num_train_clips=6, num_val_clips=2,
+                          world=ToyWorld(size=16, num_frames=4, object_size=4), shard_size=4, images=True)
     assert again.root == dm.root  # cached: same settings, same folder
 
 
@@ -136,8 +138,8 @@ def test_toy_preparation_leaves_no_codec_for_a_forked_worker(tiny_base, tmp_path
 
     import av
 
-    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=8, num_val_clips=2, size=16,
-                       num_frames=4, object_size=4, shard_size=4, batch_size=2, num_workers=1)
+    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=8, num_val_clips=2,
+                       world=ToyWorld(size=16, num_frames=4, object_size=4), shard_size=4, batch_size=2, num_workers=1)
     gc.disable()  # only prepare_data's own collection may free them
     try:
         dm.prepare_data()

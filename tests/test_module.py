@@ -3,14 +3,17 @@ import pytest
 import torch
 
 from ls_video.module import LatentShiftModule
-from ls_video.unet import get_temporal_config
+from ls_video.objective import ObjectiveConfig
+from ls_video.optim import OptimConfig
+from ls_video.performance import PerformanceConfig
+from ls_video.unet import TemporalConfig, get_temporal_config
 
 
 def kw(components: dict) -> dict:
-    """Tiny components named as the module's arguments."""
+    """Tiny components as the module's ``components`` argument."""
     out = dict(components)
     out["noise_scheduler"] = out.pop("scheduler")
-    return out
+    return {"components": out}
 
 
 def batch(b=2, f=3):
@@ -30,17 +33,17 @@ def test_loads_from_base_folder_and_freezes(tiny_base):
 
 
 def test_explicit_components(components):
-    m = LatentShiftModule(**kw(components), temporal_mixing="none")
+    m = LatentShiftModule(**kw(components), temporal=TemporalConfig(temporal_mixing="none"))
     assert get_temporal_config(m.unet).temporal_mixing == "none"
     with pytest.raises(ValueError, match="pretrained_model_name_or_path"):
-        LatentShiftModule(vae=components["vae"])
+        LatentShiftModule(components=dict(vae=components["vae"]))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_training_step_learns(components, prediction_type):
     torch.manual_seed(0)
-    m = LatentShiftModule(**kw(components), prediction_type=prediction_type, snr_gamma=5.0, caption_dropout=0.0,
-                          warmup_steps=1, learning_rate=1e-3)
+    objective = ObjectiveConfig(prediction_type=prediction_type, snr_gamma=5.0, caption_dropout=0.0)
+    m = LatentShiftModule(**kw(components), objective=objective, optim=OptimConfig(warmup_steps=0, learning_rate=1e-3))
     opt = m.configure_optimizers()["optimizer"]
     b = batch()
     fixed = torch.full((2,), 500)
@@ -65,20 +68,20 @@ def test_caption_dropout_uses_empty_prompt(components):
 
 
 def test_precomputed_text_embeddings_are_used(components):
-    m = LatentShiftModule(**kw(components), caption_dropout=0.0)
+    m = LatentShiftModule(**kw(components), objective=ObjectiveConfig(caption_dropout=0.0))
     b = batch()
     b["text_embeds"] = torch.zeros(2, 16, 32)
     assert torch.equal(m.text_embeddings(b, 0.0), b["text_embeds"])
 
 
 def test_trainable_patterns_select_parameters(components):
-    m = LatentShiftModule(**kw(components), trainable_patterns=["conv1"])
+    m = LatentShiftModule(**kw(components), optim=OptimConfig(trainable_patterns=["conv1"]))
     names = [n for n, p in m.unet.named_parameters() if p.requires_grad]
     assert names and all("conv1" in n for n in names)
 
 
 def test_fit_checkpoint_holds_only_trainable_state(tiny_base, tmp_path):
-    m = LatentShiftModule(tiny_base, warmup_steps=1)
+    m = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
     data = [batch(2, 2) for _ in range(2)]
     loader = torch.utils.data.DataLoader(data, batch_size=None)
     trainer = L.Trainer(max_steps=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
@@ -95,7 +98,8 @@ def test_fit_checkpoint_holds_only_trainable_state(tiny_base, tmp_path):
 
 
 def test_performance_options(components):
-    m = LatentShiftModule(**kw(components), channels_last=True, fused_adamw=None)
+    m = LatentShiftModule(**kw(components), performance=PerformanceConfig(channels_last=True),
+                          optim=OptimConfig(fused_adamw=None))
     conv = m.unet.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     opt = m.configure_optimizers()["optimizer"]

@@ -65,3 +65,13 @@ def test_save_load_round_trip(pipe, tmp_path):
     again.set_progress_bar_config(disable=True)
     assert get_temporal_config(again.unet) == TemporalConfig("shift", 0.25)
     np.testing.assert_allclose(before, run(again), atol=1e-6)
+
+
+def test_pipeline_leaves_the_given_unet_as_it_is(tiny_base):
+    """Building a pipeline never installs hooks on the caller's U-Net; from_pretrained shifts its own."""
+    from ls_video.components import build_pipeline, load_components
+
+    parts = load_components(tiny_base)
+    pipe = build_pipeline(**parts)
+    assert pipe.unet is parts["unet"] and get_temporal_config(parts["unet"]) is None
+    assert get_temporal_config(LatentShiftPipeline.from_pretrained(tiny_base).unet).temporal_mixing == "shift"

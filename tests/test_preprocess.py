@@ -52,7 +52,7 @@ def test_writes_shards_and_reports_bad_videos(videos, tiny_base, tmp_path):
     assert meta["scaled"] is False and meta["scaling_factor"] == 0.18215 and len(meta["frame_indices"]) == 8
     from diffusers import AutoencoderKL
 
-    from ls_video.loading import vae_fingerprint
+    from ls_video.components import vae_fingerprint
 
     vae = AutoencoderKL.from_pretrained(tiny_base, subfolder="vae")  # what training compares with
     assert meta["vae_fingerprint"] == vae_fingerprint(vae) and meta["latent_channels"] == 4

@@ -19,8 +19,10 @@ from callbacks import EMA, DataHealth
 from callbacks.data_health import BadDataError
 from datamodules import LatentVideoDataModule
 from datamodules.shards import encode_sample
+from ls_video.checkpoint import EMA_KEY
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
+from ls_video.optim import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +60,7 @@ def test_bad_data_is_skipped_counted_and_logged(tiny_base, tmp_path):
     data = LatentVideoDataModule(str(tmp_path / "a.tar"), batch_size=4, num_workers=0, resampled=False,
                                  shuffle_buffer=0)
     health = DataHealth(min_samples=10)
-    module = LatentShiftModule(tiny_base, warmup_steps=1)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
     fit(module, data, tmp_path, steps=25, callbacks=[health])
     good, reasons, _ = health.totals()
     assert good == 100 and sum(reasons.values()) == 4
@@ -70,7 +72,7 @@ def test_too_much_bad_data_stops_with_the_worst_shards(tiny_base, tmp_path):
     shard_with_bad(tmp_path / "bad.tar", 40, bad_every=2)
     data = LatentVideoDataModule([str(tmp_path / "bad.tar"), str(tmp_path / "good.tar")], batch_size=4,
                                  num_workers=0, resampled=False, shuffle_buffer=0)
-    module = LatentShiftModule(tiny_base, warmup_steps=1)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
     with pytest.raises(BadDataError, match="bad.tar"):
         fit(module, data, tmp_path, steps=20, callbacks=[DataHealth(min_samples=8)])
 
@@ -79,7 +81,7 @@ def test_nonfinite_loss_skips_the_update_then_stops(tiny_base, tmp_path):
     shard_with_bad(tmp_path / "a.tar", 16, bad_every=0)
     data = LatentVideoDataModule(str(tmp_path / "a.tar"), batch_size=2, num_workers=0, resampled=True,
                                  epoch_length=1000, shuffle_buffer=0)
-    module = LatentShiftModule(tiny_base, warmup_steps=1, max_nonfinite_steps=3)
+    module = LatentShiftModule(tiny_base, max_nonfinite_steps=3, optim=OptimConfig(warmup_steps=0))
     real = module.diffusion_loss
     calls = {"n": 0}
 
@@ -146,8 +148,8 @@ def test_long_prompts_are_truncated_with_a_warning(tiny_base):
 
 @pytest.mark.parametrize("args,msg", [
     (["fit", "-c", "no/such/config.yaml"], "no/such/config.yaml"),
-    (["fit", "--model.learning_rate", "fast"], "learning_rate"),
-    (["fit", "--model.temporal_mixing", "teleport"], "temporal_mixing"),
+    (["fit", "--model.optim.learning_rate", "fast"], "learning_rate"),
+    (["fit", "--model.temporal.temporal_mixing", "teleport"], "temporal_mixing"),
     (["fit", "--model.pretrained_model_name_or_path", "/no/such/base", "--data.class_path",
       "datamodules.LatentVideoDataModule", "--data.init_args.train_urls", "x.tar"], "not found"),
 ])
@@ -165,8 +167,8 @@ def reliability_config(tmp_path: Path, base: str, steps: int, shard: str) -> Pat
                     "logger": False, "enable_progress_bar": False, "limit_val_batches": 0, "deterministic": True,
                     "callbacks": [{"class_path": "callbacks.EMA", "init_args": {"decay": 0.9}}]},
         "checkpoint": {"every_n_train_steps": 1},
-        "model": {"pretrained_model_name_or_path": base, "warmup_steps": 1, "learning_rate": 1e-3,
-                  "caption_dropout": 0.5},
+        "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3},
+                  "objective": {"caption_dropout": 0.5}},
         "data": {"class_path": "datamodules.LatentVideoDataModule",
                  "init_args": {"train_urls": shard, "batch_size": 4, "num_workers": 0, "resampled": False,
                                "shuffle_buffer": 0}},
@@ -195,8 +197,8 @@ def test_resume_is_exact(tiny_base, tmp_path):
     assert a["global_step"] == b["global_step"] == 4
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
-    for k, v in a["callbacks"]["EMA"]["shadow"].items():
-        assert torch.equal(v, b["callbacks"]["EMA"]["shadow"][k]), k
+    for k, v in a[EMA_KEY].items():
+        assert torch.equal(v, b[EMA_KEY][k]), k
 
 
 @pytest.mark.slow
@@ -240,7 +242,7 @@ def test_soak_with_planted_corruption_counts_match_and_memory_stays_flat(tiny_ba
             if trainer.global_step in (40, 190):
                 rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
 
-    module = LatentShiftModule(tiny_base, warmup_steps=1)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
     fit(module, data, tmp_path, steps=192, callbacks=[health, Memory()], max_epochs=2)
     good, reasons, _ = health.totals()
     assert sum(reasons.values()) == 2 * planted  # two passes over the shards, every planted sample counted

@@ -14,6 +14,7 @@ from datamodules import LatentVideoDataModule
 from datamodules.remote import RemoteOptions, ShardReadError, open_shard
 from datamodules.stream import LatentClipStream
 from ls_video.module import LatentShiftModule
+from ls_video.optim import OptimConfig
 
 FAST = RemoteOptions(connect_timeout=2, read_timeout=1, retries=1, backoff=0.05)
 
@@ -109,12 +110,14 @@ def test_training_from_faulty_remote_shards_finishes_in_bounded_time(server, tin
 
     def run(steps: int, ckpt_path: str | None = None) -> tuple[L.Trainer, DataHealth]:
         data = LatentVideoDataModule(urls, batch_size=2, num_workers=2, resampled=True, epoch_length=1000,
-                                     shuffle_buffer=0, read_timeout=1, connect_timeout=2, retries=0)
+                                     shuffle_buffer=0,
+                                     remote=RemoteOptions(read_timeout=1, connect_timeout=2, retries=0))
         health = DataHealth(max_bad_fraction=1.0, min_samples=10**6)
         checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=4)
         trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
                             enable_model_summary=False, default_root_dir=tmp_path, callbacks=[health, checkpoints])
-        trainer.fit(LatentShiftModule(tiny_base, warmup_steps=1), datamodule=data, ckpt_path=ckpt_path)
+        module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
         return trainer, health
 
     start = time.monotonic()

@@ -16,8 +16,8 @@ def sample(*args):
 def test_samples_plain_sd_folder(tiny_base, tmp_path):
     out = tmp_path / "out"
     r = sample("--model", tiny_base, "--prompt", "a red square moving left", "--prompt", "a blue circle",
-               "--num-frames", "5", "--height", "24", "--width", "32", "--steps", "2",
-               "--num-videos-per-prompt", "2", "--scheduler", "euler", "--out-dir", str(out))
+               "--num-frames", "5", "--height", "24", "--width", "32", "--num-inference-steps", "2",
+               "--num-videos-per-prompt", "2", "--scheduler", "euler", "--out", str(out))
     assert r.returncode == 0, r.stderr
     manifest = json.loads((out / "manifest.json").read_text())["samples"]
     assert len(manifest) == 4 and {s["seed"] for s in manifest} == {0, 1}
@@ -30,8 +30,8 @@ def test_samples_plain_sd_folder(tiny_base, tmp_path):
 def test_gif_and_prompts_file(tiny_base, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a green circle moving up\n\n")
-    r = sample("--model", tiny_base, "--prompts-file", str(prompts), "--num-frames", "2", "--steps", "1",
-               "--format", "gif", "--out-dir", str(tmp_path / "g"))
+    r = sample("--model", tiny_base, "--prompts-file", str(prompts), "--num-frames", "2", "--num-inference-steps", "1",
+               "--format", "gif", "--out", str(tmp_path / "g"))
     assert r.returncode == 0, r.stderr
     assert list((tmp_path / "g").glob("*.gif"))
 
@@ -44,7 +44,7 @@ def test_gif_and_prompts_file(tiny_base, tmp_path):
     (["--height", "15"], "divisible"),
 ])
 def test_bad_input_is_one_line(tiny_base, tmp_path, args, msg):
-    base = ["--model", tiny_base, "--prompt", "x", "--out-dir", str(tmp_path / "o")]
+    base = ["--model", tiny_base, "--prompt", "x", "--out", str(tmp_path / "o")]
     r = sample(*(base + args))
     assert r.returncode != 0
     assert msg in r.stderr and "Traceback" not in r.stderr

@@ -5,10 +5,10 @@ import torch
 from diffusers.models.resnet import ResnetBlock2D
 
 from ls_video.pipeline import LatentShiftPipeline
+from ls_video.temporal_layers import added_parameters
 from ls_video.tiny import tiny_components, tiny_unet
 from ls_video.unet import (
     TemporalConfig,
-    added_parameters,
     apply_temporal_mixing,
     get_temporal_config,
     video_unet_forward,
@@ -116,7 +116,7 @@ def test_module_trains_the_added_layers(mixing):
 
     parts = tiny_components(seed=0)
     parts["noise_scheduler"] = parts.pop("scheduler")
-    m = LatentShiftModule(**parts, temporal_mixing=mixing)
+    m = LatentShiftModule(components=parts, temporal=TemporalConfig(temporal_mixing=mixing))
     batch = {"latents": torch.randn(2, 3, 4, 8, 8), "captions": ["a red square", "a blue circle"]}
     m.training_step(batch, 0).backward()
     grads = [p.grad for n, p in m.unet.named_parameters() if ".temporal_" in n]

@@ -10,8 +10,9 @@ import torch
 import yaml
 from diffusers import UNet2DConditionModel
 
-from ls_video.cli import LatentShiftCLI
+from ls_video.checkpoint import EMA_KEY
 from ls_video.module import LatentShiftModule
+from ls_video.train_cli import LatentShiftCLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -35,10 +36,19 @@ def parse(*args: str):
         os.chdir(cwd)
 
 
+OVERLAYS = {"sd21-base.yaml": "sd15.yaml"}  # overlay: the config it is used after
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "*.yaml"))), ids=os.path.basename)
 def test_every_config_parses(path):
-    config = parse("fit", "-c", path)
+    under = OVERLAYS.get(os.path.basename(path))
+    config = parse("fit", *(["-c", str(CONFIGS / under)] if under else []), "-c", path)
     assert config.fit.model.pretrained_model_name_or_path
+    if under:  # the overlay changes the base and the output folders, and keeps the rest
+        assert "2-1" in config.fit.model.pretrained_model_name_or_path
+        assert config.fit.trainer.default_root_dir == "outputs/sd21-base"
+        assert config.fit.model.performance.gradient_checkpointing
+    assert config.fit.model.temporal.temporal_mixing == "shift"
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "data" / "*.yaml"))), ids=os.path.basename)
@@ -61,11 +71,11 @@ def write_config(tmp_path: Path, base: str, **trainer) -> Path:
                     "limit_val_batches": 1, "val_check_interval": 2, "check_val_every_n_epoch": None,
                     "callbacks": [{"class_path": "callbacks.EMA", "init_args": {"decay": 0.9}}], **trainer},
         "checkpoint": {"every_n_train_steps": 1},
-        "model": {"pretrained_model_name_or_path": base, "warmup_steps": 1, "learning_rate": 1e-3},
+        "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3}},
         "data": {"class_path": "datamodules.ToyDataModule",
-                 "init_args": {"base": base, "cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,
-                               "num_val_clips": 2, "size": 16, "num_frames": 4, "object_size": 4, "batch_size": 2,
-                               "num_workers": 0, "shard_size": 4}},
+                 "init_args": {"cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,  # base: the model's
+                               "num_val_clips": 2, "world": {"size": 16, "num_frames": 4, "object_size": 4},
+                               "batch_size": 2, "num_workers": 0, "shard_size": 4}},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -89,14 +99,14 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
     ckpt = last_ckpt(tmp_path)
     assert ckpt["global_step"] == 3 and ckpt["callbacks"]["EMA"]["num_updates"] == 3
     assert not any(k.startswith(("vae.", "text_encoder.")) for k in ckpt["state_dict"])
-    ema_at_3 = ckpt["callbacks"]["EMA"]["shadow"]
+    ema_at_3 = ckpt[EMA_KEY]
 
     r = train("fit", "-c", str(config), "--trainer.max_steps", "5", "--ckpt_path", "last")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "EMA: resumed after 3 updates" in r.stderr + r.stdout
     ckpt = last_ckpt(tmp_path)
     assert ckpt["global_step"] == 5 and ckpt["callbacks"]["EMA"]["num_updates"] == 5
-    assert any(not torch.equal(ema_at_3[k], ckpt["callbacks"]["EMA"]["shadow"][k]) for k in ema_at_3)
+    assert any(not torch.equal(ema_at_3[k], ckpt[EMA_KEY][k]) for k in ema_at_3)
 
     r = train("validate", "-c", str(config), "--ckpt_path", "last")
     assert r.returncode == 0 and "val/loss" in r.stdout, r.stderr[-2000:]
@@ -107,16 +117,16 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
     assert r.returncode == 0 and "EMA" in r.stdout, r.stderr
     unet, info = UNet2DConditionModel.from_pretrained(out / "unet", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
-    ema = ckpt["callbacks"]["EMA"]["shadow"]
+    ema = ckpt[EMA_KEY]
     assert all(torch.equal(unet.state_dict()[k], ema[k]) for k in ema)
     assert json.loads((out / "unet" / "latent_shift.json").read_text())["temporal_mixing"] == "shift"
 
     r = subprocess.run([sys.executable, "sample.py", "--model", str(out), "--prompt", "a red square moving left",
-                        "--num-frames", "4", "--steps", "2", "--out-dir", str(tmp_path / "s")],
+                        "--num-frames", "4", "--num-inference-steps", "2", "--out", str(tmp_path / "s")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "sample.py", "--model", str(tmp_path / "run/checkpoints/last.ckpt"),
-                        "--ema", "--prompt", "a red square", "--num-frames", "2", "--steps", "1", "--out-dir",
+                        "--ema", "--prompt", "a red square", "--num-frames", "2", "--num-inference-steps", "1", "--out",
                         str(tmp_path / "s2")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -125,9 +135,10 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
 def test_no_config_file_and_last_with_defaults(tiny_base, tmp_path):
     write_config(tmp_path, tiny_base)  # only to build the toy shards
     from datamodules import ToyDataModule
+    from ls_video.toy.world import ToyWorld
 
-    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=4, num_val_clips=0, size=16,
-                       num_frames=4, object_size=4, shard_size=4)
+    dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=4, num_val_clips=0,
+                       world=ToyWorld(size=16, num_frames=4, object_size=4), shard_size=4)
     dm.prepare_data()
     shards = os.path.join(dm.shard_dir("train"), "shard-000000.tar")
     args = ["fit", "--model.pretrained_model_name_or_path", tiny_base,
@@ -163,7 +174,7 @@ def test_ddp_nonfinite_loss_on_one_rank_skips_the_step_on_both(tiny_base, tmp_pa
     step), count it once, finish at the same step with the same weights; no traceback."""
     config = write_config(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=4)
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["warmup_steps"] = 10  # a moving learning rate shows whether the scheduler stepped
+    cfg["model"]["optim"]["warmup_steps"] = 10  # a moving learning rate shows whether the scheduler stepped
     cfg["trainer"]["callbacks"].append({"class_path": "nonfinite_on_rank.NonFiniteOnRank",
                                         "init_args": {"out": str(tmp_path / "state"), "rank": 1, "step": 1}})
     config.write_text(yaml.safe_dump(cfg))
@@ -204,7 +215,8 @@ def test_resumed_run_continues_the_data_stream_instead_of_replaying_it(tiny_base
 def test_help_explains_model_options():
     r = train("fit", "--help")
     assert r.returncode == 0
-    for option in ("--model.temporal_mixing", "--model.caption_dropout", "--model.snr_gamma", "--checkpoint.dirpath"):
+    for option in ("--model.temporal.temporal_mixing", "--model.objective.caption_dropout",
+                   "--model.objective.snr_gamma", "--checkpoint.dirpath"):
         assert option in r.stdout
 
 
@@ -214,7 +226,7 @@ def test_shards_from_another_vae_stop_before_step_one(tiny_base, tmp_path):
     import webdataset as wds
 
     from datamodules.shards import encode_sample
-    from ls_video.loading import vae_fingerprint
+    from ls_video.components import vae_fingerprint
     from ls_video.tiny import tiny_vae
 
     torch.manual_seed(123)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
@@ -139,6 +140,34 @@ def test_gradient_checkpointing_keeps_the_shift_in_the_recomputation():
     plain = apply_temporal_mixing(tiny_unet().train(), TemporalConfig("shift", 0.25))
     checkpointed = copy.deepcopy(plain)
     checkpointed.enable_gradient_checkpointing()
+    x, t, ctx = inputs(b=2, f=3)
+    for unet in (plain, checkpointed):
+        video_unet_forward(unet, x, t, ctx).square().mean().backward()
+    for p, q in zip(checkpointed.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_frames_is_reset_even_when_the_call_fails():
+    from ls_video.unet import frames
+
+    unet = apply_temporal_mixing(tiny_unet().eval())
+    with pytest.raises(RuntimeError), frames(unet, 3):
+        assert unet._latent_shift.state.num_frames == 3
+        raise RuntimeError("boom")
+    assert unet._latent_shift.state.num_frames == 1
+
+
+def test_frame_aware_checkpointing_survives_a_deepcopy():
+    """The copy's checkpointed blocks read the copy's frame count (gradients as without checkpointing)."""
+    import copy
+
+    from ls_video.unet import enable_gradient_checkpointing
+
+    torch.manual_seed(0)
+    plain = apply_temporal_mixing(tiny_unet().train(), TemporalConfig("shift", 0.25))
+    original = copy.deepcopy(plain)
+    enable_gradient_checkpointing(original)
+    checkpointed = copy.deepcopy(original)
     x, t, ctx = inputs(b=2, f=3)
     for unet in (plain, checkpointed):
         video_unet_forward(unet, x, t, ctx).square().mean().backward()

@@ -1,7 +1,7 @@
 """A small video feature network trained on toy clips, for a toy-world FVD (toy-only: its numbers
 are not comparable with published FVD, which uses I3D features).
 
-    python -m ls_video.metrics.toy_net --out DIR [--steps 400] [--size 32] [--frames 6]
+    python -m ls_video.metrics.toy_net --out DIR [--max-steps 400] [--size 32] [--num-frames 6]
 
 A 3D-convolutional classifier of (direction, colour, shape) trained on freshly rendered toy clips;
 the 64-d features before its heads are what the FVD compares. Saved as ``DIR/config.json`` +
@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from ls_video.errors import command
 from ls_video.toy.world import COLORS, DIRECTIONS, SHAPES, ToyWorld
 
 
@@ -100,15 +101,16 @@ def train_toy_net(out: str, steps: int = 400, size: int = 32, frames: int = 6, o
     return acc
 
 
+@command("python -m ls_video.metrics.toy_net")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ls_video.metrics.toy_net", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--steps", type=int, default=400, help="training steps (batches of 32 clips)")
+    p.add_argument("--max-steps", type=int, default=400, help="training steps (batches of 32 clips)")
     p.add_argument("--size", type=int, default=32, help="frame size in pixels")
-    p.add_argument("--frames", type=int, default=6, help="frames per clip")
+    p.add_argument("--num-frames", type=int, default=6, help="frames per clip")
     p.add_argument("--object-size", type=int, default=8, help="object size in pixels")
     args = p.parse_args(argv)
-    acc = train_toy_net(args.out, args.steps, args.size, args.frames, args.object_size)
+    acc = train_toy_net(args.out, args.max_steps, args.size, args.num_frames, args.object_size)
     print("held-out accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()))
     return 0
 

@@ -1,9 +1,9 @@
 """Direction accuracy against training time: evaluate every checkpoint of a toy run.
 
-    python -m ls_video.toy.curve RUN_DIR [--seeds 2] [--steps 25] [--frames 6] [--device cuda]
+    ls-video curve RUN_DIR [--num-videos-per-prompt 2] [--num-inference-steps 25] [--num-frames 6] [--device cuda]
 
 For each ``RUN_DIR/checkpoints/*.ckpt`` (EMA weights when present) it samples the 32 toy prompts
-x ``--seeds`` seeds (seeds start at 1000, away from the demo's), scores them with
+x ``--num-videos-per-prompt`` seeds (seeds start at 1000, away from the demo's), scores them with
 ``ls_video.metrics.toy`` and prints one markdown row per checkpoint; ``RUN_DIR/curve.json`` keeps them.
 """
 
@@ -19,6 +19,7 @@ import time
 import torch
 
 from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
+from ls_video.errors import command
 from ls_video.metrics.toy import score
 from ls_video.toy.world import all_prompts
 
@@ -40,24 +41,25 @@ def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance
     return result
 
 
+@command("ls-video curve")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.toy.curve", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ls-video curve", description=__doc__.split("\n")[0])
     p.add_argument("run_dir", help="a train.py default_root_dir (holds checkpoints/)")
-    p.add_argument("--seeds", type=int, default=2, help="videos per prompt (64 videos with 2)")
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    p.add_argument("--frames", type=int, default=6, help="frames per video")
+    p.add_argument("--num-videos-per-prompt", type=int, default=2, help="videos (seeds) per prompt (64 videos with 2)")
+    p.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--num-frames", type=int, default=6, help="frames per video")
     p.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where to sample (default: cuda when available)")
     args = p.parse_args(argv)
     paths = sorted(glob.glob(os.path.join(args.run_dir, "checkpoints", "step*.ckpt")))
     if not paths:
-        print(f"curve: error: no step*.ckpt in {args.run_dir}/checkpoints", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"no step*.ckpt in {args.run_dir}/checkpoints")
     rows = []
     print("| step | direction | steps right | colour | shape | consistency |\n|---|---|---|---|---|---|")
     for path in paths:
-        r = evaluate_checkpoint(path, args.seeds, args.steps, args.frames, args.guidance_scale, device=args.device)
+        r = evaluate_checkpoint(path, args.num_videos_per_prompt, args.num_inference_steps, args.num_frames,
+                                args.guidance_scale, device=args.device)
         rows.append(r)
         print(f"| {r['step']} | {r['direction_acc']:.2f} | {r['step_acc']:.2f} | {r['color_acc']:.2f} | "
               f"{r['shape_acc']:.2f} | {r['consistency']:.2f} |", flush=True)

@@ -18,16 +18,20 @@ Short plain-PyTorch loops, in the order Stable Diffusion's parts were made:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
+from ls_video.components import load_vae
+from ls_video.errors import command
+from ls_video.objective import DiffusionObjective, ObjectiveConfig
+from ls_video.optim import OptimConfig, build_optimizer
+from ls_video.text import encode_prompts
 from ls_video.tiny import TOY_WORDS, save_sd_folder, tiny_text_encoder
 from ls_video.tokenizer import build_tokenizer
 from ls_video.toy.world import COLORS, SHAPES, ToyWorld
@@ -37,17 +41,17 @@ from ls_video.toy.world import COLORS, SHAPES, ToyWorld
 class ToyBaseConfig:
     """Sizes and budgets of the toy base (defaults: about 6 minutes on 2 CPU cores)."""
 
-    size: int = 32
-    object_size: int = 8
-    vae_steps: int = 1500
+    size: int = 32  # frame side in pixels (latents are size / 8)
+    object_size: int = 8  # shape side / diameter in pixels
+    vae_steps: int = 1500  # stage 1: VAE reconstruction steps, batches of vae_batch frames
     vae_batch: int = 32
-    text_steps: int = 600
-    unet_steps: int = 4000
+    text_steps: int = 600  # stage 2: text-encoder pretraining steps (all captions each step)
+    unet_steps: int = 4000  # stage 3: image U-Net steps, batches of unet_batch frames
     unet_batch: int = 32
-    unet_channels: tuple[int, int] = (32, 64)
-    text_dim: int = 64
-    lr: float = 1e-3
-    num_images: int = 20000
+    unet_channels: tuple[int, int] = (32, 64)  # block_out_channels of the U-Net
+    text_dim: int = 64  # text encoder width = the U-Net's cross_attention_dim
+    lr: float = 1e-3  # peak AdamW learning rate of every stage
+    num_images: int = 20000  # rendered training frames
     seed: int = 0
 
 
@@ -72,15 +76,16 @@ def toy_scheduler() -> DDIMScheduler:
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
-def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
-    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+def adamw(params, cfg: ToyBaseConfig, steps: int, weight_decay: float) -> tuple:
+    """AdamW with 100 warmup steps and cosine decay over ``steps`` (:func:`ls_video.optim.build_optimizer`)."""
+    optim = OptimConfig(learning_rate=cfg.lr, weight_decay=weight_decay, warmup_steps=100, lr_schedule="cosine")
+    return build_optimizer(list(params), optim, steps)
 
 
 def train_vae(images: torch.Tensor, cfg: ToyBaseConfig) -> AutoencoderKL:
     """Reconstruction (MSE) + a tiny KL term, so latents stay a smooth, well-scaled space."""
     vae = toy_vae(cfg.size)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.vae_steps))
+    opt, sched = adamw(vae.parameters(), cfg, cfg.vae_steps, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = tqdm(range(cfg.vae_steps), desc="toy base 1/3: VAE", unit="step")
     for _ in bar:
@@ -132,31 +137,22 @@ def pretrain_text_encoder(tokenizer, cfg: ToyBaseConfig):
     return text_encoder.eval().requires_grad_(False)
 
 
-def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, text_encoder, cfg: ToyBaseConfig):
-    """Image U-Net trained as a latent diffusion model on the frozen text encoder."""
+def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, text_encoder, vae_config, cfg: ToyBaseConfig):
+    """Image U-Net trained as a latent diffusion model on the frozen text encoder (the project's
+    :class:`~ls_video.objective.DiffusionObjective`: epsilon target, caption dropout 0.1); ``latents`` are raw."""
     unet = toy_unet(cfg.unet_channels, cfg.text_dim, latents.shape[-1])
-    noise_scheduler = DDPMScheduler.from_config(toy_scheduler().config)
-    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-    empty = ids[-1:]
-    ids = ids[:-1]
-    with torch.no_grad():
-        table = text_encoder(torch.cat([ids, empty]))[0]  # frozen: encode each caption once
-    context, empty_context = table[:-1], table[-1:]
+    objective = DiffusionObjective(toy_scheduler(), ObjectiveConfig(caption_dropout=0.1), vae_config)
+    with torch.no_grad():  # frozen: encode each caption once
+        table = encode_prompts(captions + [""], tokenizer, text_encoder)
+    context, empty = table[:-1], table[-1:]
     params = list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.unet_steps))
+    opt, sched = adamw(params, cfg, cfg.unet_steps, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     bar = tqdm(range(cfg.unet_steps), desc="toy base 3/3: image U-Net", unit="step")
     for _ in bar:
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
-        x0, ctx = latents[idx], context[idx].clone()
-        drop = torch.rand(len(idx), generator=gen) < 0.1
-        ctx[drop] = empty_context
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        pred = unet(noise_scheduler.add_noise(x0, noise, t), t, ctx).sample
-        loss = F.mse_loss(pred, noise)
+        ctx = objective.drop_captions(context[idx], empty, gen)
+        loss = objective.loss(lambda noisy, t, ctx=ctx: unet(noisy, t, ctx).sample, latents[idx], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -188,14 +184,14 @@ def make_base(out: str, cfg: ToyBaseConfig, vae_from: str | None = None) -> dict
     frames, captions = world.images(cfg.num_images, "train", seed=cfg.seed)
     images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     if vae_from:
-        vae = AutoencoderKL.from_pretrained(vae_from, subfolder="vae").eval().requires_grad_(False)
+        vae = load_vae(vae_from)
     else:
         vae = train_vae(images, cfg)
     with torch.no_grad():
-        latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)]) * vae.config.scaling_factor
+        latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)])  # raw: the objective scales
     tokenizer = build_tokenizer(TOY_WORDS, model_max_length=8)
     text_encoder = pretrain_text_encoder(tokenizer, cfg)
-    unet = train_unet(latents, captions, tokenizer, text_encoder, cfg)
+    unet = train_unet(latents, captions, tokenizer, text_encoder, vae.config, cfg)
     save_sd_folder(out, dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                              scheduler=toy_scheduler()))
     check = check_base(out)
@@ -203,8 +199,9 @@ def make_base(out: str, cfg: ToyBaseConfig, vae_from: str | None = None) -> dict
     return check
 
 
+@command("ls-video make-toy-base")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.toy.make_base", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="ls-video make-toy-base", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder (Stable Diffusion layout)")
     defaults = ToyBaseConfig()
     p.add_argument("--vae-from", default=None, help="reuse the vae/ of an existing base instead of training one")

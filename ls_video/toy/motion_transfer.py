@@ -44,8 +44,8 @@ def sample_and_score(model: str, prompts_file: str, out: str, seeds: int, log: l
     if not os.path.isfile(metrics_path):
         py = sys.executable
         run([py, "sample.py", "--model", model, "--prompts-file", prompts_file, "--num-videos-per-prompt",
-             str(seeds), "--num-frames", "6", "--steps", "25", "--guidance-scale", "4.0", "--seed", "0",
-             "--batch-size", "32", "--out-dir", out], log)
+             str(seeds), "--num-frames", "6", "--num-inference-steps", "25", "--guidance-scale", "4.0", "--seed", "0",
+             "--batch-size", "32", "--out", out], log)
         run([py, "-m", "ls_video.eval", out], log)
     else:
         log.append(f"# {out}/metrics.json exists: reused")

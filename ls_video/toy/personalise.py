@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,11 +42,16 @@ from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ls_video.tiny import save_sd_folder
-from ls_video.toy.make_base import cosine_lr
 from ls_video.toy.world import ALL_COLORS, ALL_SHAPES, NEW_COLORS, NEW_SHAPES, ToyWorld
 
 # new word -> old words whose embeddings' mean starts it
 NEW_WORDS = {"purple": ("red", "blue"), "triangle": ("square",)}
+
+
+def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
+    """Linear warmup, then cosine decay to 0 over ``total`` steps (the toy base's schedule, kept here so the
+    recipe does not depend on ``make_base``'s internals)."""
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""The parts of a Stable-Diffusion-layout model, loaded and put together in one place.
+
+* :func:`load_components` / :func:`load_vae`: a diffusers folder or hub id, one part per subfolder.
+* :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler).
+* :func:`temporal_config_from_hparams`: the temporal settings a training checkpoint recorded.
+* :func:`vae_fingerprint`: the name latent shards give the VAE that made them.
+
+Every caller (training, export, checkpoints, preprocessing, the toy base) uses these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import torch
+import transformers
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import AutoTokenizer, PreTrainedModel
+
+from ls_video.pipeline import LatentShiftPipeline
+from ls_video.unet import TemporalConfig
+
+PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+def looks_local(path: str) -> bool:
+    """Whether ``path`` names a local folder rather than a hub id."""
+    return os.path.sep in path or path.startswith(".") or os.path.exists(path)
+
+
+def check_base_path(path: str) -> None:
+    """Fail early with a one-line message when a local base folder is missing or incomplete."""
+    if looks_local(path) and not os.path.isdir(path):
+        raise FileNotFoundError(f"base model folder not found: {path}")
+    if os.path.isdir(path):
+        missing = [d for d in PARTS if not os.path.isdir(os.path.join(path, d))]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a Stable-Diffusion-layout folder; missing {missing}")
+
+
+def _text_encoder_class(path: str) -> type[PreTrainedModel]:
+    """The class named in ``model_index.json`` (e.g. ``CLIPTextModel``), else ``AutoModel``."""
+    index = os.path.join(path, "model_index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            library, name = json.load(f).get("text_encoder", [None, None])
+        if library == "transformers" and hasattr(transformers, name or ""):
+            return getattr(transformers, name)
+    return transformers.AutoModel
+
+
+def freeze(*modules: torch.nn.Module) -> None:
+    """Inference mode for parts that never train: no gradients, eval behaviour."""
+    for module in modules:
+        module.requires_grad_(False)
+        module.eval()
+
+
+def load_vae(path: str, revision: str | None = None) -> AutoencoderKL:
+    """The frozen VAE of a base (its ``vae/``), or of a VAE folder given directly."""
+    if looks_local(path) and not os.path.isdir(path):
+        raise FileNotFoundError(f"VAE folder not found: {path}")
+    own_folder = os.path.isfile(os.path.join(path, "config.json"))
+    vae = AutoencoderKL.from_pretrained(path, subfolder=None if own_folder else "vae", revision=revision)
+    freeze(vae)
+    return vae
+
+
+def load_components(path: str, revision: str | None = None) -> dict[str, Any]:
+    """``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``noise_scheduler`` and the U-Net's saved
+    ``temporal_config`` (``None`` for a plain SD U-Net), loaded exactly like diffusers does."""
+    check_base_path(path)
+    kw = dict(revision=revision)
+    return dict(
+        vae=load_vae(path, revision),
+        text_encoder=_text_encoder_class(path).from_pretrained(path, subfolder="text_encoder", **kw),
+        tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
+        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
+        noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
+        temporal_config=TemporalConfig.load(os.path.join(path, "unet")) if os.path.isdir(path) else None,
+    )
+
+
+def build_pipeline(vae: AutoencoderKL, text_encoder: PreTrainedModel, tokenizer: Any, unet: UNet2DConditionModel,
+                   noise_scheduler: Any, **_: Any) -> LatentShiftPipeline:
+    """A sampling pipeline over these parts (shared, not copied) with a DDIM scheduler from the noise
+    scheduler's config. ``unet`` keeps whatever temporal mixing it carries."""
+    scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+    return LatentShiftPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:
+    """The U-Net's temporal settings recorded in a checkpoint's hyper-parameters (``temporal`` group;
+    checkpoints written before the grouping kept them flat)."""
+    group = hparams.get("temporal") or {k: hparams[k] for k in TemporalConfig.__dataclass_fields__ if k in hparams}
+    return TemporalConfig(**dict(group))
+
+
+def vae_fingerprint(vae: AutoencoderKL) -> str:
+    """16 hex digits naming a VAE by its config and weights (bf16-rounded, so a cast VAE keeps its name).
+
+    Latent shards record the fingerprint of the VAE that made them; training compares it with the
+    model's VAE before the first step.
+    """
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for p in vae.parameters():
+        digest.update(p.detach().to("cpu", torch.bfloat16).float().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,41 @@
+"""The errors a user can cause, and the one way every command reports them: one line, exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from argparse import ArgumentError
+from collections.abc import Callable
+
+
+class BadDataError(RuntimeError):
+    """Too much of the training data could not be read (raised by ``callbacks.DataHealth``)."""
+
+
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, BadDataError, FloatingPointError, ArgumentError,
+               OSError)
+
+
+def one_line(err: BaseException) -> str:
+    """The error as one line (argument errors from jsonargparse span several)."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    if isinstance(err, ArgumentError):
+        return f"{text[:400]} (see --help)"
+    return f"{type(err).__name__}: {text}"
+
+
+def command(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:
+    """Decorate a ``main(argv) -> int``: expected failures print ``{prog}: error: ...`` and return 2."""
+
+    def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv) or 0
+            except USER_ERRORS as err:
+                print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap

@@ -1,0 +1,141 @@
+"""The diffusion objective: how clean latents become a training example and a loss.
+
+One object, used by training (:class:`ls_video.module.LatentShiftModule`), validation and the toy
+base recipe (:mod:`ls_video.toy.make_base`), in the spirit of k-diffusion's denoiser wrapper:
+
+    objective = DiffusionObjective(noise_scheduler, ObjectiveConfig(x0_weight_cap=100), vae.config)
+    loss = objective.loss(lambda noisy, t: video_unet_forward(unet, noisy, t, embeds), raw_latents, generator)
+
+It owns the latent scaling (``scaling_factor`` / ``shift_factor`` of the VAE), timestep and noise
+sampling, the target (``epsilon`` or ``v_prediction``), caption dropout and the per-sample loss
+weights (min-SNR-gamma via diffusers' ``compute_snr``, or a capped x0-space weight). Shapes are
+``(B, ...)``: image batches ``(B, C, h, w)`` and video batches ``(B, F, C, h, w)`` alike, one
+timestep per sample (a clip's frames share it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the U-Net is trained to predict and how samples are weighted.
+
+    Args:
+        prediction_type: override the scheduler's target (``epsilon`` or ``v_prediction``).
+        caption_dropout: probability of replacing a caption by the empty prompt (enables CFG).
+        snr_gamma: min-SNR-gamma loss weighting (e.g. 5.0); ``None`` gives plain MSE.
+        x0_weight_cap: weight each sample's loss by ``min(1 / SNR, cap)`` (epsilon target), i.e. an
+            x0-space loss capped at high noise. Plain epsilon MSE barely depends on the prediction of
+            the clean clip at high noise, where layout and motion are decided; this puts weight there.
+        val_timesteps: fixed timesteps of the validation loss (default: 5 evenly spaced).
+    """
+
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
+    caption_dropout: float = 0.1
+    snr_gamma: float | None = None
+    x0_weight_cap: float | None = None
+    val_timesteps: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.prediction_type not in (None, "epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DiffusionObjective:
+    """Scaling, noising, target and weighting of latent diffusion training (see the module docstring).
+
+    Args:
+        scheduler: the base's noise scheduler (any diffusers scheduler; its config builds a DDPM one).
+        config: :class:`ObjectiveConfig`.
+        vae_config: the VAE's config (``scaling_factor``, optional ``shift_factor``); ``None`` for latents
+            that are already scaled.
+    """
+
+    def __init__(self, scheduler: Any, config: ObjectiveConfig | None = None, vae_config: Any = None) -> None:
+        self.config = config or ObjectiveConfig()
+        if not isinstance(scheduler, DDPMScheduler):
+            scheduler = DDPMScheduler.from_config(scheduler.config)
+        if self.config.prediction_type is not None:
+            scheduler.register_to_config(prediction_type=self.config.prediction_type)
+        if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+        self.scheduler = scheduler
+        self.scaling_factor = float(getattr(vae_config, "scaling_factor", None) or 1.0)
+        self.shift_factor = float(getattr(vae_config, "shift_factor", None) or 0.0)
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    def scale(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> the diffusion model's space."""
+        return (raw.float() - self.shift_factor) * self.scaling_factor
+
+    def unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        """The diffusion model's space -> raw VAE latents (for decoding)."""
+        return latents / self.scaling_factor + self.shift_factor
+
+    def drop_captions(self, embeds: torch.Tensor, empty: torch.Tensor, generator: torch.Generator | None = None,
+                      p: float | None = None) -> torch.Tensor:
+        """Replace each sample's text embedding by ``empty`` with probability ``p`` (default: the config's)."""
+        p = self.config.caption_dropout if p is None else p
+        if p <= 0:
+            return embeds
+        keep = torch.rand(embeds.shape[0], device=embeds.device, generator=generator) >= p
+        return torch.where(keep[:, None, None], embeds, empty.to(embeds.dtype))
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.scheduler.config.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(x0, noise, timesteps)
+        return noise
+
+    def weights(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample loss weights: min-SNR-gamma (Hang et al. 2023) and/or the capped x0 weight."""
+        cfg = self.config
+        if cfg.snr_gamma is None and cfg.x0_weight_cap is None:
+            return None
+        snr = compute_snr(self.scheduler, timesteps).float()
+        weight = torch.ones_like(snr)
+        if cfg.snr_gamma is not None:
+            clipped = torch.clamp(snr, max=cfg.snr_gamma)
+            v = self.scheduler.config.prediction_type == "v_prediction"
+            weight = weight * clipped / (snr + 1 if v else snr)
+        if cfg.x0_weight_cap is not None:
+            weight = weight * torch.clamp(1 / snr, max=cfg.x0_weight_cap)
+        return weight
+
+    def loss(self, denoiser: Denoiser, raw: torch.Tensor, generator: torch.Generator | None = None,
+             timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted MSE of ``denoiser(noisy, timesteps)`` against the target, for raw VAE latents ``raw``.
+
+        Timesteps (one per sample, unless given) and noise come from ``generator``.
+        """
+        x0 = self.scale(raw)
+        b = x0.shape[0]
+        if timesteps is None:
+            timesteps = torch.randint(0, self.num_timesteps, (b,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        pred = denoiser(self.scheduler.add_noise(x0, noise, timesteps), timesteps)
+        target = self.target(x0, noise, timesteps)
+        per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+        weight = self.weights(timesteps)
+        if weight is not None:
+            per_sample = per_sample * weight
+        return per_sample.mean()
+
+    def validation_timesteps(self) -> list[int]:
+        """The config's ``val_timesteps``, or 5 evenly spaced ones."""
+        return self.config.val_timesteps or [int(self.num_timesteps * (i + 0.5) / 5) for i in range(5)]

@@ -1,0 +1,61 @@
+"""``ls-video fit | validate | test | predict``: a ``LightningCLI`` over ``LatentShiftModule`` and any datamodule.
+
+    ls-video fit -c configs/toy.yaml                 (or: python train.py fit -c configs/toy.yaml)
+    ls-video fit -c configs/toy.yaml --ckpt_path last
+    ls-video fit --model.pretrained_model_name_or_path BASE \
+        --data.class_path datamodules.LatentVideoDataModule --data.init_args.train_urls SHARDS \
+        --trainer.max_steps 1000
+
+Checkpoints go to ``{default_root_dir}/checkpoints`` (``last.ckpt`` kept), so ``--ckpt_path last``
+finds the newest one with or without a config file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from ls_video.checkpoint_io import AtomicCheckpointIO
+from ls_video.module import LatentShiftModule
+
+SUBCOMMANDS = {"fit": "train (and resume: --ckpt_path last)", "validate": "validation loss of a model or checkpoint",
+               "test": "test loss", "predict": "run the model's predict step"}
+
+
+class LatentShiftCLI(LightningCLI):
+    """LightningCLI with a checkpoint callback configurable as ``--checkpoint.*``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1,
+                             "checkpoint.every_n_train_steps": 500, "checkpoint.filename": "step{step:07d}",
+                             "checkpoint.auto_insert_metric_name": False})
+
+    def instantiate_trainer(self, **kwargs):
+        """Checkpoints are written atomically unless the config names its own checkpoint IO."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        if not plugins:
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
+            root = config.trainer.get("default_root_dir") or os.getcwd()
+            config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+
+
+def build(args: list[str] | None = None) -> LatentShiftCLI:
+    """Parse ``args``, build the model, data and trainer, and run the subcommand."""
+    return LatentShiftCLI(
+        LatentShiftModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
+        args=args,
+        auto_configure_optimizers=False,
+    )

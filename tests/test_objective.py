@@ -1,0 +1,65 @@
+"""The diffusion objective: scaling, weighting and loss, the same for images and videos."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from ls_video.objective import DiffusionObjective, ObjectiveConfig
+
+
+class VaeConfig:
+    scaling_factor = 0.5
+    shift_factor = 0.25
+
+
+def scheduler(prediction_type="epsilon"):
+    return DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+
+
+def test_scale_and_unscale_use_scaling_and_shift_factor():
+    obj = DiffusionObjective(scheduler(), vae_config=VaeConfig())
+    raw = torch.randn(2, 3, 4, 8, 8)
+    torch.testing.assert_close(obj.scale(raw), (raw - 0.25) * 0.5)
+    torch.testing.assert_close(obj.unscale(obj.scale(raw)), raw)
+
+
+def test_weights_match_the_written_formulas():
+    t = torch.tensor([1, 100, 500, 999])
+    s = scheduler()
+    a = s.alphas_cumprod[t]
+    snr = a / (1 - a)
+    x0 = DiffusionObjective(s, ObjectiveConfig(x0_weight_cap=100)).weights(t)
+    torch.testing.assert_close(x0, torch.clamp((1 - a) / a, max=100))
+    gamma = DiffusionObjective(s, ObjectiveConfig(snr_gamma=5.0)).weights(t)
+    torch.testing.assert_close(gamma, torch.clamp(snr, max=5.0) / snr)
+    v = DiffusionObjective(scheduler("v_prediction"), ObjectiveConfig(snr_gamma=5.0)).weights(t)
+    torch.testing.assert_close(v, torch.clamp(snr, max=5.0) / (snr + 1))
+    assert DiffusionObjective(s).weights(t) is None
+
+
+def test_loss_is_per_sample_mean_for_images_and_clips():
+    """A clip's loss averages over all its frames; an image batch is the same objective with F absent."""
+    obj = DiffusionObjective(scheduler(), ObjectiveConfig(x0_weight_cap=10))
+    raw = torch.randn(3, 4, 4, 8, 8)
+    t = torch.tensor([10, 400, 900])
+
+    def zero(noisy, timesteps):
+        return torch.zeros_like(noisy)
+
+    clip = obj.loss(zero, raw, torch.Generator().manual_seed(0), t)
+    noise = torch.randn(raw.shape, generator=torch.Generator().manual_seed(0))
+    expected = (noise.pow(2).flatten(1).mean(1) * obj.weights(t)).mean()
+    torch.testing.assert_close(clip, expected)
+    image = obj.loss(zero, raw[:, 0], torch.Generator().manual_seed(0), t)
+    assert image.shape == () and torch.isfinite(image)
+
+
+def test_caption_dropout_and_bad_config():
+    obj = DiffusionObjective(scheduler(), ObjectiveConfig(caption_dropout=1.0))
+    embeds, empty = torch.randn(4, 3, 2), torch.zeros(1, 3, 2)
+    assert torch.equal(obj.drop_captions(embeds, empty), torch.zeros(4, 3, 2))
+    assert torch.equal(obj.drop_captions(embeds, empty, p=0.0), embeds)
+    with pytest.raises(ValueError, match="caption_dropout"):
+        ObjectiveConfig(caption_dropout=1.5)
+    with pytest.raises(ValueError, match="prediction_type"):
+        ObjectiveConfig(prediction_type="sample")
