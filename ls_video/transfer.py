@@ -124,8 +124,15 @@ def deltas(tensors: dict[str, torch.Tensor], shapes: dict[str, list[int]]) -> di
     return out
 
 
-def apply(motion: str, target: str, out: str, scale: float = 1.0) -> int:
-    """Write ``target`` + ``scale`` x motion as a diffusers folder with the shift settings; returns tensors changed."""
+def apply(motion: str, target: str, out: str, scale: float = 1.0, include: str | None = None) -> int:
+    """Write ``target`` + ``scale`` x motion as a diffusers folder with the shift settings; returns tensors changed.
+
+    ``include``: a regular expression; only parameters whose name it finds (``re.search``) get their delta
+    (to study which layers carry the motion). ``scale=0`` gives the target with the shift switched on and
+    its own weights.
+    """
+    import re
+
     from ls_video.pipeline import LatentShiftPipeline
     from ls_video.unet import apply_temporal_mixing
 
@@ -138,6 +145,8 @@ def apply(motion: str, target: str, out: str, scale: float = 1.0) -> int:
     state = pipe.unet.state_dict()
     with torch.no_grad():
         changed = deltas(tensors, shapes)
+        if include is not None:
+            changed = {k: v for k, v in changed.items() if re.search(include, k)}
         for name, delta in changed.items():
             weight = state[name]
             weight.copy_((weight.double() + scale * delta.double()).to(weight.dtype))
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--target", required=True, help="diffusers folder of a model with the base's architecture")
     a.add_argument("--out", required=True, help="output diffusers folder")
     a.add_argument("--scale", type=float, default=1.0, help="multiply the motion delta (default 1)")
+    a.add_argument("--include", default=None,
+                   help="regular expression: only U-Net parameters whose name matches get the delta")
     args = p.parse_args(argv)
     if args.command == "extract":
         r = extract(args.video, args.base, args.out, args.rank)
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({r['file_bytes'] / 2**20:.1f} MiB; {r['vs_unet']:.1%} of the U-Net's "
               f"{r['unet_parameters']:,} parameters; {r['vs_motion_adapter_sd15']:.1%} of SD-1.5's MotionAdapter)")
     else:
-        n = apply(args.motion, args.target, args.out, args.scale)
+        n = apply(args.motion, args.target, args.out, args.scale, args.include)
         print(f"wrote {args.out}: {n} tensors moved by the motion (scale {args.scale:g})")
     return 0
 

@@ -88,3 +88,14 @@ def test_architecture_mismatch_is_one_line(models, tmp_path):
     lines = [line for line in r.stderr.splitlines() if "error" in line]
     assert r.returncode == 2 and len(lines) == 1 and "another U-Net architecture" in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_apply_include_moves_only_matching_layers(models, tmp_path):
+    base, video, other, _ = models
+    extract(video, base, str(tmp_path / "m.safetensors"))
+    assert main(["apply", "--motion", str(tmp_path / "m.safetensors"), "--target", other, "--out",
+                 str(tmp_path / "o"), "--include", r"\.attn\d\."]) == 0
+    got, b, v, o = state(str(tmp_path / "o")), state(base), state(video), state(other)
+    attn, conv = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight", "conv_in.weight"
+    torch.testing.assert_close(got[attn], o[attn] + v[attn] - b[attn], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[conv], o[conv], rtol=0, atol=0)

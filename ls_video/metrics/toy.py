@@ -5,7 +5,10 @@ its centroid is tracked over frames. Direction is the dominant axis and sign of 
 displacement ("static" when it moves less than ``min_motion`` pixels); ``step_acc`` is the share
 of frame-to-frame steps that go the prompted way, so a blob reappearing at typical positions does
 not count as motion. Colour is the nearest palette entry of the object's mean colour; shape is
-square when the object fills its bounding box (a disc fills about pi/4 of it).
+square when the object fills its bounding box (a disc fills about pi/4 of it). The palette and the
+shapes include the concepts only personalised models know (purple, an apex-up triangle: it fills
+about 5/8 of its box and puts about 3/10 of its area in the box's upper half, a disc 1/2), so a model
+asked for them is judged against them and one asked for an old concept cannot pass by drawing a new one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 
 import numpy as np
 
-from ls_video.toy.world import COLORS, DIRECTIONS
+from ls_video.toy.world import ALL_COLORS, DIRECTIONS
 
 PROMPT = re.compile(r"a (\w+) (\w+)(?: moving (\w+))?")
 
@@ -33,13 +36,21 @@ def object_mask(frame: np.ndarray, threshold: int = 80) -> np.ndarray:
 
 def classify_color(pixels: np.ndarray) -> str:
     mean = pixels.reshape(-1, 3).astype(float).mean(0)
-    return min(COLORS, key=lambda c: float(((np.array(COLORS[c]) - mean) ** 2).sum()))
+    return min(ALL_COLORS, key=lambda c: float(((np.array(ALL_COLORS[c]) - mean) ** 2).sum()))
 
 
 def classify_shape(mask: np.ndarray) -> str:
+    """Square above 0.89 fill of the bounding box; triangle when the object is bottom-heavy (under 0.42 of
+    its area in the box's upper half: an apex-up triangle has 0.3, a disc 0.5) with a triangle-like fill
+    (0.45-0.8: a rendered triangle fills 0.625, a disc 0.81); circle otherwise, as before the triangle
+    existed (so smeared or doubled blobs, fill 0.2-0.35, still count as circles, not triangles)."""
     ys, xs = np.nonzero(mask)
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    return "square" if mask.sum() / box > 0.89 else "circle"
+    height = ys.max() - ys.min() + 1
+    fill = mask.sum() / (height * (xs.max() - xs.min() + 1))
+    if fill > 0.89:
+        return "square"
+    top = float((ys < ys.min() + height / 2).mean())
+    return "triangle" if top < 0.42 and 0.45 <= fill <= 0.8 else "circle"
 
 
 def direction_of(dx: float, dy: float, min_motion: float) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -27,11 +28,27 @@ SHAPES = ("square", "circle")
 # unit step (dx, dy) in image coordinates (y grows downwards)
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPLITS = ("train", "val")
+# Concepts the base and the video fine-tuning never see (issue #19's personalisation, ls_video/toy/personalise.py).
+# Kept out of COLORS / SHAPES so the default world, its clips and its caches are unchanged.
+NEW_COLORS: dict[str, tuple[int, int, int]] = {"purple": (150, 60, 200)}
+NEW_SHAPES = ("triangle",)
+ALL_COLORS: dict[str, tuple[int, int, int]] = {**COLORS, **NEW_COLORS}
+ALL_SHAPES = SHAPES + NEW_SHAPES
 
 
 def all_prompts() -> list[str]:
     """The 32 video prompts: every colour x shape x direction."""
     return [f"a {c} {s} moving {d}" for c in COLORS for s in SHAPES for d in DIRECTIONS]
+
+
+def new_concept_combos() -> list[tuple[str, str]]:
+    """Every ``(colour, shape)`` with purple or a triangle in it: 7 with one new colour and one new shape."""
+    return [(c, s) for c in ALL_COLORS for s in ALL_SHAPES if c in NEW_COLORS or s in NEW_SHAPES]
+
+
+def new_concept_prompts() -> list[str]:
+    """The 28 video prompts with a new concept: :func:`new_concept_combos` x 4 directions."""
+    return [f"a {c} {s} moving {d}" for c, s in new_concept_combos() for d in DIRECTIONS]
 
 
 @dataclass
@@ -105,13 +122,20 @@ class ToyWorld:
         digest = hashlib.sha1(clip.key().encode()).digest()
         return "val" if int.from_bytes(digest[:4], "little") / 2**32 < self.val_fraction else "train"
 
-    def sample_clip(self, rng: np.random.Generator, split: str = "train") -> ToyClip:
-        """Draw clips until one belongs to ``split``."""
+    def sample_clip(self, rng: np.random.Generator, split: str = "train", colors: Sequence[str] | None = None,
+                    shapes: Sequence[str] | None = None) -> ToyClip:
+        """Draw clips until one belongs to ``split``; ``colors`` / ``shapes`` default to :data:`COLORS` /
+        :data:`SHAPES` (pass names from :data:`ALL_COLORS` / :data:`ALL_SHAPES` for the new concepts)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
+        colors = list(COLORS) if colors is None else list(colors)
+        shapes = SHAPES if shapes is None else tuple(shapes)
+        for name in [*colors, *shapes]:
+            if name not in ALL_COLORS and name not in ALL_SHAPES:
+                raise ValueError(f"unknown colour or shape {name!r}")
         while True:
-            shape = SHAPES[rng.integers(len(SHAPES))]
-            color = list(COLORS)[rng.integers(len(COLORS))]
+            shape = shapes[rng.integers(len(shapes))]
+            color = colors[rng.integers(len(colors))]
             direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
             speed = int(rng.choice(self.speeds()))
             dx, dy = DIRECTIONS[direction]
@@ -129,22 +153,30 @@ class ToyWorld:
         """``(size, size, 3)`` uint8 frame with the object at ``position`` (top-left)."""
         frame = np.zeros((self.size, self.size, 3), np.uint8)
         x, y, s = position[0], position[1], self.object_size
+        color = ALL_COLORS[clip.color]
         if clip.shape == "square":
-            frame[y : y + s, x : x + s] = COLORS[clip.color]
+            frame[y : y + s, x : x + s] = color
+        elif clip.shape == "triangle":
+            # apex up: the half-width grows from 0 at the top edge to s/2 at the bottom edge
+            yy, xx = np.mgrid[0 : self.size, 0 : self.size]
+            row = yy + 0.5 - y
+            inside = (row > 0) & (row < s) & (np.abs(xx + 0.5 - (x + s / 2)) <= row / 2 + 0.25)
+            frame[inside] = color
         else:
             yy, xx = np.mgrid[0 : self.size, 0 : self.size]
             r = s / 2
             inside = (xx + 0.5 - (x + r)) ** 2 + (yy + 0.5 - (y + r)) ** 2 <= r * r
-            frame[inside] = COLORS[clip.color]
+            frame[inside] = color
         return frame
 
     def render(self, clip: ToyClip) -> np.ndarray:
         """``(F, size, size, 3)`` uint8 video."""
         return np.stack([self.render_frame(clip, p) for p in clip.positions])
 
-    def clips(self, n: int, split: str = "train", seed: int = 0) -> list[ToyClip]:
+    def clips(self, n: int, split: str = "train", seed: int = 0, colors: Sequence[str] | None = None,
+              shapes: Sequence[str] | None = None) -> list[ToyClip]:
         rng = np.random.default_rng([seed, SPLITS.index(split)])
-        return [self.sample_clip(rng, split) for _ in range(n)]
+        return [self.sample_clip(rng, split, colors, shapes) for _ in range(n)]
 
     def write_videos(self, out_dir: str | os.PathLike, n: int, split: str = "train", seed: int = 0) -> list[str]:
         """Write ``n`` mp4 clips with same-name ``.txt`` captions and ``.json`` ground truth."""
@@ -160,11 +192,12 @@ class ToyWorld:
             paths.append(stem + ".mp4")
         return paths
 
-    def images(self, n: int, split: str = "train", seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    def images(self, n: int, split: str = "train", seed: int = 0, colors: Sequence[str] | None = None,
+               shapes: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
         """``n`` single frames ``(n, size, size, 3)`` and their ``"a {color} {shape}"`` captions."""
         rng = np.random.default_rng([seed, SPLITS.index(split), 1])
         frames, captions = [], []
-        for clip in self.clips(n, split, seed):
+        for clip in self.clips(n, split, seed, colors, shapes):
             t = int(rng.integers(len(clip.positions)))
             frames.append(self.render_frame(clip, clip.positions[t]))
             captions.append(clip.image_caption)
