@@ -30,10 +30,10 @@ from tqdm import tqdm
 from ls_video.components import load_vae
 from ls_video.errors import command
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
-from ls_video.optim import OptimConfig, build_optimizer
 from ls_video.text import encode_prompts
 from ls_video.tiny import TOY_WORDS, save_sd_folder, tiny_text_encoder
 from ls_video.tokenizer import build_tokenizer
+from ls_video.toy.loop import train_steps
 from ls_video.toy.world import COLORS, SHAPES, ToyWorld
 
 
@@ -76,28 +76,18 @@ def toy_scheduler() -> DDIMScheduler:
                          clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
-def adamw(params, cfg: ToyBaseConfig, steps: int, weight_decay: float) -> tuple:
-    """AdamW with 100 warmup steps and cosine decay over ``steps`` (:func:`ls_video.optim.build_optimizer`)."""
-    optim = OptimConfig(learning_rate=cfg.lr, weight_decay=weight_decay, warmup_steps=100, lr_schedule="cosine")
-    return build_optimizer(list(params), optim, steps)
-
-
 def train_vae(images: torch.Tensor, cfg: ToyBaseConfig) -> AutoencoderKL:
     """Reconstruction (MSE) + a tiny KL term, so latents stay a smooth, well-scaled space."""
     vae = toy_vae(cfg.size)
-    opt, sched = adamw(vae.parameters(), cfg, cfg.vae_steps, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    bar = tqdm(range(cfg.vae_steps), desc="toy base 1/3: VAE", unit="step")
-    for _ in bar:
+
+    def loss() -> torch.Tensor:
         x = images[torch.randint(len(images), (cfg.vae_batch,), generator=gen)]
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=gen)).sample
-        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        return F.mse_loss(vae.decode(post.sample(generator=gen)).sample, x) + 1e-6 * post.kl().mean()
+
+    train_steps("toy base 1/3: VAE", cfg.vae_steps, torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0),
+                loss)
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images[:2048].split(256)])
@@ -145,20 +135,15 @@ def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, text_encod
     with torch.no_grad():  # frozen: encode each caption once
         table = encode_prompts(captions + [""], tokenizer, text_encoder)
     context, empty = table[:-1], table[-1:]
-    params = list(unet.parameters())
-    opt, sched = adamw(params, cfg, cfg.unet_steps, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bar = tqdm(range(cfg.unet_steps), desc="toy base 3/3: image U-Net", unit="step")
-    for _ in bar:
+
+    def loss() -> torch.Tensor:
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
         ctx = objective.drop_captions(context[idx], empty, gen)
-        loss = objective.loss(lambda noisy, t, ctx=ctx: unet(noisy, t, ctx).sample, latents[idx], gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        return objective.loss(lambda noisy, t: unet(noisy, t, ctx).sample, latents[idx], gen)
+
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    train_steps("toy base 3/3: image U-Net", cfg.unet_steps, opt, loss, clip_norm=1.0)
     return unet.eval().requires_grad_(False)
 
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 
+from ls_video.errors import command
 from ls_video.toy.world import all_prompts, new_concept_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -83,7 +84,7 @@ def delta_stats(base: str, video: str, personal: str) -> dict:
                 "cosine": s["dot"] / max(1e-30, (s["video"] * s["personal"]) ** 0.5)} for g, s in sums.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ls_video.toy.motion_transfer", description=__doc__.split("\n")[0])
     p.add_argument("--video", default="outputs/demo/model", help="the Latent-Shift video model (exported folder)")
     p.add_argument("--base", default="assets/toy-base", help="the image base it was fine-tuned from")
@@ -97,16 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="videos per prompt")
     p.add_argument("--no-video-rows", action="store_true",
                    help="skip sampling the video model itself (when another --out already has those rows)")
-    args = p.parse_args(argv)
-    py = sys.executable
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
-    log: list[str] = []
-    prompts = {"new": os.path.join(out, "prompts_new.txt"), "old": os.path.join(out, "prompts_old.txt")}
-    for key, items in (("new", new_concept_prompts()), ("old", all_prompts())):
-        with open(prompts[key], "w") as f:
-            f.write("\n".join(items) + "\n")
+    return p.parse_args(argv)
 
+
+def motion_files(args: argparse.Namespace, out: str, log: list[str]) -> dict:
+    """Extract the full and the rank-R motion files (once); their sizes."""
+    py = sys.executable
     files = {}
     for rank in [None, *args.ranks]:
         name = "motion.safetensors" if rank is None else f"motion_r{rank}.safetensors"
@@ -120,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
 
         files[rank] = {"file": path, "bytes": os.path.getsize(path),
                        "numbers": sum(t.numel() for t in load_file(path).values())}
+
+    return files
+
+
+def rows_to_sample(args: argparse.Namespace, out: str, files: dict, log: list[str]) -> list[tuple[str, str, str]]:
+    """``(label, model folder, prompt set)`` per table row, applying the motion files as needed."""
+    py = sys.executable
 
     def applied(tag: str, motion: str, scale: float, include: str | None = None) -> str:
         model = os.path.join(out, "models", tag)
@@ -149,16 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_video_rows:
         rows.append(("video model (no personalisation)", args.video, "old"))
 
-    results = []
-    for label, model, prompt_set in rows:
-        sample_dir = os.path.join(out, "samples", f"{os.path.basename(model.rstrip('/'))}_{prompt_set}")
-        start = time.perf_counter()
-        metrics = sample_and_score(model, prompts[prompt_set], sample_dir, args.seeds, log)
-        results.append({"model": label, "path": model, "prompts": prompt_set, "samples": sample_dir, **metrics,
-                        "seconds": round(time.perf_counter() - start, 1)})
-        print(json.dumps(results[-1]), flush=True)
+    return rows
 
-    stats = delta_stats(args.base, args.video, args.personal)
+
+def write_tables(out: str, results: list[dict], files: dict, stats: dict, log: list[str]) -> None:
+    """``OUT/table.json`` (rows, motion files, delta statistics, commands) and ``OUT/table.md``."""
     with open(os.path.join(out, "table.json"), "w") as f:
         json.dump({"rows": results, "motion_files": {str(k): v for k, v in files.items()}, "delta_stats": stats,
                    "commands": log}, f, indent=2)
@@ -174,6 +173,31 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+@command("python -m ls_video.toy.motion_transfer")
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    log: list[str] = []
+    prompts = {"new": os.path.join(out, "prompts_new.txt"), "old": os.path.join(out, "prompts_old.txt")}
+    for key, items in (("new", new_concept_prompts()), ("old", all_prompts())):
+        with open(prompts[key], "w") as f:
+            f.write("\n".join(items) + "\n")
+
+    files = motion_files(args, out, log)
+    rows = rows_to_sample(args, out, files, log)
+    results = []
+    for label, model, prompt_set in rows:
+        sample_dir = os.path.join(out, "samples", f"{os.path.basename(model.rstrip('/'))}_{prompt_set}")
+        start = time.perf_counter()
+        metrics = sample_and_score(model, prompts[prompt_set], sample_dir, args.seeds, log)
+        results.append({"model": label, "path": model, "prompts": prompt_set, "samples": sample_dir, **metrics,
+                        "seconds": round(time.perf_counter() - start, 1)})
+        print(json.dumps(results[-1]), flush=True)
+
+    write_tables(out, results, files, delta_stats(args.base, args.video, args.personal), log)
     return 0
 
 

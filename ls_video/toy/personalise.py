@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -37,21 +36,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from tqdm import tqdm
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.tiny import save_sd_folder
+from ls_video.toy.loop import train_steps
 from ls_video.toy.world import ALL_COLORS, ALL_SHAPES, NEW_COLORS, NEW_SHAPES, ToyWorld
 
 # new word -> old words whose embeddings' mean starts it
 NEW_WORDS = {"purple": ("red", "blue"), "triangle": ("square",)}
-
-
-def cosine_lr(step: int, total: int, warmup: int = 100) -> float:
-    """Linear warmup, then cosine decay to 0 over ``total`` steps (the toy base's schedule, kept here so the
-    recipe does not depend on ``make_base``'s internals)."""
-    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
 
 
 @dataclass
@@ -115,8 +109,8 @@ def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 
     frames, captions = world.images(cfg.num_images, "train", seed=cfg.seed + 19, colors=list(ALL_COLORS),
                                     shapes=ALL_SHAPES)
     images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)]) * vae.config.scaling_factor
+    with torch.no_grad():  # raw latents: the objective scales them
+        latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)])
     report: dict = {"base": base, "config": asdict(cfg)}
     report["reconstruction_before"] = reconstruction_accuracy(vae, world, cfg.seed, cfg.reconstruction_images)
     if cfg.decoder_steps:
@@ -124,44 +118,9 @@ def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 
         finetune_decoder(vae, latents, images, cfg)
         report["decoder_steps_per_s"] = round(cfg.decoder_steps / (time.perf_counter() - decoder_start), 2)
         report["reconstruction_after"] = reconstruction_accuracy(vae, world, cfg.seed, cfg.reconstruction_images)
-    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    ids, empty = ids[:-1], ids[-1:]
-
-    embedding = text_encoder.get_input_embeddings().weight
-    frozen_rows = embedding.detach()[: min(new_ids)].clone()
-    embedding.requires_grad_(True)
-    row_mask = torch.zeros(len(embedding), 1)
-    row_mask[new_ids] = 1.0
-    embedding.register_hook(lambda g: g * row_mask)  # only the new words' rows learn
-
-    noise_scheduler = DDPMScheduler.from_config(scheduler.config)
-    unet.train()
-    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": cfg.lr, "weight_decay": 1e-2},
-                             {"params": [embedding], "lr": cfg.embedding_lr, "weight_decay": 0.0}])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps))
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
     train_start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="personalise 2/2: U-Net + 2 embeddings", unit="step")
-    for _ in bar:
-        idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
-        batch_ids = ids[idx].clone()
-        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
-        batch_ids[drop] = empty
-        context = text_encoder(batch_ids)[0]
-        x0 = latents[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        loss = F.mse_loss(unet(noise_scheduler.add_noise(x0, noise, t), t, context).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+    train_unet_and_words(unet, text_encoder, tokenizer, new_ids, latents, captions, scheduler, vae, cfg)
     train_seconds = time.perf_counter() - train_start
-    with torch.no_grad():
-        assert torch.equal(embedding[: len(frozen_rows)], frozen_rows), "old token embeddings moved"
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
     save_sd_folder(out, dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler))
@@ -174,24 +133,52 @@ def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 
     return report
 
 
+def train_unet_and_words(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                         new_ids: list[int], latents: torch.Tensor, captions: list[str], scheduler,
+                         vae: AutoencoderKL, cfg: PersonaliseConfig) -> None:
+    """The U-Net and the new words' embedding rows on the base's objective (epsilon, caption dropout);
+    every other row of the frozen text encoder stays as it was (checked)."""
+    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    ids, empty_ids = ids[:-1], ids[-1:]
+    embedding = text_encoder.get_input_embeddings().weight
+    frozen_rows = embedding.detach()[: min(new_ids)].clone()
+    embedding.requires_grad_(True)
+    row_mask = torch.zeros(len(embedding), 1)
+    row_mask[new_ids] = 1.0
+    embedding.register_hook(lambda g: g * row_mask)  # only the new words' rows learn
+    with torch.no_grad():
+        empty = text_encoder(empty_ids)[0]  # the empty prompt holds no new word: constant
+    objective = DiffusionObjective(scheduler, ObjectiveConfig(caption_dropout=cfg.caption_dropout), vae.config)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+
+    def loss() -> torch.Tensor:
+        idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
+        context = objective.drop_captions(text_encoder(ids[idx])[0], empty, gen)
+        return objective.loss(lambda noisy, t: unet(noisy, t, context).sample, latents[idx], gen)
+
+    unet.train()
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr": cfg.lr, "weight_decay": 1e-2},
+                             {"params": [embedding], "lr": cfg.embedding_lr, "weight_decay": 0.0}])
+    train_steps("personalise 2/2: U-Net + 2 embeddings", cfg.steps, opt, loss, clip_norm=1.0)
+    with torch.no_grad():
+        if not torch.equal(embedding[: len(frozen_rows)], frozen_rows):
+            raise RuntimeError("old token embeddings moved")
+
+
 def finetune_decoder(vae: AutoencoderKL, latents: torch.Tensor, images: torch.Tensor, cfg: PersonaliseConfig) -> None:
-    """Reconstruction loss through ``post_quant_conv`` + ``decoder`` from the frozen encoder's latents."""
-    scaled = latents / vae.config.scaling_factor
+    """Reconstruction loss through ``post_quant_conv`` + ``decoder`` from the frozen encoder's raw latents."""
     params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
     for param in params:
         param.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.decoder_steps, warmup=20))
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bar = tqdm(range(cfg.decoder_steps), desc="personalise 1/2: VAE decoder", unit="step")
-    for _ in bar:
+
+    def loss() -> torch.Tensor:
         idx = torch.randint(len(images), (cfg.decoder_batch,), generator=gen)
-        loss = F.mse_loss(vae.decode(scaled[idx]).sample, images[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        return F.mse_loss(vae.decode(latents[idx]).sample, images[idx])
+
+    train_steps("personalise 1/2: VAE decoder", cfg.decoder_steps,
+                torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0), loss, warmup=20)
     vae.eval().requires_grad_(False)
 
 
