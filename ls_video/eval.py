@@ -2,13 +2,18 @@
 
     python -m ls_video.eval DIR [--metrics motion,clipsim,fvd,fid] [--clip-model PATH]
         [--fvd-model PATH] [--fid-model PATH] [--reference DIR|toy] [--device cpu] [--html [--run RUN]]
+        [--images DIR2]
 
 Prints a table and writes ``DIR/metrics.json`` with flat keys (``direction_acc``, ``step_acc``,
-``color_acc``, ``shape_acc``, ``consistency``, ``clipsim``, ``clip_frame_consistency``, ``fvd``,
-``fid``) plus the protocol: samples, frames, resolution, seeds, sampler, and per metric its
-extractor, the SHA-256 of the extractor's weights, the value range fed to it and the reference set.
+``color_acc``, ``shape_acc``, ``consistency``, ``image_color_acc``, ``image_shape_acc``, ``clipsim``,
+``clip_frame_consistency``, ``fvd``, ``fid``) plus the protocol: samples, frames, resolution, seeds,
+sampler, and per metric its extractor, the SHA-256 of the extractor's weights, the value range fed to it
+and the reference set.
 
 * ``motion``: toy-world direction / colour / shape / temporal consistency from pixels (toy prompts).
+  One-frame samples (``sample.py --num-frames 1``) are images: they are scored for colour and shape
+  only, as ``image_color_acc`` / ``image_shape_acc`` (``image_n`` of them), apart from the videos;
+  ``--images DIR2`` adds the one-frame samples of another ``sample.py`` folder (``make demo`` does).
 * ``clipsim``: CLIP image-text cosine, ``--clip-model`` (any transformers ``CLIPModel`` folder or id).
 * ``fvd``: Fréchet distance of clip features, ``--fvd-model`` (VideoMAE, CLIP, or our toy net from
   ``python -m ls_video.metrics.toy_net``), against ``--reference``.
@@ -73,7 +78,8 @@ def load_reference(reference: str, like: list[np.ndarray], n: int) -> tuple[list
 
 def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: str | None = None,
              fvd_model: str | None = None, fid_model: str | None = None, reference: str | None = None,
-             device: str = "cpu", html: bool = False, run_dir: str | None = None) -> dict:
+             device: str = "cpu", html: bool = False, run_dir: str | None = None,
+             images: str | None = None) -> dict:
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; available: {list(METRICS)}")
@@ -85,19 +91,47 @@ def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: st
             raise ValueError(f"metric {m!r} needs {needs[m][0]}")
     if ("fvd" in metrics or "fid" in metrics) and not reference:
         raise ValueError("fvd/fid need --reference (a folder of real videos, or 'toy')")
-    videos, rows = load_samples(folder)
+    everything, all_rows = load_samples(folder)
+    extra, extra_rows = load_samples(images) if images else ([], [])
+    # One-frame samples are images: scored for colour and shape only (image_* keys); the rest are videos.
+    videos = [v for v in everything if v.shape[0] > 1]
+    rows = [r for v, r in zip(everything, all_rows, strict=True) if v.shape[0] > 1]
+    stills = [v for v in everything + extra if v.shape[0] == 1]
+    still_rows = [r for v, r in zip(everything + extra, all_rows + extra_rows, strict=True) if v.shape[0] == 1]
+    if not videos and not stills:
+        raise ValueError(f"no samples in {folder}")
+    if not videos:  # an image-only folder: clipsim / fvd / fid and the protocol describe its images
+        videos, rows = stills, still_rows
     prompts = [r["prompt"] for r in rows]
     protocol = {"num_samples": len(rows), "num_frames": int(videos[0].shape[0]),
                 "resolution": list(videos[0].shape[1:3]), "seeds": sorted({r["seed"] for r in rows}),
                 "sampler": {k: rows[0].get(k) for k in ("scheduler", "steps", "guidance_scale")}}
+    if stills:
+        protocol["images"] = {"num_samples": len(stills), "seeds": sorted({r["seed"] for r in still_rows}),
+                              "folder": images or folder,
+                              "sampler": {k: still_rows[0].get(k) for k in ("scheduler", "steps", "guidance_scale")}}
     result: dict = {"protocol": protocol}
     if "motion" in metrics:
         from ls_video.metrics.toy import score
 
-        toy = score(videos, prompts)
-        result.update({k: v for k, v in toy.items() if k != "rows" and v is not None})
-        result["per_video"] = [dict(r, file=row["file"], seed=row["seed"]) for r, row in zip(toy["rows"], rows,
-                                                                                              strict=True)]
+        def scored(samples: list, sample_rows: list[dict]) -> tuple[dict, dict]:
+            toy = score(samples, [r["prompt"] for r in sample_rows])
+            per = {id(r): dict(t, file=r["file"], seed=r["seed"], num_frames=int(s.shape[0]))
+                   for t, r, s in zip(toy["rows"], sample_rows, samples, strict=True)}
+            return toy, per
+
+        per: dict = {}
+        if videos[0].shape[0] > 1:
+            toy, per = scored(videos, rows)
+            result.update({k: v for k, v in toy.items() if k != "rows" and v is not None})
+        if stills:
+            toy, per_image = scored(stills, still_rows)
+            result.update({"image_color_acc": toy["color_acc"], "image_shape_acc": toy["shape_acc"],
+                           "image_n": toy["n"]})
+            per.update(per_image)
+        result["per_video"] = [per[id(r)] for r in all_rows]  # rows are keyed by object: two folders may
+        if images:                                              # hold the same file names
+            result["per_image"] = [per[id(r)] for r in extra_rows]
     if "clipsim" in metrics:
         from ls_video.metrics.clipsim import clipsim
 
@@ -121,7 +155,7 @@ def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: st
     if html:
         from ls_video.gallery import write_gallery
 
-        write_gallery(folder, videos, result, run_dir)
+        write_gallery(folder, everything + extra, result, run_dir)
     return result
 
 
@@ -136,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="device for the feature extractors")
     p.add_argument("--html", action="store_true", help="also write DIR/index.html (samples, metrics, curves)")
     p.add_argument("--run", help="training run folder (TensorBoard logs) whose loss curves --html plots")
+    p.add_argument("--images", help="another sample.py folder whose one-frame samples are scored as images too "
+                                    "(image_color_acc, image_shape_acc in DIR/metrics.json)")
     args = p.parse_args(argv)
     if args.run and not os.path.isdir(args.run):
         print(f"eval: error: --run {args.run} is not a folder", file=sys.stderr)
@@ -143,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(args.dir, tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
                           args.clip_model, args.fvd_model, args.fid_model, args.reference, args.device,
-                          args.html, args.run)
+                          args.html, args.run, args.images)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"eval: error: {err}", file=sys.stderr)
         return 2
@@ -151,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(value, float):
             print(f"{key:>22}  {value:.4f}")
     page = " and index.html" if args.html else ""
-    print(f"{'n':>22}  {result['protocol']['num_samples']}  (metrics.json{page} written)")
+    images = f", {result['image_n']} images" if "image_n" in result else ""
+    print(f"{'n':>22}  {result['protocol']['num_samples']} videos{images}  (metrics.json{page} written)")
     return 0
 
 
