@@ -6,8 +6,13 @@
 2. toy videos -> latent shards (``ToyDataModule``, through ``datamodules.preprocess``),
 3. Latent-Shift fine-tuning: ``python train.py fit -c configs/toy.yaml``,
 4. export: ``python -m ls_video.export last.ckpt OUT/model``,
-5. samples for the 32 prompts x 2 seeds: ``python sample.py --model OUT/model ...``,
-6. motion / colour accuracy and the gallery page ``OUT/index.html``: ``python -m ls_video.eval OUT --html --run RUN``.
+5. samples for the 32 prompts x 2 seeds: ``python sample.py --model OUT/model ...``, and one-frame samples
+   (images) of the 8 image prompts x 8 seeds from the fine-tuned model (``OUT/images``) and from the base
+   (``OUT/base_images``): with one frame the shift is the identity, so the model should still be the base's
+   text-to-image model,
+6. motion / colour / shape accuracy of the videos, colour / shape accuracy of the images and the gallery page
+   ``OUT/index.html``: ``python -m ls_video.eval OUT --images OUT/images --html --run RUN``; the base's image
+   figures (``python -m ls_video.eval OUT/base_images``) are added to ``OUT/metrics.json`` as ``base_image_*``.
 Each step is the command a user would type; the demo prints them as it goes, and at the end the
 elapsed time of each stage, the training speed (steps/s) and the accuracy.
 """
@@ -23,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from ls_video.toy.world import all_prompts
+from ls_video.toy.world import all_prompts, image_prompts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,11 +58,18 @@ def summary(times: dict[str, float], run_dir: str, out: str) -> str:
         lines.append(f"{stage:>10}  {seconds / 60:5.1f} min{note}")
     lines.append(f"{'total':>10}  {sum(times.values()) / 60:5.1f} min")
     metrics = _read_json(os.path.join(out, "metrics.json")) or {}
-    if metrics:
+    if metrics.get("direction_acc") is not None:
         lines.append("accuracy over {} videos: direction {:.2f} (target >= 0.95), steps right {:.2f} (>= 0.90), "
                      "colour {:.2f}, shape {:.2f}".format(metrics["protocol"]["num_samples"], metrics["direction_acc"],
                                                           metrics["step_acc"], metrics["color_acc"],
                                                           metrics["shape_acc"]))
+    if metrics.get("image_color_acc") is not None:
+        base = ""
+        if metrics.get("base_image_color_acc") is not None:
+            base = "; base model: colour {:.2f}, shape {:.2f}".format(metrics["base_image_color_acc"],
+                                                                      metrics["base_image_shape_acc"])
+        lines.append("accuracy over {} images (one frame): colour {:.2f} (target >= 0.90), shape {:.2f} (>= 0.85)"
+                     "{}".format(metrics["image_n"], metrics["image_color_acc"], metrics["image_shape_acc"], base))
     return "\n".join(lines)
 
 
@@ -76,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="override the config's training steps")
     p.add_argument("--seeds", type=int, default=2, help="videos per prompt")
     p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps when sampling")
+    p.add_argument("--image-seeds", type=int, default=8, help="one-frame images per image prompt (0: none)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py arguments")
     args = p.parse_args(argv)
     py = sys.executable
@@ -101,14 +114,40 @@ def main(argv: list[str] | None = None) -> int:
     with open(prompts, "w") as f:
         f.write("\n".join(all_prompts()) + "\n")
     frames = _config_frames(args.config)
+    sampling = ["--steps", str(args.sample_steps), "--guidance-scale", "4.0", "--seed", "0"]
     run([py, "sample.py", "--model", model, "--prompts-file", prompts, "--num-videos-per-prompt", str(args.seeds),
-         "--num-frames", str(frames), "--steps", str(args.sample_steps), "--guidance-scale", "4.0", "--seed", "0",
-         "--batch-size", "32", "--out-dir", out], "sample", times)
-    run([py, "-m", "ls_video.eval", out, "--html", "--run", run_dir], "eval", times)
+         "--num-frames", str(frames), *sampling, "--batch-size", "32", "--out-dir", out], "sample", times)
+    images = []
+    if args.image_seeds > 0:
+        image_file = os.path.join(out, "image_prompts.txt")
+        with open(image_file, "w") as f:
+            f.write("\n".join(image_prompts()) + "\n")
+        one_frame = ["--prompts-file", image_file, "--num-videos-per-prompt", str(args.image_seeds), "--num-frames",
+                     "1", *sampling, "--batch-size", "64"]
+        run([py, "sample.py", "--model", model, *one_frame, "--out-dir", os.path.join(out, "images")], "images",
+            times)
+        run([py, "sample.py", "--model", args.base, *one_frame, "--out-dir", os.path.join(out, "base_images")],
+            "base images", times)
+        run([py, "-m", "ls_video.eval", os.path.join(out, "base_images")], "base eval", times)
+        images = ["--images", os.path.join(out, "images")]
+    run([py, "-m", "ls_video.eval", out, *images, "--html", "--run", run_dir], "eval", times)
+    add_base_figures(out)
     print(summary(times, run_dir, out))
     print(f"open {os.path.join(out, 'index.html')} (videos, scores, learning curves); mp4s, manifest.json, "
           f"contact_sheet.png and metrics.json in {out}, model in {model}; tensorboard --logdir {run_dir}", flush=True)
     return 0
+
+
+def add_base_figures(out: str) -> None:
+    """Copy the base model's image accuracy (``OUT/base_images/metrics.json``) into ``OUT/metrics.json``."""
+    metrics, base = _read_json(os.path.join(out, "metrics.json")), _read_json(os.path.join(out, "base_images",
+                                                                                            "metrics.json"))
+    if not metrics or not base or base.get("image_color_acc") is None:
+        return
+    metrics["base_image_color_acc"], metrics["base_image_shape_acc"] = base["image_color_acc"], base["image_shape_acc"]
+    metrics["protocol"]["base_images"] = base["protocol"].get("images")
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
 
 
 def _config_frames(config: str) -> int:
