@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(value, float):
             print(f"{key:>22}  {value:.4f}")
     page = " and index.html" if args.html else ""
-    images = f", {result['image_n']} images" if "image_n" in result else ""
-    print(f"{'n':>22}  {result['protocol']['num_samples']} videos{images}  (metrics.json{page} written)")
+    counts = [] if result["protocol"]["num_frames"] == 1 else [f"{result['protocol']['num_samples']} videos"]
+    counts += [f"{result['image_n']} images"] if "image_n" in result else []
+    print(f"{'n':>22}  {', '.join(counts) or result['protocol']['num_samples']}  (metrics.json{page} written)")
     return 0
 
 
