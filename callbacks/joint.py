@@ -53,6 +53,7 @@ class JointImageVideo(L.Callback):
             (video batch size x frames per clip).
         num_workers: worker processes of the image DataLoader (>= 1; persistent).
         shuffle_buffer: samples held in the image stream's shuffle buffer.
+        start_step: no image steps before this step (0: from the start).
         caption_regex: removed from the image captions (e.g. ``" moving \\w+"`` for frames drawn from the
             toy world's video shards, so that they read as the image prompts ``"a red square"``).
         seed: seed of the step choice and of the image stream (a resumed run draws new images, seeded by
@@ -61,8 +62,8 @@ class JointImageVideo(L.Callback):
 
     def __init__(self, image_urls: str | list[str] | None = None, ratio: float | None = None,
                  probability: float = 0.0, every_n_steps: int | None = None, batch_size: int | None = None,
-                 num_workers: int = 1, shuffle_buffer: int = 500, caption_regex: str | None = None,
-                 seed: int = 0) -> None:
+                 num_workers: int = 1, shuffle_buffer: int = 500, start_step: int = 0,
+                 caption_regex: str | None = None, seed: int = 0) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {probability}")
         if ratio is not None and not 0.0 <= ratio <= 1.0:
@@ -81,7 +82,7 @@ class JointImageVideo(L.Callback):
         self.ratio = None if ratio is None else Fraction(ratio).limit_denominator(10_000)
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
         self.caption_regex = re.compile(caption_regex) if caption_regex else None
-        self.seed = seed
+        self.seed, self.start_step = seed, start_step
         self.loader: torch.utils.data.DataLoader | None = None
         self._images = None
         self.image_steps = 0
@@ -89,6 +90,8 @@ class JointImageVideo(L.Callback):
     # -- which steps -------------------------------------------------------------------------------
     def is_image_step(self, step: int) -> bool:
         """Whether optimizer step ``step`` trains on images: a function of ``(seed, step)`` only."""
+        if step < self.start_step:
+            return False
         if self.ratio is not None:
             return math.floor((step + 1) * self.ratio) > math.floor(step * self.ratio)
         if self.probability <= 0.0:

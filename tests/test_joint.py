@@ -60,6 +60,7 @@ def test_the_choice_of_image_steps_is_a_function_of_the_step():
     assert drawn == [b.is_image_step(s) for s in range(4000)]  # a new instance (a resume, another rank) agrees
     assert drawn != [c.is_image_step(s) for s in range(4000)]
     assert 0.27 < sum(drawn) / len(drawn) < 0.33
+    assert [s for s in range(16) if JointImageVideo(ratio=0.25, start_step=8).is_image_step(s)] == [11, 15]
     assert not JointImageVideo().enabled and not JointImageVideo(ratio=0.0).enabled
     for bad in (dict(probability=1.5), dict(ratio=-0.1), dict(num_workers=0), dict(ratio=0.5, every_n_steps=2),
                 dict(batch_size=0)):
