@@ -33,7 +33,7 @@ from ls_video.toy.world import all_prompts, image_prompts
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(cmd: list[str], stage: str, times: dict[str, float]) -> None:
+def run(cmd: list[str], stage: str, times: dict[str, float], env: dict[str, str] | None = None) -> None:
     """Run one stage's command, printed first, and record its elapsed seconds under ``stage``.
 
     Stages get one CPU thread (``OMP_NUM_THREADS=1`` unless set): the toy models are too small to gain from
@@ -41,7 +41,7 @@ def run(cmd: list[str], stage: str, times: dict[str, float]) -> None:
     """
     print(f"\n== {stage}\n$ {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, env={"OMP_NUM_THREADS": "1", **os.environ})
+    subprocess.run(cmd, cwd=ROOT, check=True, env={"OMP_NUM_THREADS": "1", **os.environ, **(env or {})})
     times[stage] = time.perf_counter() - start
 
 
@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                      "1", *sampling, "--batch-size", "64"]
         run([py, "sample.py", "--model", model, *one_frame, "--out-dir", os.path.join(out, "images")], "images",
             times)
+        # A plain diffusers folder makes diffusers import StableDiffusionPipeline, whose image processors make
+        # transformers warn that torchvision is missing; nothing here uses them, so that stage runs quietly.
         run([py, "sample.py", "--model", args.base, *one_frame, "--out-dir", os.path.join(out, "base_images")],
-            "base images", times)
+            "base images", times, env={"TRANSFORMERS_VERBOSITY": "error"})
         run([py, "-m", "ls_video.eval", os.path.join(out, "base_images")], "base eval", times)
         images = ["--images", os.path.join(out, "images")]
     run([py, "-m", "ls_video.eval", out, *images, "--html", "--run", run_dir], "eval", times)
