@@ -1,8 +1,26 @@
-"""Image-video joint training: some steps train on image latents (``F = 1``) instead of clips."""
+"""Image-video joint training: some steps train on image latents (``F = 1``) instead of clips.
+
+Why a callback that owns a second stream, rather than mixing inside the datamodule (docs/TOY.md,
+"Joint image-video training"):
+
+* the choice of step is a pure function of ``(seed, global_step)``: the same on every DDP rank (all ranks
+  run an image step together, so no rank waits on another's larger batch) and the same after a resume.
+  DataLoader workers prefetch ahead and restart on resume, so they cannot know which optimizer step a
+  batch will land on; a mix decided in the datamodule would drift with prefetching and resumes;
+* image and video batches have different shapes (``F = 1`` and usually a larger batch: same frame
+  budget), so they cannot be collated into one batch by one DataLoader;
+* it works with every datamodule (``LatentVideoDataModule``, ``ToyDataModule``, your own) by adding one
+  config entry, and keeps the video datamodule unchanged (``ImageLatentDataModule`` alone still trains
+  ``F = 1``).
+"""
 
 from __future__ import annotations
 
+import math
 import random
+import re
+import warnings
+from fractions import Fraction
 from typing import Any
 
 import lightning as L
@@ -12,52 +30,147 @@ from datamodules.stream import LatentClipStream, collate
 
 
 class JointImageVideo(L.Callback):
-    """With probability ``probability`` (or every ``every_n_steps`` steps) the step's video batch is
-    replaced by a batch of image latents, trained with the same loss and logged as ``train/loss_image``.
-    With ``F = 1`` the shift is the identity, so this is plain text-to-image training of the same U-Net.
+    """A share of the steps trains on a batch of image latents instead of the step's video batch.
+
+    The image batch is read by its own DataLoader with its own persistent worker processes (never in
+    the main process) and replaces the video batch before ``training_step``; the module trains it with
+    the same loss and logs it as ``train/loss_image`` (video steps stay ``train/loss``). With ``F = 1``
+    the shift is the identity, so an image step is plain text-to-image training of the same U-Net.
+
+    Which steps are image steps depends only on ``(seed, global_step)``: every DDP rank makes the same
+    choice, and a resumed run continues the same mix. Replacing (rather than adding) a batch costs no
+    time per step: with the default batch size an image step holds as many frames as a video step.
 
     Args:
-        image_urls: image shards (``F = 1``, or video shards from which one frame is drawn). ``None``
-            uses the ``image_urls()`` of the datamodule (the toy datamodule with ``images: true``).
-        probability: chance that a step uses images.
-        every_n_steps: alternatively, use images every k-th step (overrides ``probability``).
-        batch_size: images per image batch.
-        seed: seed for the choice of steps and the image stream.
+        image_urls: image shards (``F = 1``), or video shards from which one random frame per clip is
+            drawn. ``None``: the datamodule's ``image_urls()`` (``ToyDataModule(images=True)``) when it
+            has any, else one frame of each clip of the datamodule's training shards.
+        ratio: exact share of image steps, spread evenly (0.25: steps 3, 7, 11, ...).
+        probability: alternatively, each step is an image step with this probability, drawn from
+            ``(seed, step)`` (used when ``ratio`` is not given).
+        every_n_steps: alternatively, every k-th step (the same as ``ratio = 1 / k``).
+        batch_size: images per image batch; ``None`` gives the same frame budget as a video batch
+            (video batch size x frames per clip).
+        num_workers: worker processes of the image DataLoader (>= 1; persistent).
+        shuffle_buffer: samples held in the image stream's shuffle buffer.
+        start_step: no image steps before this step (0: from the start).
+        caption_regex: removed from the image captions (e.g. ``" moving \\w+"`` for frames drawn from the
+            toy world's video shards, so that they read as the image prompts ``"a red square"``).
+        seed: seed of the step choice and of the image stream (a resumed run draws new images, seeded by
+            the step it resumed at, like the video stream).
     """
 
-    def __init__(self, image_urls: str | list[str] | None = None, probability: float = 0.0,
-                 every_n_steps: int | None = None, batch_size: int = 16, seed: int = 0) -> None:
+    def __init__(self, image_urls: str | list[str] | None = None, ratio: float | None = None,
+                 probability: float = 0.0, every_n_steps: int | None = None, batch_size: int | None = None,
+                 num_workers: int = 1, shuffle_buffer: int = 500, start_step: int = 0,
+                 caption_regex: str | None = None, seed: int = 0) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {probability}")
-        self.image_urls, self.probability, self.every_n_steps = image_urls, probability, every_n_steps
-        self.batch_size, self.seed = batch_size, seed
+        if ratio is not None and not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        if every_n_steps is not None:
+            if every_n_steps < 1:
+                raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+            if ratio is not None:
+                raise ValueError("give ratio or every_n_steps, not both")
+            ratio = 1.0 / every_n_steps
+        if num_workers < 1:
+            raise ValueError("the image stream reads in its own workers: num_workers must be >= 1")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.image_urls, self.probability = image_urls, probability
+        self.ratio = None if ratio is None else Fraction(ratio).limit_denominator(10_000)
+        self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
+        self.caption_regex = re.compile(caption_regex) if caption_regex else None
+        self.seed, self.start_step = seed, start_step
+        self.loader: torch.utils.data.DataLoader | None = None
         self._images = None
-        self._rng = random.Random(seed)
         self.image_steps = 0
 
-    def _use_images(self, step: int) -> bool:
-        if self.every_n_steps:
-            return step % self.every_n_steps == self.every_n_steps - 1
-        return self._rng.random() < self.probability
+    # -- which steps -------------------------------------------------------------------------------
+    def is_image_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` trains on images: a function of ``(seed, step)`` only."""
+        if step < self.start_step:
+            return False
+        if self.ratio is not None:
+            return math.floor((step + 1) * self.ratio) > math.floor(step * self.ratio)
+        if self.probability <= 0.0:
+            return False
+        return random.Random(f"joint-{self.seed}-{step}").random() < self.probability
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        urls = self.image_urls
-        if urls is None and hasattr(trainer.datamodule, "image_urls"):
-            urls = trainer.datamodule.image_urls()
-        if not urls:
-            raise ValueError("JointImageVideo needs image_urls (or a datamodule with image_urls())")
-        stream = LatentClipStream(urls, trainer.global_rank, trainer.world_size, resampled=True, shuffle_buffer=200,
-                                  num_frames=1, seed=self.seed + trainer.global_rank)
-        loader = torch.utils.data.DataLoader(stream, batch_size=self.batch_size, num_workers=0, collate_fn=collate)
-        self._images = iter(loader)
-        self._rng = random.Random(f"{self.seed}-{trainer.global_rank}-{trainer.global_step}")
+    @property
+    def enabled(self) -> bool:
+        return (self.ratio is not None and self.ratio > 0) or (self.ratio is None and self.probability > 0)
+
+    # -- the image stream --------------------------------------------------------------------------
+    def resolve_urls(self, datamodule: Any) -> tuple[Any, str]:
+        """The image shards and where they came from (``"image_urls"``, ``"datamodule images"``, ``"video frames"``)."""
+        if self.image_urls:
+            return self.image_urls, "image_urls"
+        urls = datamodule.image_urls() if hasattr(datamodule, "image_urls") else None
+        if urls:
+            return urls, "datamodule images"
+        urls = getattr(datamodule, "train_urls", None)
+        if urls:
+            return urls, "video frames"
+        raise ValueError("JointImageVideo needs image_urls, a datamodule with image_urls(), or one with train_urls")
+
+    def frame_budget(self, datamodule: Any) -> int:
+        """Images per image batch: ``batch_size``, or the video batch's frames (batch size x frames)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        frames = getattr(datamodule, "num_frames", None) or getattr(getattr(datamodule, "world", None),
+                                                                   "num_frames", None)
+        if not frames or not getattr(datamodule, "batch_size", None):
+            raise ValueError("JointImageVideo cannot tell the video batch's frames: set batch_size")
+        return int(datamodule.batch_size) * int(frames)
+
+    def make_loader(self, trainer: L.Trainer) -> torch.utils.data.DataLoader:
+        datamodule = trainer.datamodule
+        urls, source = self.resolve_urls(datamodule)
+        if source == "video frames" and self.caption_regex is None:
+            warnings.warn("JointImageVideo draws single frames from the video shards with their video captions; "
+                          "set image_urls (image shards) or caption_regex to train on image captions", stacklevel=2)
+        resumed = int(trainer.global_step)
+        seed = self.seed if resumed == 0 else self.seed + 1_000_003 * resumed
+        remote = getattr(datamodule, "remote", None)
+        stream = LatentClipStream(urls, trainer.global_rank, trainer.world_size, resampled=True,
+                                  shuffle_buffer=self.shuffle_buffer, num_frames=1, seed=seed, remote=remote)
+        return torch.utils.data.DataLoader(stream, batch_size=self.frame_budget(datamodule),
+                                           num_workers=self.num_workers, collate_fn=self.collate,
+                                           persistent_workers=True, prefetch_factor=2)
+
+    def collate(self, samples: list[dict]) -> dict:
+        batch = collate(samples)
+        if self.caption_regex is not None:
+            batch["captions"] = [self.caption_regex.sub("", c).strip() for c in batch["captions"]]
+        batch["data_stats"] = dict(batch["data_stats"], worker=f"image-{batch['data_stats']['worker']}")
+        return batch
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        self.loader = self.make_loader(trainer)
+        self._images = iter(self.loader)  # starts the workers now: they prefetch while video steps run
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if self._images is None or not self._use_images(trainer.global_step):
+        if self._images is None or not self.is_image_step(trainer.global_step):
             return
         images = next(self._images)
-        batch.pop("text_embeds", None)
-        batch["latents"] = images["latents"].to(pl_module.device)
-        batch["captions"] = images["captions"]
+        # The step's video batch is dropped whole and the image batch takes its place (the dict is the
+        # object Lightning passes on to training_step, so it is refilled rather than rebound).
+        batch.clear()
+        batch.update({k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in images.items()})
         self.image_steps += 1
+
+    def _stop(self) -> None:
+        self._images = None  # the iterator's finaliser shuts its workers down
+        self.loader = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._stop()

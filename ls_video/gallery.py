@@ -62,7 +62,7 @@ def write_gallery(folder: str, videos: list[np.ndarray], result: dict, run_dir: 
     """Write ``folder/index.html`` (and ``folder/gifs/``, ``folder/curves.png``); returns the page's path."""
     gif_dir = os.path.join(folder, "gifs")
     os.makedirs(gif_dir, exist_ok=True)
-    rows = result.get("per_video") or [{} for _ in videos]
+    rows = (result.get("per_video") or []) + (result.get("per_image") or []) or [{} for _ in videos]
     cards = []
     for i, (video, row) in enumerate(zip(videos, rows, strict=True)):
         name = f"{i:03d}.gif"

@@ -56,3 +56,38 @@ def test_eval_cli_reads_a_sample_folder(tmp_path):
 
 def test_prompts_parse():
     assert all(score([np.zeros((2, 8, 8, 3), np.uint8)], [p])["n"] == 1 for p in all_prompts()[:3])
+
+
+def _write_folder(folder, videos, prompts):
+    folder.mkdir(exist_ok=True)
+    rows = []
+    for i, (video, prompt) in enumerate(zip(videos, prompts, strict=True)):
+        write_video(folder / f"{i}.mp4", video)
+        rows.append({"prompt": prompt, "seed": i, "file": f"{i}.mp4", "num_frames": len(video)})
+    (folder / "manifest.json").write_text(json.dumps({"samples": rows}))
+
+
+def test_eval_scores_one_frame_samples_as_images(tmp_path):
+    """One-frame samples get image_color_acc / image_shape_acc, apart from the videos' scores; --images adds
+    another folder's; the per-sample rows keep the manifest order."""
+    world = ToyWorld(size=32, num_frames=6, object_size=8)
+    clips = world.clips(4)
+    frames = [world.render(c)[:1] for c in clips]
+    wrong = [c.image_caption.replace("square", "x").replace("circle", "square").replace("x", "circle")
+             for c in clips[2:]]  # shape swapped: colour right, shape wrong
+    _write_folder(tmp_path / "mixed", [world.render(clips[0]), frames[0], frames[1]],
+                  [clips[0].caption, clips[0].image_caption, clips[1].image_caption])
+    result = evaluate(str(tmp_path / "mixed"))
+    assert result["direction_acc"] == 1.0 and result["n"] == 1 and result["protocol"]["num_samples"] == 1
+    assert result["image_color_acc"] == 1.0 and result["image_shape_acc"] == 1.0 and result["image_n"] == 2
+    assert [r["num_frames"] for r in result["per_video"]] == [6, 1, 1]
+
+    _write_folder(tmp_path / "images", frames[2:], wrong)
+    result = evaluate(str(tmp_path / "mixed"), images=str(tmp_path / "images"))
+    assert result["image_n"] == 4 and result["image_color_acc"] == 1.0 and result["image_shape_acc"] == 0.5
+    assert [r["shape_ok"] for r in result["per_image"]] == [False, False]
+    saved = json.loads((tmp_path / "mixed" / "metrics.json").read_text())
+    assert saved["image_shape_acc"] == 0.5 and saved["protocol"]["images"]["num_samples"] == 4
+
+    only = evaluate(str(tmp_path / "images"))  # an image-only folder: no video keys
+    assert "direction_acc" not in only and only["image_color_acc"] == 1.0 and only["protocol"]["num_frames"] == 1

@@ -57,6 +57,11 @@ def test_demo_steps_on_a_tiny_budget(tiny_base, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics["direction_acc"] <= 1.0
     assert "direction_acc" in r.stdout
+    images = json.loads((out / "images" / "manifest.json").read_text())["samples"]  # 8 image prompts x 8 seeds
+    assert len(images) == 64 and {s["num_frames"] for s in images} == {1}
+    assert metrics["image_n"] == 64 and 0.0 <= metrics["image_color_acc"] <= 1.0
+    assert 0.0 <= metrics["base_image_color_acc"] <= 1.0 and 0.0 <= metrics["base_image_shape_acc"] <= 1.0
+    assert "images (one frame): colour" in r.stdout and "base model: colour" in r.stdout
     assert "steps/s" in r.stdout and "== summary" in r.stdout
     console = r.stdout + r.stderr
     stray = [line for line in console.splitlines()

@@ -51,6 +51,11 @@ def new_concept_prompts() -> list[str]:
     return [f"a {c} {s} moving {d}" for c, s in new_concept_combos() for d in DIRECTIONS]
 
 
+def image_prompts() -> list[str]:
+    """The 8 image prompts: every colour x shape (the base's captions; one-frame samples of them are images)."""
+    return [f"a {c} {s}" for c in COLORS for s in SHAPES]
+
+
 @dataclass
 class ToyClip:
     """One clip's parameters; ``positions[t]`` is the object's top-left ``(x, y)`` at frame ``t``."""
