@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from datamodules.stream import LatentClipStream, collate
+from datamodules.stream import LatentClipStream, collate, resumed_seed
 
 
 class JointImageVideo(L.Callback):
@@ -131,8 +131,7 @@ class JointImageVideo(L.Callback):
         if source == "video frames" and self.caption_regex is None:
             warnings.warn("JointImageVideo draws single frames from the video shards with their video captions; "
                           "set image_urls (image shards) or caption_regex to train on image captions", stacklevel=2)
-        resumed = int(trainer.global_step)
-        seed = self.seed if resumed == 0 else self.seed + 1_000_003 * resumed
+        seed = resumed_seed(self.seed, int(trainer.global_step))
         remote = getattr(datamodule, "remote", None)
         stream = LatentClipStream(urls, trainer.global_rank, trainer.world_size, resampled=True,
                                   shuffle_buffer=self.shuffle_buffer, num_frames=1, seed=seed, remote=remote)

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from datamodules.remote import RemoteOptions
-from datamodules.stream import LatentClipStream, collate, expand
+from datamodules.stream import LatentClipStream, collate, expand, resumed_seed
 from datamodules.vae_check import check_vae
 
 
@@ -93,7 +93,7 @@ class LatentVideoDataModule(L.LightningDataModule):
 
     def train_seed(self) -> int:
         """``seed`` for a fresh run; a different, reproducible seed after each resume point."""
-        return self.seed if self.resumed_at_step == 0 else self.seed + 1_000_003 * self.resumed_at_step
+        return resumed_seed(self.seed, self.resumed_at_step)
 
     def _rank(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

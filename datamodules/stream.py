@@ -169,6 +169,12 @@ class LatentClipStream(torch.utils.data.IterableDataset):
                 return
 
 
+def resumed_seed(seed: int, step: int) -> int:
+    """Stream seed of a run started (``step == 0``) or resumed at optimizer step ``step``: a resumed run
+    continues with new, reproducible draws instead of replaying the ones it started with."""
+    return seed if step == 0 else seed + 1_000_003 * step
+
+
 def collate(samples: list[dict]) -> dict:
     """-> ``{"latents": (B, F, C, h, w), "captions": list[str], "keys": list[str], "data_stats": {...}}``."""
     batch = {"latents": torch.stack([s["latents"] for s in samples]),

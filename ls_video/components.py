@@ -87,7 +87,8 @@ def load_components(path: str, revision: str | None = None) -> dict[str, Any]:
 def build_pipeline(vae: AutoencoderKL, text_encoder: PreTrainedModel, tokenizer: Any, unet: UNet2DConditionModel,
                    noise_scheduler: Any, **_: Any) -> LatentShiftPipeline:
     """A sampling pipeline over these parts (shared, not copied) with a DDIM scheduler from the noise
-    scheduler's config. ``unet`` keeps whatever temporal mixing it carries."""
+    scheduler's config. ``unet`` keeps whatever temporal mixing it carries. Takes :func:`load_components`'s
+    dict as it is (``build_pipeline(**parts)``): its other keys (``temporal_config``) are ignored."""
     scheduler = DDIMScheduler.from_config(noise_scheduler.config)
     return LatentShiftPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
 

@@ -245,7 +245,8 @@ def video_unet_forward(
         timesteps = timesteps.expand(b)
     t = timesteps.repeat_interleave(f)
     context = encoder_hidden_states.repeat_interleave(f, dim=0)
-    if unet.is_gradient_checkpointing and not _checkpointing_is_frame_aware(unet):
+    # (checkpointing only acts with gradients on; sampling skips the module walks of this check)
+    if torch.is_grad_enabled() and unet.is_gradient_checkpointing and not _checkpointing_is_frame_aware(unet):
         enable_gradient_checkpointing(unet)  # the default function would recompute blocks with F = 1
     with frames(unet, f):
         out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
