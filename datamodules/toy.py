@@ -5,6 +5,7 @@ cache folder, then streams those shards like any :class:`LatentVideoDataModule`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import glob
 import hashlib
@@ -78,12 +79,13 @@ class ToyDataModule(LatentVideoDataModule):
                 raise ValueError("ToyDataModule needs `base` (or a model with pretrained_model_name_or_path)")
         return self.base
 
-    @property
+    @functools.cached_property
     def settings(self) -> dict:
+        """Everything the cache depends on (computed once: it stats the base's VAE files)."""
         return dict(world=self.world.__dict__, counts=self.counts, seed=self.world_seed, shard_size=self.shard_size,
                     images=self.images, vae=_vae_fingerprint(self.base_path()))
 
-    @property
+    @functools.cached_property
     def root(self) -> str:
         digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
         return os.path.join(self.cache_dir, f"toy-{digest}")
