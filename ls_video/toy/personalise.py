@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ls_video.components import freeze, load_components
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.tiny import save_sd_folder
 from ls_video.toy.loop import train_steps
@@ -91,12 +92,12 @@ def extend_text_side(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> l
 
 
 def load_base(base: str):
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae").eval().requires_grad_(False)
-    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").eval().requires_grad_(False)
-    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    """The base's parts (:func:`ls_video.components.load_components`; VAE and text encoder frozen) and its
+    sampling scheduler, which the personalised folder keeps."""
+    parts = load_components(base)
+    freeze(parts["text_encoder"])
     scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
-    return vae, tokenizer, text_encoder, unet, scheduler
+    return parts["vae"], parts["tokenizer"], parts["text_encoder"], parts["unet"], scheduler
 
 
 def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 4) -> dict:
