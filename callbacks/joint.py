@@ -27,19 +27,25 @@ import lightning as L
 import torch
 
 from datamodules.stream import LatentClipStream, collate, resumed_seed
+from ls_video.module import IMAGE_BATCH
+
+MODES = ("replace", "add")
 
 
 class JointImageVideo(L.Callback):
-    """A share of the steps trains on a batch of image latents instead of the step's video batch.
+    """A share of the steps trains on a batch of image latents, instead of or besides the video batch.
 
     The image batch is read by its own DataLoader with its own persistent worker processes (never in
-    the main process) and replaces the video batch before ``training_step``; the module trains it with
-    the same loss and logs it as ``train/loss_image`` (video steps stay ``train/loss``). With ``F = 1``
-    the shift is the identity, so an image step is plain text-to-image training of the same U-Net.
+    the main process). ``mode="replace"``: it replaces the step's video batch before ``training_step``,
+    which costs no time per step (with the default batch size an image step holds as many frames as a
+    video step) but gives the videos fewer steps. ``mode="add"``: the step trains the video batch and
+    the image batch together (the sum of the two losses; the step costs their frames together), so the
+    videos keep every step. The module trains images with the same loss and logs it as
+    ``train/loss_image`` (video batches stay ``train/loss``). With ``F = 1`` the shift is the identity,
+    so an image batch is plain text-to-image training of the same U-Net.
 
     Which steps are image steps depends only on ``(seed, global_step)``: every DDP rank makes the same
-    choice, and a resumed run continues the same mix. Replacing (rather than adding) a batch costs no
-    time per step: with the default batch size an image step holds as many frames as a video step.
+    choice, and a resumed run continues the same mix.
 
     Args:
         image_urls: image shards (``F = 1``), or video shards from which one random frame per clip is
@@ -58,12 +64,13 @@ class JointImageVideo(L.Callback):
             toy world's video shards, so that they read as the image prompts ``"a red square"``).
         seed: seed of the step choice and of the image stream (a resumed run draws new images, seeded by
             the step it resumed at, like the video stream).
+        mode: ``"replace"`` the video batch on image steps, or ``"add"`` the image batch to it.
     """
 
     def __init__(self, image_urls: str | list[str] | None = None, ratio: float | None = None,
                  probability: float = 0.0, every_n_steps: int | None = None, batch_size: int | None = None,
                  num_workers: int = 1, shuffle_buffer: int = 500, start_step: int = 0,
-                 caption_regex: str | None = None, seed: int = 0) -> None:
+                 caption_regex: str | None = None, seed: int = 0, mode: str = "replace") -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"probability must be in [0, 1], got {probability}")
         if ratio is not None and not 0.0 <= ratio <= 1.0:
@@ -74,6 +81,8 @@ class JointImageVideo(L.Callback):
             if ratio is not None:
                 raise ValueError("give ratio or every_n_steps, not both")
             ratio = 1.0 / every_n_steps
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if num_workers < 1:
             raise ValueError("the image stream reads in its own workers: num_workers must be >= 1")
         if batch_size is not None and batch_size < 1:
@@ -82,7 +91,7 @@ class JointImageVideo(L.Callback):
         self.ratio = None if ratio is None else Fraction(ratio).limit_denominator(10_000)
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
         self.caption_regex = re.compile(caption_regex) if caption_regex else None
-        self.seed, self.start_step = seed, start_step
+        self.seed, self.start_step, self.mode = seed, start_step, mode
         self.loader: torch.utils.data.DataLoader | None = None
         self._images = None
         self.image_steps = 0
@@ -157,12 +166,15 @@ class JointImageVideo(L.Callback):
                              batch_idx: int) -> None:
         if self._images is None or not self.is_image_step(trainer.global_step):
             return
-        images = next(self._images)
+        images = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in next(self._images).items()}
+        self.image_steps += 1
+        if self.mode == "add":
+            batch[IMAGE_BATCH] = images  # LatentShiftModule.training_step adds its loss
+            return
         # The step's video batch is dropped whole and the image batch takes its place (the dict is the
         # object Lightning passes on to training_step, so it is refilled rather than rebound).
         batch.clear()
-        batch.update({k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in images.items()})
-        self.image_steps += 1
+        batch.update(images)
 
     def _stop(self) -> None:
         self._images = None  # the iterator's finaliser shuts its workers down

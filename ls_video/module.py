@@ -27,6 +27,7 @@ from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
 
 FROZEN = ("vae.", "text_encoder.")
+IMAGE_BATCH = "image_batch"  # a batch's extra image latents (F = 1), trained with it (JointImageVideo mode "add")
 PARTS = ("vae", "text_encoder", "tokenizer", "unet", "noise_scheduler")
 T = TypeVar("T")
 
@@ -168,15 +169,25 @@ class LatentShiftModule(NonFiniteGuard):
 
     # ----------------------------------------------------------------------------- Lightning
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        latents = batch["latents"]  # (B, F, C, h, w), unscaled VAE latents
+        """The diffusion loss of the batch; plus that of ``batch[IMAGE_BATCH]`` when a callback added one."""
         generator = self.step_generator()
-        embeds = self.text_embeddings(batch, self.objective.config.caption_dropout, generator)
-        loss = self.diffusion_loss(latents, embeds, generator=generator)
-        if self.guard_nonfinite(loss):
-            return loss  # backward still runs on every rank (DDP stays in step); the update is dropped
+        loss = self.batch_loss(batch, generator)
+        images = batch.get(IMAGE_BATCH)
+        image_loss = None if images is None else self.batch_loss(images, generator)
+        total = loss if image_loss is None else loss + image_loss
+        if self.guard_nonfinite(total):
+            return total  # backward still runs on every rank (DDP stays in step); the update is dropped
+        latents = batch["latents"]
         name = "train/loss_image" if latents.shape[1] == 1 else "train/loss"
         self.log(name, loss, prog_bar=True, batch_size=latents.shape[0])
-        return loss
+        if image_loss is not None:
+            self.log("train/loss_image", image_loss, prog_bar=True, batch_size=images["latents"].shape[0])
+        return total
+
+    def batch_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Training loss of one batch (``latents`` and ``captions`` or ``text_embeds``), caption dropout on."""
+        embeds = self.text_embeddings(batch, self.objective.config.caption_dropout, generator)
+        return self.diffusion_loss(batch["latents"], embeds, generator=generator)
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents = batch["latents"]

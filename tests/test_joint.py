@@ -13,7 +13,7 @@ import yaml
 
 from callbacks import JointImageVideo
 from datamodules import ImageLatentDataModule, ToyDataModule
-from ls_video.module import LatentShiftModule
+from ls_video.module import IMAGE_BATCH, LatentShiftModule
 from ls_video.optim import OptimConfig
 from ls_video.toy.world import ToyWorld
 
@@ -39,9 +39,11 @@ class Spy(L.Callback):
         self.batches = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        added = batch.get(IMAGE_BATCH)
         self.batches.append(dict(step=trainer.global_step, shape=tuple(batch["latents"].shape),
                                  captions=list(batch["captions"]), pid=batch.get("pid"),
-                                 worker=batch["data_stats"]["worker"]))
+                                 worker=batch["data_stats"]["worker"],
+                                 added=None if added is None else tuple(added["latents"].shape)))
 
 
 class PidJoint(JointImageVideo):
@@ -98,6 +100,29 @@ def test_frames_from_video_shards_with_image_captions(tiny_base, tmp_path):
     assert [b["shape"][:2] for b in spy.batches] == [(2, 4), (3, 1), (2, 4), (3, 1)]
     assert joint.resolve_urls(data)[1] == "video frames"
     assert all(c.startswith("a ") and "moving" not in c for b in spy.batches[1::2] for c in b["captions"])
+
+
+def test_add_mode_trains_the_image_batch_besides_every_video_batch(tiny_base, tmp_path):
+    """mode "add": every step keeps its video batch; image steps also carry an image batch whose loss is
+    added (both logged apart); the added loss is the image batch's own, on the step's generator."""
+    data = toy(tiny_base, tmp_path)
+    joint, spy = JointImageVideo(every_n_steps=2, batch_size=3, mode="add"), Spy()
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
+    trainer = fit(tmp_path, module, data, [joint, spy], steps=4)
+    assert [b["shape"][:2] for b in spy.batches] == [(2, 4)] * 4
+    assert [b["added"] and b["added"][:2] for b in spy.batches] == [None, (3, 1), None, (3, 1)]
+    assert {"train/loss", "train/loss_image"} <= set(trainer.callback_metrics)
+
+    batch = next(iter(data.train_dataloader()))
+    images = next(iter(joint.make_loader(trainer)))
+    module = LatentShiftModule(tiny_base)  # no trainer: training_step's self.log is a no-op
+    with torch.no_grad():
+        generator = module.step_generator()  # the noise of this step, drawn for the videos, then the images
+        video, image = module.batch_loss(batch, generator), module.batch_loss(images, generator)
+        assert module.training_step({**batch, IMAGE_BATCH: images}, 0).item() == pytest.approx((video + image).item())
+        assert module.training_step(batch, 0).item() == pytest.approx(video.item())
+    with pytest.raises(ValueError, match="mode must be one of"):
+        JointImageVideo(ratio=0.5, mode="concat")
 
 
 @pytest.mark.parametrize("source", ["images", "train"])
