@@ -35,6 +35,12 @@ class ObjectiveConfig:
         x0_weight_cap: weight each sample's loss by ``min(1 / SNR, cap)`` (epsilon target), i.e. an
             x0-space loss capped at high noise. Plain epsilon MSE barely depends on the prediction of
             the clean clip at high noise, where layout and motion are decided; this puts weight there.
+        image_weighting: how one-frame batches (images, ``F = 1``) are weighted: ``"same"`` as videos,
+            or ``"uniform"``: every timestep alike (the plain text-to-image loss the base was trained
+            with), times the mean of the video weights over the timesteps so that image and video
+            batches move the weights about equally. Image batches then keep the base's behaviour at
+            every noise level, low noise included, where a capped x0 weight puts almost none (joint
+            image-video training, docs/TOY.md).
         val_timesteps: fixed timesteps of the validation loss (default: 5 evenly spaced).
     """
 
@@ -43,8 +49,11 @@ class ObjectiveConfig:
     snr_gamma: float | None = None
     x0_weight_cap: float | None = None
     val_timesteps: list[int] | None = None
+    image_weighting: Literal["same", "uniform"] = "same"
 
     def __post_init__(self) -> None:
+        if self.image_weighting not in ("same", "uniform"):
+            raise ValueError(f"image_weighting must be 'same' or 'uniform', got {self.image_weighting!r}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
@@ -75,6 +84,7 @@ class DiffusionObjective:
         self.scheduler = scheduler
         self.scaling_factor = float(getattr(vae_config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(vae_config, "shift_factor", None) or 0.0)
+        self._mean_weight: float | None = None
 
     @property
     def num_timesteps(self) -> int:
@@ -117,6 +127,13 @@ class DiffusionObjective:
             weight = weight * torch.clamp(1 / snr, max=cfg.x0_weight_cap)
         return weight
 
+    def mean_weight(self) -> float:
+        """The mean of :meth:`weights` over all training timesteps (1.0 without weighting)."""
+        if self._mean_weight is None:
+            weight = self.weights(torch.arange(self.num_timesteps))
+            self._mean_weight = 1.0 if weight is None else float(weight.mean())
+        return self._mean_weight
+
     def loss(self, denoiser: Denoiser, raw: torch.Tensor, generator: torch.Generator | None = None,
              timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted MSE of ``denoiser(noisy, timesteps)`` against the target, for raw VAE latents ``raw``.
@@ -132,6 +149,8 @@ class DiffusionObjective:
         target = self.target(x0, noise, timesteps)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         weight = self.weights(timesteps)
+        if weight is not None and self.config.image_weighting == "uniform" and (x0.ndim == 4 or x0.shape[1] == 1):
+            weight = torch.full_like(weight, self.mean_weight())
         if weight is not None:
             per_sample = per_sample * weight
         return per_sample.mean()
