@@ -35,12 +35,11 @@ class ObjectiveConfig:
         x0_weight_cap: weight each sample's loss by ``min(1 / SNR, cap)`` (epsilon target), i.e. an
             x0-space loss capped at high noise. Plain epsilon MSE barely depends on the prediction of
             the clean clip at high noise, where layout and motion are decided; this puts weight there.
-        image_weighting: how one-frame batches (images, ``F = 1``) are weighted: ``"same"`` as videos,
-            or ``"uniform"``: every timestep alike (the plain text-to-image loss the base was trained
-            with), times the mean of the video weights over the timesteps so that image and video
-            batches move the weights about equally. Image batches then keep the base's behaviour at
-            every noise level, low noise included, where a capped x0 weight puts almost none (joint
-            image-video training, docs/TOY.md).
+        image_weight: ``None``: one-frame batches (images, ``F = 1``) are weighted as videos. A number:
+            they get this constant weight at every timestep instead (the plain text-to-image loss the
+            base was trained with, scaled), so image batches also train low noise, where a capped x0
+            weight puts almost none (joint image-video training, docs/TOY.md). For scale:
+            :meth:`DiffusionObjective.mean_weight` is the video weights' mean over the timesteps.
         val_timesteps: fixed timesteps of the validation loss (default: 5 evenly spaced).
     """
 
@@ -49,11 +48,11 @@ class ObjectiveConfig:
     snr_gamma: float | None = None
     x0_weight_cap: float | None = None
     val_timesteps: list[int] | None = None
-    image_weighting: Literal["same", "uniform"] = "same"
+    image_weight: float | None = None
 
     def __post_init__(self) -> None:
-        if self.image_weighting not in ("same", "uniform"):
-            raise ValueError(f"image_weighting must be 'same' or 'uniform', got {self.image_weighting!r}")
+        if self.image_weight is not None and not self.image_weight > 0:
+            raise ValueError(f"image_weight must be > 0 (or null), got {self.image_weight}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
@@ -149,8 +148,8 @@ class DiffusionObjective:
         target = self.target(x0, noise, timesteps)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         weight = self.weights(timesteps)
-        if weight is not None and self.config.image_weighting == "uniform" and (x0.ndim == 4 or x0.shape[1] == 1):
-            weight = torch.full_like(weight, self.mean_weight())
+        if self.config.image_weight is not None and (x0.ndim == 4 or x0.shape[1] == 1):
+            weight = torch.full((b,), self.config.image_weight, device=x0.device)
         if weight is not None:
             per_sample = per_sample * weight
         return per_sample.mean()

@@ -65,12 +65,12 @@ def test_caption_dropout_and_bad_config():
         ObjectiveConfig(prediction_type="sample")
 
 
-def test_uniform_image_weighting_weights_every_timestep_alike_for_images_only():
-    """image_weighting "uniform": one-frame batches get the mean video weight at every timestep (low noise
-    included, where the capped x0 weight is nearly 0); video batches keep their weights."""
-    obj = DiffusionObjective(scheduler(), ObjectiveConfig(x0_weight_cap=100, image_weighting="uniform"))
-    mean = float(obj.weights(torch.arange(1000)).mean())
-    assert obj.mean_weight() == pytest.approx(mean) and 1 < mean < 100
+def test_image_weight_weights_every_timestep_alike_for_images_only():
+    """image_weight: one-frame batches get that constant weight at every timestep (low noise included,
+    where the capped x0 weight is nearly 0); video batches keep their weights."""
+    obj = DiffusionObjective(scheduler(), ObjectiveConfig(x0_weight_cap=100, image_weight=4.0))
+    assert obj.mean_weight() == pytest.approx(float(obj.weights(torch.arange(1000)).mean()))
+    assert 1 < obj.mean_weight() < 100 and obj.weights(torch.tensor([1]))[0] < 1e-3
     t = torch.tensor([1, 500, 999])
 
     def zero(noisy, timesteps):
@@ -82,10 +82,10 @@ def test_uniform_image_weighting_weights_every_timestep_alike_for_images_only():
     torch.testing.assert_close(clip, (noise * obj.weights(t)).mean())
     for image in (raw[:, :1], raw[:, 0]):  # (B, 1, C, h, w) and (B, C, h, w)
         per_image = torch.randn(image.shape, generator=torch.Generator().manual_seed(0)).pow(2).flatten(1).mean(1)
-        torch.testing.assert_close(obj.loss(zero, image, torch.Generator().manual_seed(0), t), per_image.mean() * mean)
+        torch.testing.assert_close(obj.loss(zero, image, torch.Generator().manual_seed(0), t), per_image.mean() * 4.0)
     same = DiffusionObjective(scheduler(), ObjectiveConfig(x0_weight_cap=100))
     torch.testing.assert_close(same.loss(zero, raw[:, :1], torch.Generator().manual_seed(0), t),
-                               (per_image * same.weights(t)).mean())  # "same": t = 1 weighs ~1e-4
-    assert DiffusionObjective(scheduler(), ObjectiveConfig(image_weighting="uniform")).mean_weight() == 1.0
-    with pytest.raises(ValueError, match="image_weighting"):
-        ObjectiveConfig(image_weighting="plain")
+                               (per_image * same.weights(t)).mean())  # None: images weighted as videos
+    assert DiffusionObjective(scheduler()).mean_weight() == 1.0
+    with pytest.raises(ValueError, match="image_weight"):
+        ObjectiveConfig(image_weight=0.0)
