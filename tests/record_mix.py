@@ -8,13 +8,15 @@ import lightning as L
 
 
 class RecordMix(L.Callback):
-    """Writes, per step of this rank, ``[global_step, frames, batch size, keys]`` to ``{out}/rank{R}.json``."""
+    """Writes, per step of this rank, ``[global_step, frames, batch size, keys]`` to ``{out}/rank{R}.json``
+    (of the step's added image batch, ``JointImageVideo(mode="add")``, when it has one)."""
 
     def __init__(self, out: str) -> None:
         self.out = out
         self.steps: list[list] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        batch = batch.get("image_batch", batch)
         shape = batch["latents"].shape
         self.steps.append([int(trainer.global_step), int(shape[1]), int(shape[0]), list(batch["keys"])])
 

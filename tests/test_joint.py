@@ -140,13 +140,13 @@ def test_image_latent_datamodule_trains_one_frame(tiny_base, tmp_path, source):
     assert torch.isfinite(trainer.callback_metrics["train/loss_image"])
 
 
-def write_config(tmp_path: Path, base: str, name: str, **trainer) -> Path:
+def write_config(tmp_path: Path, base: str, name: str, mode: str = "replace", **trainer) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 8, "default_root_dir": str(tmp_path / "run"),
                     "logger": False, "enable_progress_bar": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
                     "callbacks": [{"class_path": "callbacks.JointImageVideo",
-                                   "init_args": {"probability": 0.5, "batch_size": 3}},
+                                   "init_args": {"probability": 0.5, "batch_size": 3, "mode": mode}},
                                   {"class_path": "record_mix.RecordMix",
                                    "init_args": {"out": str(tmp_path / name)}}], **trainer},
         "checkpoint": {"every_n_train_steps": 4},
@@ -190,9 +190,11 @@ def test_resume_keeps_the_mix(tiny_base, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_ranks_share_the_mix_and_draw_different_images(tiny_base, tmp_path):
-    """2 CPU processes (gloo): both ranks run image steps at the same steps, on different images."""
-    train("-c", str(write_config(tmp_path, tiny_base, "ddp", devices=2, strategy="ddp")))
+@pytest.mark.parametrize("mode", ["replace", "add"])
+def test_ddp_ranks_share_the_mix_and_draw_different_images(tiny_base, tmp_path, mode):
+    """2 CPU processes (gloo): both ranks run image steps at the same steps, on different images (mode
+    "add": the image batch rides along with the video batch through one DDP forward and backward)."""
+    train("-c", str(write_config(tmp_path, tiny_base, "ddp", mode=mode, devices=2, strategy="ddp")))
     ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in range(2)]
     assert [s[:3] for s in ranks[0]] == [s[:3] for s in ranks[1]]
     assert {s[1] for s in ranks[0]} == {1, 4}
