@@ -83,7 +83,6 @@ class DiffusionObjective:
         self.scheduler = scheduler
         self.scaling_factor = float(getattr(vae_config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(vae_config, "shift_factor", None) or 0.0)
-        self._mean_weight: float | None = None
 
     @property
     def num_timesteps(self) -> int:
@@ -127,11 +126,10 @@ class DiffusionObjective:
         return weight
 
     def mean_weight(self) -> float:
-        """The mean of :meth:`weights` over all training timesteps (1.0 without weighting)."""
-        if self._mean_weight is None:
-            weight = self.weights(torch.arange(self.num_timesteps))
-            self._mean_weight = 1.0 if weight is None else float(weight.mean())
-        return self._mean_weight
+        """The mean of :meth:`weights` over all training timesteps (1.0 without weighting): a scale for
+        ``image_weight``."""
+        weight = self.weights(torch.arange(self.num_timesteps))
+        return 1.0 if weight is None else float(weight.mean())
 
     def loss(self, denoiser: Denoiser, raw: torch.Tensor, generator: torch.Generator | None = None,
              timesteps: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,9 +145,10 @@ class DiffusionObjective:
         pred = denoiser(self.scheduler.add_noise(x0, noise, timesteps), timesteps)
         target = self.target(x0, noise, timesteps)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-        weight = self.weights(timesteps)
-        if self.config.image_weight is not None and (x0.ndim == 4 or x0.shape[1] == 1):
+        if self.config.image_weight is not None and (x0.ndim == 4 or x0.shape[1] == 1):  # one-frame batch
             weight = torch.full((b,), self.config.image_weight, device=x0.device)
+        else:
+            weight = self.weights(timesteps)
         if weight is not None:
             per_sample = per_sample * weight
         return per_sample.mean()

@@ -6,6 +6,8 @@ import os
 
 import lightning as L
 
+from ls_video.module import IMAGE_BATCH
+
 
 class RecordMix(L.Callback):
     """Writes, per step of this rank, ``[global_step, frames, batch size, keys]`` to ``{out}/rank{R}.json``
@@ -16,7 +18,7 @@ class RecordMix(L.Callback):
         self.steps: list[list] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        batch = batch.get("image_batch", batch)
+        batch = batch.get(IMAGE_BATCH, batch)
         shape = batch["latents"].shape
         self.steps.append([int(trainer.global_step), int(shape[1]), int(shape[0]), list(batch["keys"])])
 
