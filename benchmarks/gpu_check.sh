@@ -12,17 +12,15 @@ set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ -n "${GPU_CHECK_CHILD:-}" ]; then
-  :  # a bg: step: the parent installed the wheels and set PYTHONPATH
-elif compgen -G ".whl/*.whl" > /dev/null; then
+if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
-[ -z "${GPU_CHECK_CHILD:-}" ] && nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader
-[ -z "${GPU_CHECK_CHILD:-}" ] && python3 -c "import torch, triton, diffusers; print('torch', torch.__version__, 'triton', triton.__version__,
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader
+python3 -c "import torch, triton, diffusers; print('torch', torch.__version__, 'triton', triton.__version__,
 'diffusers', diffusers.__version__, torch.cuda.get_device_name())"
 
 step() {  # step NAME LIMIT_S COMMAND...
@@ -36,23 +34,26 @@ step() {  # step NAME LIMIT_S COMMAND...
 }
 
 BENCH="--device cuda --dtype bfloat16"
-for name in "$@"; do
-  case $name in
-    bg:*) GPU_CHECK_CHILD=1 bash "$0" "${name#bg:}" > "$OUT/${name#bg:}.bg" 2>&1 & continue ;;
-    eager|sampling|compiled) wait ;;
-  esac
-  case $name in
+run() {  # run NAME: one named step
+  case $1 in
     kernels) step kernels 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_shift.py ;;
     eager) step eager 90 python3 benchmarks/shift_overhead.py $BENCH --reps 12 --clips 1,4 ;;
     sampling) step sampling 300 python3 benchmarks/sample_speed.py --model sd15 $BENCH --reps 5 --compile ;;
     compiled) step compiled 300 python3 benchmarks/shift_overhead.py $BENCH --reps 12 --skip-toy --modes compiled \
       --compile-clips 4 --compile-passes fwd_bwd ;;
     compile_tests) step compile_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_compile.py ;;
-    *) echo "unknown step $name" ;;
+    *) echo "unknown step $1" ;;
+  esac
+}
+
+for name in "$@"; do
+  case $name in
+    bg:*) run "${name#bg:}" > "$OUT/${name#bg:}.bg" 2>&1 & ;;
+    eager|sampling|compiled) wait; run "$name" ;;
+    *) run "$name" ;;
   esac
 done
 wait
-[ -n "${GPU_CHECK_CHILD:-}" ] && exit 0
-cat "$OUT"/*.bg 2>/dev/null | grep "^===\|passed\|failed\|rror" | grep -v "summary"
+cat "$OUT"/*.bg 2>/dev/null
 echo "=== summary"
 grep -hE "ratio|seconds_per_video|warm-up|passed|failed|error" "$OUT"/*.log | grep -v Warning | tail -40
