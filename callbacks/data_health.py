@@ -1,28 +1,45 @@
-"""Log skipped-sample counts and stop a run whose data is mostly bad."""
+"""Log skipped-sample counts and stop a run whose recent data is mostly bad, on every rank at once."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import lightning as L
+import torch
 
-from ls_video.errors import BadDataError  # noqa: F401 - raised here, defined in the library (the CLI reports it)
+from ls_video.errors import BadDataError
+from ls_video.preemption import save_last_checkpoint
+
+# Skip reasons that are the storage's fault, not the data's (datamodules.remote): a stalled read, a refused or
+# reset connection, a transfer cut short, a 5xx answer, a failing ``pipe:`` command. Counted apart.
+NETWORK_REASONS = frozenset({"timeout", "connection", "truncated", "http_5xx", "pipe_error"})
 
 
 class DataHealth(L.Callback):
     """Reads the ``data_stats`` that latent-shard batches carry, logs ``data/skipped_{reason}``,
-    ``data/skipped_fraction`` and ``data/seen``, and stops the run with a clear message naming the
-    worst shards once more than ``max_bad_fraction`` of the samples seen were bad.
+    ``data/network_errors``, ``data/skipped_fraction`` (corrupt share of the recent window) and
+    ``data/seen``, and stops the run once more than ``max_bad_fraction`` of the last ``window`` samples
+    (over all ranks) were corrupt.
+
+    The counts are summed over the ranks every step (one all-reduce), so every rank takes the same
+    decision at the same step: all of them write ``last.ckpt`` and raise the same :class:`BadDataError`
+    (rank zero's names its worst shards). Network failures never count as bad data, and only the recent
+    window is judged, so a storage outage or an early bad stretch of a long run does not end it.
 
     Args:
-        max_bad_fraction: stop above this share of bad samples (default 5%).
-        min_samples: judge the fraction only after this many samples (early noise is ignored).
+        max_bad_fraction: stop above this share of corrupt samples in the window (default 5%).
+        min_samples: judge only once the window holds this many samples (early noise is ignored).
+        window: how many of the most recent samples (all ranks together) are judged.
     """
 
-    def __init__(self, max_bad_fraction: float = 0.05, min_samples: int = 200) -> None:
-        self.max_bad_fraction, self.min_samples = max_bad_fraction, min_samples
+    def __init__(self, max_bad_fraction: float = 0.05, min_samples: int = 200, window: int = 5000) -> None:
+        if not 0.0 <= max_bad_fraction <= 1.0 or min_samples < 1 or window < min_samples:
+            raise ValueError("need 0 <= max_bad_fraction <= 1 and 1 <= min_samples <= window")
+        self.max_bad_fraction, self.min_samples, self.window = max_bad_fraction, min_samples, window
         self._workers: dict[int, dict] = {}
+        self._counted = torch.zeros(3)  # this rank's (good, corrupt, network) already in the window
+        self._recent: deque[tuple[float, float]] = deque()  # (seen, corrupt) per step, all ranks
 
     def totals(self) -> tuple[int, Counter, Counter]:
         """(good samples, skipped by reason, skipped by shard) summed over this rank's workers."""
@@ -33,19 +50,38 @@ class DataHealth(L.Callback):
             shards.update(stats["by_shard"])
         return good, reasons, shards
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def recent(self) -> tuple[float, float]:
+        """(samples seen, corrupt samples) in the window, over all ranks."""
+        return sum(s for s, _ in self._recent), sum(c for _, c in self._recent)
+
+    def _advance_window(self, trainer: L.Trainer, counts: torch.Tensor) -> None:
+        new = counts - self._counted
+        self._counted = counts
+        if trainer.world_size > 1:  # every rank, every step: the decision below is the same everywhere
+            new = trainer.strategy.reduce(new.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        good, corrupt, _ = new.tolist()
+        self._recent.append((good + corrupt, corrupt))
+        while len(self._recent) > 1 and self.recent()[0] - self._recent[0][0] >= self.window:
+            self._recent.popleft()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         stats = batch.get("data_stats") if isinstance(batch, dict) else None
-        if not stats:
-            return
-        self._workers[stats["worker"]] = stats
+        if stats:
+            self._workers[stats["worker"]] = stats
         good, reasons, shards = self.totals()
-        bad = sum(reasons.values())
-        seen = good + bad
-        metrics = {f"data/skipped_{reason}": float(n) for reason, n in reasons.items()}
-        metrics.update({"data/seen": float(seen), "data/skipped_fraction": bad / max(1, seen)})
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+        network = sum(n for r, n in reasons.items() if r in NETWORK_REASONS)
+        corrupt = sum(reasons.values()) - network
+        self._advance_window(trainer, torch.tensor([good, corrupt, network], dtype=torch.float64))
+        seen, bad = self.recent()
+        if stats:
+            metrics = {f"data/skipped_{reason}": float(n) for reason, n in reasons.items()}
+            metrics.update({"data/seen": float(good + corrupt + network), "data/network_errors": float(network),
+                            "data/skipped_fraction": bad / max(1.0, seen)})
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         if seen >= self.min_samples and bad / seen > self.max_bad_fraction:
-            worst = ", ".join(f"{url} ({n})" for url, n in shards.most_common(3)) or "unknown shards"
-            raise BadDataError(f"{bad} of {seen} samples were bad ({bad / seen:.1%} > {self.max_bad_fraction:.0%}); "
-                               f"reasons {dict(reasons)}; worst shards: {worst}")
+            path = save_last_checkpoint(trainer)  # every rank is here at the same step
+            worst = ", ".join(f"{url} ({n})" for url, n in shards.most_common(3)) or "none on rank zero"
+            raise BadDataError(f"{bad:.0f} of the last {seen:.0f} samples were corrupt ({bad / seen:.1%} > "
+                               f"{self.max_bad_fraction:.0%}); reasons {dict(reasons)}; worst shards: {worst}; "
+                               f"checkpoint {path} (fix or drop the shards, then --ckpt_path last)")

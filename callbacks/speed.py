@@ -22,6 +22,10 @@ class StepSpeed(L.Callback):
         self._first_step = 0
         self._val_start = 0.0
         self.val_seconds = 0.0
+        self._log_dir = "."
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._log_dir = trainer.log_dir or trainer.default_root_dir  # on every rank: log_dir is a broadcast
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._first_step, self.val_seconds = time.perf_counter(), trainer.global_step, 0.0
@@ -46,7 +50,6 @@ class StepSpeed(L.Callback):
         s = self.summary(trainer)
         print(f"trained {s['steps']} steps in {s['seconds']:.0f} s: {s['steps_per_s']:.2f} steps/s "
               f"(validation and video logging {s['validation_seconds']:.0f} s apart)", flush=True)
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, "speed.json"), "w") as f:
+        os.makedirs(self._log_dir, exist_ok=True)
+        with open(os.path.join(self._log_dir, "speed.json"), "w") as f:
             json.dump(s, f, indent=2)

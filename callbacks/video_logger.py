@@ -51,6 +51,7 @@ class VideoLogger(L.Callback):
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
         self.fps, self.format, self.use_ema, self.compare_raw = fps, format, use_ema, compare_raw
         self._last_step = -1
+        self._log_dir = "."
 
     def sample(self, pl_module: L.LightningModule) -> np.ndarray:
         """``(N, F, H, W, 3)`` videos for the fixed prompts and seeds."""
@@ -65,8 +66,10 @@ class VideoLogger(L.Callback):
         finally:
             pl_module.unet.train(was_training)
 
-    def log_dir(self, trainer: L.Trainer) -> str:
-        return trainer.log_dir or trainer.default_root_dir
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Resolve the output folder on every rank: ``trainer.log_dir`` is a broadcast, so reading it on rank
+        zero alone would leave that rank waiting for the others forever."""
+        self._log_dir = trainer.log_dir or trainer.default_root_dir
 
     @rank_zero_only
     def log_videos(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -79,7 +82,7 @@ class VideoLogger(L.Callback):
             runs = [("video", ema.swapped(pl_module) if ema else nullcontext())]
             if ema and self.compare_raw:
                 runs.append(("video_raw", nullcontext()))
-            out = os.path.join(self.log_dir(trainer), "videos", f"step_{step:06d}")
+            out = os.path.join(self._log_dir, "videos", f"step_{step:06d}")
             os.makedirs(out, exist_ok=True)
             for tag, ctx in runs:
                 with ctx:

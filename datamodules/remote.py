@@ -99,8 +99,9 @@ def _open_http(url: str, opts: RemoteOptions, redirects: int = 5) -> io.Buffered
         return _open_http(urljoin(url, location), opts, redirects - 1)
     if response.status >= 400:
         conn.close()
-        raise ShardReadError("http_error", f"{url}: HTTP {response.status} {response.reason}",
-                             retryable=response.status >= 500)
+        server_side = response.status >= 500  # the storage's fault (retried, counted as a network error)
+        raise ShardReadError("http_5xx" if server_side else "http_error",
+                             f"{url}: HTTP {response.status} {response.reason}", retryable=server_side)
     return io.BufferedReader(_HTTPStream(conn, response, url))
 
 

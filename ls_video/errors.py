@@ -12,6 +12,8 @@ class BadDataError(RuntimeError):
     """Too much of the training data could not be read (raised by ``callbacks.DataHealth``)."""
 
 
+# Raised by every rank at the same step (the decision is agreed first): only rank zero prints it.
+EVERY_RANK = (BadDataError, FloatingPointError)
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, BadDataError, FloatingPointError, ArgumentError,
                OSError)
 
@@ -24,6 +26,13 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+def global_rank() -> int:
+    """This process's rank in a Lightning run (0 outside one)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def command(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:
     """Decorate a ``main(argv) -> int``: expected failures print ``{prog}: error: ...`` and return 2."""
 
@@ -33,7 +42,8 @@ def command(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable
             try:
                 return main(argv) or 0
             except USER_ERRORS as err:
-                print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+                if not isinstance(err, EVERY_RANK) or global_rank() == 0:
+                    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
                 return 2
 
         return run

@@ -20,16 +20,19 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
+from ls_video.preemption import Preemption
 
 SUBCOMMANDS = {"fit": "train (and resume: --ckpt_path last)", "validate": "validation loss of a model or checkpoint",
                "test": "test loss", "predict": "run the model's predict step"}
 
 
 class LatentShiftCLI(LightningCLI):
-    """LightningCLI with a checkpoint callback configurable as ``--checkpoint.*``."""
+    """LightningCLI with a checkpoint callback (``--checkpoint.*``) and preemption handling
+    (``--preemption.*``: SIGTERM / SIGUSR1 -> ``last.ckpt`` at the next step and a non-zero exit)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Preemption, "preemption")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1,
                              "checkpoint.every_n_train_steps": 500, "checkpoint.filename": "step{step:07d}",
                              "checkpoint.auto_insert_metric_name": False})

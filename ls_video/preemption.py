@@ -1,0 +1,146 @@
+"""A signal is a checkpoint: SIGTERM / SIGUSR1 end a run at the next step boundary with a resumable
+checkpoint and a non-zero exit status (or a SLURM requeue).
+
+Lightning's own SIGTERM handler broadcasts from inside the signal handler (a collective at an arbitrary
+point of the step, which can pair with another rank's gradient all-reduce) and then exits with status 0
+and no checkpoint. :class:`Preemption` replaces it: the handler only notes the signal; at the end of
+every optimizer step all ranks agree (one all-reduce of the signal number) and, if any rank was
+signalled, every rank takes part in writing ``last.ckpt`` (atomically, through the trainer's checkpoint
+IO) and leaves with ``128 + signal`` as its exit status, the status of a process the signal killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+
+class Preempted(SystemExit):
+    """Ends every rank after the preemption checkpoint; its code is ``128 + signal number``."""
+
+
+class Preemption(L.Callback):
+    """Turns ``signals`` into a checkpoint at the next step boundary and a non-zero exit.
+
+    Args:
+        signals: signal names to handle (``SIGTERM``: Kubernetes, torchrun, most schedulers;
+            ``SIGUSR1``: SLURM's ``--signal=USR1@90`` before the time limit).
+        requeue: under SLURM, requeue the job (``scontrol requeue $SLURM_JOB_ID``) after the checkpoint;
+            the requeued job resumes when its command has ``--ckpt_path last``.
+        save_on_train_end: also write ``last.ckpt`` when fit ends at a step the periodic checkpoints missed
+            (``max_steps`` not a multiple of ``every_n_train_steps``), so the last steps are never lost.
+    """
+
+    def __init__(self, signals: list[str] = ["SIGTERM", "SIGUSR1"], requeue: bool = True,  # noqa: B006
+                 save_on_train_end: bool = True) -> None:
+        unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
+        if unknown:
+            raise ValueError(f"unknown signal names {unknown}; use e.g. SIGTERM, SIGUSR1")
+        self.signals, self.requeue = [getattr(signal, s) for s in signals], requeue
+        self.save_on_train_end = save_on_train_end
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+        self._pid, self._active = os.getpid(), False
+
+    def _note(self, signum: int, frame: Any) -> None:
+        """The handler: no I/O, no collective; the step boundary does the work. DataLoader workers forked
+        after it was installed inherit it and ignore the signal (their trainer process stops them)."""
+        if os.getpid() != self._pid:
+            return
+        if not self._active:  # left installed by Lightning's teardown after fit: behave as if absent
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = self.received or signum
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._pid, self._active = os.getpid(), True
+        for sig in self.signals:
+            previous = signal.signal(sig, self._note)
+            self._previous.setdefault(sig, previous)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """From setup on, a signal is noted (Lightning then adds its handlers, which call this one too)."""
+        if stage == "fit":
+            self._install()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning's handlers (registered after setup) are replaced: only the note remains."""
+        self._install()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._active = False
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def agreed_signal(self, trainer: L.Trainer) -> int:
+        """The largest signal number any rank received (0: none); one all-reduce with several ranks."""
+        if trainer.world_size == 1:
+            return self.received
+        flag = torch.tensor(float(self.received), device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(flag, reduce_op="max").item())
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        signum = self.agreed_signal(trainer)
+        if not signum:
+            return
+        path = save_last_checkpoint(trainer)
+        name = signal.Signals(signum).name
+        rank_zero_info(f"{name}: stopped at step {trainer.global_step}, checkpoint {path}; "
+                       "resume with --ckpt_path last")
+        if self.requeue and signum == signal.SIGUSR1 and SLURMEnvironment.detect():
+            requeue_slurm_job(trainer)
+        raise Preempted(128 + signum)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        callback = trainer.checkpoint_callback
+        saved_at = getattr(callback, "_last_global_step_saved", None)  # Lightning's record of its last save
+        if self.save_on_train_end and callback is not None and saved_at != trainer.global_step:
+            save_last_checkpoint(trainer)
+
+
+def save_last_checkpoint(trainer: L.Trainer) -> str:
+    """Write ``last.ckpt`` where ``--ckpt_path last`` looks (the ModelCheckpoint's folder, else
+    ``{root}/checkpoints``) now, on every rank (rank zero writes). The ModelCheckpoint records it as its
+    own, so the resumed run overwrites it instead of starting a ``last-v1.ckpt`` beside it."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    folder = callback.dirpath if callback is not None and callback.dirpath else None
+    folder = folder or os.path.join(trainer.default_root_dir, "checkpoints")
+    path = os.path.join(folder, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+    if callback is not None:
+        callback.last_model_path = path
+    trainer.save_checkpoint(path)
+    return path
+
+
+def requeue_slurm_job(trainer: L.Trainer) -> None:
+    """``scontrol requeue`` the job (rank zero), as Lightning's SLURM environment does."""
+    if not trainer.is_global_zero:
+        return
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID", "")
+    if not job:
+        rank_zero_warn("SLURM_JOB_ID is not set: not requeued")
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        rank_zero_warn(f"requeueing SLURM job {job} failed: {err}")
+        return
+    if result.returncode == 0:
+        rank_zero_info(f"requeued SLURM job {job}")
+    else:
+        rank_zero_warn(f"requeueing SLURM job {job} failed ({result.returncode}): {result.stderr.strip()}")

@@ -1,0 +1,140 @@
+"""The launches users run, as shipped: configs/toy.yaml with all its callbacks in two processes,
+signals (SIGTERM, SIGUSR1, SLURM's requeue), and a rank-local error ending every rank."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from shipped import add_callback, launch, run, shipped_toy, write
+
+from ls_video.checkpoint import EMA_KEY
+
+pytestmark = pytest.mark.slow
+
+
+def ckpt(tmp_path: Path, name: str = "last.ckpt") -> dict:
+    return torch.load(tmp_path / "run" / "checkpoints" / name, weights_only=True)
+
+
+def wait_for_step(step_file: Path, proc, step: int, timeout: float = 300) -> tuple[int, int]:
+    """(step, pid) once the run has finished ``step`` optimizer steps."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"run ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}"
+        if step_file.exists():
+            done, pid = map(int, step_file.read_text().split())
+            if done >= step:
+                return done, pid
+        time.sleep(0.2)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def group_ends(pgid: int, timeout: float = 60) -> bool:
+    """Whether every process of the launch's session ends within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.5)
+    os.system(f"ps -o pid,etime,args --sid {pgid} >&2")
+    return False
+
+
+def test_shipped_toy_config_in_two_processes_passes_validation_videos_and_the_end(tiny_base, tmp_path):
+    """Every callback of configs/toy.yaml, 2 gloo processes, validation at steps 3 and 6: guards the two
+    deadlocks of rank-zero-only code calling a collective (``VideoLogger`` reading ``trainer.log_dir`` at
+    validation, ``StepSpeed`` at the end of fit), which left rank 0 in a broadcast and rank 1 at a barrier."""
+    config = write(shipped_toy(tmp_path, tiny_base, devices=2, strategy="ddp"), tmp_path / "config.yaml")
+    r = run("fit", "-c", str(config), timeout=480)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ckpt(tmp_path)["global_step"] == 6
+    videos = sorted((tmp_path / "run").glob("tensorboard/version_0/videos/step_*"))
+    assert [v.name for v in videos] == ["step_000003", "step_000006"]
+    assert len(list(videos[0].glob("*.mp4"))) == 4
+    assert "trained 6 steps" in r.stdout and (tmp_path / "run/tensorboard/version_0/speed.json").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGUSR1"])
+def test_a_signal_writes_a_checkpoint_exits_non_zero_and_resumes(tiny_base, tmp_path, sig):
+    """A signal mid-run: ``last.ckpt`` at the next step boundary (no periodic checkpoint is due), exit status
+    128 + signal, and ``--ckpt_path last`` continues from there: at most one step is lost. Guards Lightning's
+    default (exit 0 and no checkpoint) and a handler that forgets the EMA or the step."""
+    cfg = shipped_toy(tmp_path, tiny_base, max_steps=10_000, val_check_interval=5)
+    cfg["checkpoint"]["every_n_train_steps"] = 10_000
+    config = write(add_callback(cfg, "step_file.StepFile", path=str(tmp_path / "step")), tmp_path / "config.yaml")
+    proc = launch("fit", "-c", str(config))
+    step, pid = wait_for_step(tmp_path / "step", proc, 7)  # past a validation with video logging
+    os.kill(pid, getattr(signal, sig))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + getattr(signal, sig), err[-3000:]
+    saved = ckpt(tmp_path)
+    assert step <= saved["global_step"] <= step + 2  # the step under way when the signal came, or the next
+    assert saved["callbacks"]["EMA"]["num_updates"] == saved["global_step"] and saved[EMA_KEY]
+    r = run("fit", "-c", str(config), "--trainer.max_steps", str(saved["global_step"] + 2), "--ckpt_path", "last")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ckpt(tmp_path)["global_step"] == saved["global_step"] + 2
+
+
+def test_sigterm_to_rank_zero_of_two_processes_stops_both_with_one_checkpoint(tiny_base, tmp_path):
+    """Only rank 0 is signalled (as Kubernetes signals PID 1): the ranks agree at the next step, both write
+    their part of ``last.ckpt`` and leave; no process is left waiting in a collective."""
+    cfg = shipped_toy(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=10_000, val_check_interval=4)
+    cfg["checkpoint"]["every_n_train_steps"] = 10_000
+    config = write(add_callback(cfg, "step_file.StepFile", path=str(tmp_path / "step")), tmp_path / "config.yaml")
+    proc = launch("fit", "-c", str(config))
+    step, pid = wait_for_step(tmp_path / "step", proc, 5)
+    os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert group_ends(proc.pid), "rank 1 or a DataLoader worker is still running"
+    assert step <= ckpt(tmp_path)["global_step"] <= step + 2
+
+
+def test_slurm_usr1_requeues_the_job_after_the_checkpoint(tiny_base, tmp_path):
+    """A simulated SLURM job (the ``SLURM_*`` variables Lightning reads, a fake ``scontrol`` on PATH), sent
+    ``USR1`` to its whole process group as ``--signal=USR1@90`` does: checkpoint, then
+    ``scontrol requeue JOBID``; the requeued command (with ``--ckpt_path last``) resumes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train",
+           "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+           "SLURM_NODELIST": "127.0.0.1", "SLURM_NTASKS_PER_NODE": "1", "MASTER_PORT": "29731"}
+    cfg = shipped_toy(tmp_path, tiny_base, max_steps=10_000, val_check_interval=1000)
+    cfg["checkpoint"]["every_n_train_steps"] = 10_000
+    config = write(add_callback(cfg, "step_file.StepFile", path=str(tmp_path / "step")), tmp_path / "config.yaml")
+    proc = launch("fit", "-c", str(config), "--ckpt_path", "last", env=env)
+    step, _ = wait_for_step(tmp_path / "step", proc, 3)
+    os.killpg(proc.pid, signal.SIGUSR1)  # every process of the job step, DataLoader workers included
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    saved = ckpt(tmp_path)["global_step"]
+    assert step <= saved <= step + 2
+    r = run("fit", "-c", str(config), "--ckpt_path", "last", "--trainer.max_steps", str(saved + 1), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ckpt(tmp_path)["global_step"] == saved + 1
+
+
+def test_bad_data_on_one_rank_stops_both_ranks_with_one_line_and_a_checkpoint(tiny_base, tmp_path):
+    """Rank 1 alone sees corrupt samples (a test callback plants skip counts in its batches); the counts are
+    summed over the ranks, so both stop at the same step: exit 2, one ``BadDataError`` line, ``last.ckpt``.
+    Guards a rank-local raise that leaves rank 0 waiting in the next all-reduce until the timeout."""
+    cfg = shipped_toy(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=200, val_check_interval=1000)
+    cfg["trainer"]["callbacks"].insert(0, {"class_path": "plant_bad.PlantBad", "init_args": {"rank": 1}})
+    for cb in cfg["trainer"]["callbacks"]:
+        if cb["class_path"] == "callbacks.DataHealth":
+            cb["init_args"].update(min_samples=8, window=100)
+    r = run("fit", "-c", str(write(cfg, tmp_path / "config.yaml")), timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if "BadDataError" in line]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert ckpt(tmp_path)["global_step"] < 200
