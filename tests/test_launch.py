@@ -3,6 +3,7 @@ signals (SIGTERM, SIGUSR1, SLURM's requeue), and a rank-local error ending every
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -138,3 +139,52 @@ def test_bad_data_on_one_rank_stops_both_ranks_with_one_line_and_a_checkpoint(ti
     lines = [line for line in r.stderr.splitlines() if "BadDataError" in line]
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert ckpt(tmp_path)["global_step"] < 200
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("launcher", ["node_rank", "slurm"])
+def test_two_nodes_read_disjoint_shards_and_one_rank_writes_checkpoints(tiny_base, tmp_path, launcher):
+    """Two node ranks on one machine, one process each, with ``configs/strategy/ddp_multinode.yaml`` and
+    ``--trainer.num_nodes 2 --trainer.devices 1``, launched as ``NODE_RANK=0/1 MASTER_ADDR=127.0.0.1`` or as
+    a simulated 2-task SLURM job (``SLURM_PROCID`` / ``SLURM_NODEID``). One non-resampled pass over 4 shards:
+    each rank trains on 2 whole shards, the two sets are disjoint and together every sample; checkpoints
+    appear only in node 0's folder (each node has its own, as on separate disks)."""
+    from datamodules import ToyDataModule
+    from ls_video.toy.world import ToyWorld
+
+    cfg = shipped_toy(tmp_path, tiny_base, max_steps=-1, max_epochs=1, limit_val_batches=0)
+    cfg["data"]["init_args"].update(resampled=False, shuffle_buffer=0, shard_size=4, num_workers=1)
+    add_callback(cfg, "record_keys.RecordKeys", out=str(tmp_path / "keys"))
+    config = write(cfg, tmp_path / "config.yaml")
+    init = cfg["data"]["init_args"]  # the shards, built once here (the two "nodes" share this disk)
+    data = ToyDataModule(tiny_base, cache_dir=init["cache_dir"], num_train_clips=16, num_val_clips=4,
+                         world=ToyWorld(**init["world"]), shard_size=4, images=True)
+    data.prepare_data()
+    port = str(free_port())
+    procs = []
+    for node in range(2):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        if launcher == "node_rank":
+            env.update(NODE_RANK=str(node))
+        else:
+            env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="train", SLURM_JOB_ID="77",
+                       SLURM_PROCID=str(node), SLURM_NODEID=str(node), SLURM_LOCALID="0",
+                       SLURM_NODELIST="127.0.0.1")
+        procs.append(launch("fit", "-c", str(config), "-c", "configs/strategy/ddp_multinode.yaml",
+                            "--trainer.num_nodes", "2", "--trainer.devices", "1",
+                            "--trainer.default_root_dir", str(tmp_path / f"node{node}"), env=env))
+    for proc in procs:
+        _, err = proc.communicate(timeout=480)
+        assert proc.returncode == 0, err[-3000:]
+    keys = [set(json.loads((tmp_path / "keys" / f"rank{r}.json").read_text())) for r in range(2)]
+    assert len(keys[0]) == len(keys[1]) == 8 and not keys[0] & keys[1]
+    assert len(keys[0] | keys[1]) == 16
+    assert (tmp_path / "node0" / "checkpoints" / "last.ckpt").exists()
+    assert not list((tmp_path / "node1").rglob("*.ckpt"))
