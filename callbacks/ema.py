@@ -11,31 +11,32 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ls_video.checkpoint import EMA_KEY
+from ls_video.sharding import full, like, reshard
 
 
 class EMA(L.Callback):
     """Keeps ``shadow = decay * shadow + (1 - decay) * weights`` of every trainable U-Net parameter.
 
     The average is saved in and restored from checkpoints (a resumed run continues the same average),
-    swapped in for validation, video logging and export, and swapped back afterwards.
+    swapped in for validation, video logging and export, and swapped back afterwards. Under sharded
+    training (FSDP2) each rank averages its own shard of every weight, and checkpoints hold the whole
+    average (gathered on save, cut back into shards on resume), the same file a DDP run writes.
 
     Args:
         decay: the EMA decay at full strength.
         warmup: use ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early weights fade fast.
         update_every: update every k optimizer steps.
         start_step: first optimizer step that updates the average (before it the shadow tracks the weights).
-        cpu: keep the shadow on the CPU (saves accelerator memory, costs a copy per update).
-        validate_with_ema: evaluate validation with the EMA weights.
     """
 
-    def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0,
-                 cpu: bool = False, validate_with_ema: bool = True) -> None:
+    def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0
+                 ) -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         if update_every < 1:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
         self.decay, self.warmup, self.update_every = decay, warmup, update_every
-        self.start_step, self.cpu, self.validate_with_ema = start_step, cpu, validate_with_ema
+        self.start_step = start_step
         self.shadow: dict[str, torch.Tensor] | None = None
         self.num_updates = 0
         self._backup: dict[str, torch.Tensor] | None = None
@@ -51,15 +52,17 @@ class EMA(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = self._params(pl_module)
-        device = "cpu" if self.cpu else pl_module.device
         if self.shadow is None:
-            self.shadow = {n: p.detach().to(device, copy=True) for n, p in params.items()}
-        else:  # restored from a checkpoint
-            missing = set(params) - set(self.shadow)
-            if missing:
-                raise ValueError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
-            self.shadow = {n: t.to(device) for n, t in self.shadow.items()}
-            rank_zero_info(f"EMA: resumed after {self.num_updates} updates")
+            self.shadow = {n: p.detach().clone() for n, p in params.items()}
+        else:  # restored from a checkpoint (before this hook under DDP, after it under FSDP2)
+            self._lay_out(params)
+
+    def _lay_out(self, params: dict[str, torch.nn.Parameter]) -> None:
+        """Restored whole tensors laid out like the weights: on their device, a shard of each if sharded."""
+        missing = set(params) - set(self.shadow)
+        if missing:
+            raise ValueError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
+        self.shadow = {n: like(self.shadow[n], p) for n, p in params.items()}
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -73,7 +76,7 @@ class EMA(L.Callback):
         decay = self.current_decay()
         names = list(self.shadow)
         shadows = [self.shadow[n] for n in names]
-        current = [params[n].detach().to(shadows[0].device) for n in names]
+        current = [params[n].detach() for n in names]
         torch._foreach_lerp_(shadows, current, 1.0 - decay)
         self.num_updates += 1
 
@@ -83,6 +86,7 @@ class EMA(L.Callback):
         if self.shadow is None or self._backup is not None:
             yield
             return
+        reshard(pl_module.unet)  # a sharded U-Net keeps some weights gathered after a no-grad forward
         params = self._params(pl_module)
         self._backup = {n: p.detach().clone() for n, p in params.items()}
         with torch.no_grad():
@@ -97,7 +101,7 @@ class EMA(L.Callback):
             self._backup = None
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.validate_with_ema and trainer.state.fn == "fit":
+        if trainer.state.fn == "fit":
             self._ctx = self.swapped(pl_module)
             self._ctx.__enter__()
 
@@ -111,18 +115,19 @@ class EMA(L.Callback):
         return {"num_updates": self.num_updates, "decay": self.decay}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("shadow"):  # checkpoints written before EMA_KEY
-            self.shadow = dict(state_dict["shadow"])
         self.num_updates = int(state_dict["num_updates"])
+        rank_zero_info(f"EMA: resumed after {self.num_updates} updates")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """The weights go where :func:`ls_video.checkpoint.find_ema_state` (export, sampling) reads them."""
+        """The whole weights (gathered from the shards on every rank) go where
+        :func:`ls_video.checkpoint.find_ema_state` (export, sampling) reads them."""
         if self.shadow:
-            checkpoint[EMA_KEY] = {n: t.detach().cpu() for n, t in self.shadow.items()}
+            checkpoint[EMA_KEY] = {n: full(t.detach()).cpu() for n, t in self.shadow.items()}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get(EMA_KEY):
             self.shadow = dict(checkpoint[EMA_KEY])
+            self._lay_out(self._params(pl_module))
 
 
 def find_ema(trainer: L.Trainer) -> EMA | None:

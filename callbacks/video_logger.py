@@ -9,7 +9,6 @@ from contextlib import nullcontext
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from callbacks.ema import find_ema
@@ -22,7 +21,8 @@ class VideoLogger(L.Callback):
     through ``LatentShiftPipeline`` and log them: TensorBoard (animated GIF image summaries), plus
     mp4/gif files and a contact-sheet PNG under ``{log_dir}/videos/step_XXXXXX/``.
 
-    Rank zero only; any failure is reported as a warning and never stops training.
+    Every rank samples (a sharded U-Net needs them all), rank zero writes; any failure is reported as a
+    warning and never stops training.
 
     Args:
         prompts: prompts to sample.
@@ -71,8 +71,8 @@ class VideoLogger(L.Callback):
         zero alone would leave that rank waiting for the others forever."""
         self._log_dir = trainer.log_dir or trainer.default_root_dir
 
-    @rank_zero_only
     def log_videos(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Sample on every rank (a sharded U-Net computes only with all ranks); rank zero writes."""
         step = trainer.global_step
         if step == self._last_step:
             return
@@ -82,20 +82,26 @@ class VideoLogger(L.Callback):
             runs = [("video", ema.swapped(pl_module) if ema else nullcontext())]
             if ema and self.compare_raw:
                 runs.append(("video_raw", nullcontext()))
-            out = os.path.join(self._log_dir, "videos", f"step_{step:06d}")
-            os.makedirs(out, exist_ok=True)
             for tag, ctx in runs:
                 with ctx:
                     videos = self.sample(pl_module)
-                for i, (prompt, video) in enumerate(zip(self.prompts, videos, strict=True)):
-                    name = f"{tag}_{i:02d}_{prompt.replace(' ', '_')[:40]}"
-                    write_video(os.path.join(out, f"{name}.{self.format}"), video, fps=self.fps)
-                    writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
-                    if hasattr(writer, "_get_file_writer"):
-                        add_video(writer, f"{tag}/{i:02d} {prompt}", video, step, self.fps)
-                Image.fromarray(contact_sheet(videos)).save(os.path.join(out, f"{tag}_contact_sheet.png"))
+                if trainer.is_global_zero:
+                    self.write(trainer, tag, videos)
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             warnings.warn(f"VideoLogger failed at step {step}: {type(err).__name__}: {err}", stacklevel=1)
+
+    def write(self, trainer: L.Trainer, tag: str, videos: np.ndarray) -> None:
+        """Files under ``{log_dir}/videos/step_XXXXXX/``, and GIFs to TensorBoard."""
+        step = trainer.global_step
+        out = os.path.join(self._log_dir, "videos", f"step_{step:06d}")
+        os.makedirs(out, exist_ok=True)
+        writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+        for i, (prompt, video) in enumerate(zip(self.prompts, videos, strict=True)):
+            name = f"{tag}_{i:02d}_{prompt.replace(' ', '_')[:40]}"
+            write_video(os.path.join(out, f"{name}.{self.format}"), video, fps=self.fps)
+            if hasattr(writer, "_get_file_writer"):
+                add_video(writer, f"{tag}/{i:02d} {prompt}", video, step, self.fps)
+        Image.fromarray(contact_sheet(videos)).save(os.path.join(out, f"{tag}_contact_sheet.png"))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:

@@ -22,6 +22,7 @@ from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer, select_trainable
 from ls_video.performance import PerformanceConfig, apply_performance
 from ls_video.pipeline import LatentShiftPipeline
+from ls_video.sharding import is_sharded, shard_unet
 from ls_video.temporal_layers import load_added_weights
 from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
@@ -129,6 +130,16 @@ class LatentShiftModule(NonFiniteGuard):
             torch.nn.Module.to(module, dtype)  # (ModelMixin.to warns on dtype casts)
         self._empty_embedding = None
 
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``configs/strategy/fsdp.yaml``) shard the U-Net block by block;
+        the frozen parts stay whole (:mod:`ls_video.sharding`). Nothing to do under other strategies.
+
+        The strategy loads a checkpoint into the shards itself, before :meth:`on_load_checkpoint` can add the
+        frozen parts (which checkpoints leave out) back, so it loads without requiring them."""
+        if self.device_mesh is not None and not is_sharded(next(self.unet.parameters())):
+            shard_unet(self.unet, self.device_mesh)
+            self.strict_loading = False
+
     def train(self, mode: bool = True) -> LatentShiftModule:
         """Frozen modules stay in eval mode whatever Lightning asks."""
         super().train(mode)
@@ -225,8 +236,11 @@ class LatentShiftModule(NonFiniteGuard):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fill the frozen entries back from the loaded base so strict loading succeeds."""
-        state = checkpoint["state_dict"]
+        """Fill the frozen entries back from the loaded base so strict loading succeeds (a sharding strategy
+        has loaded the weights already and removed them from ``checkpoint``)."""
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
         for key, value in self.state_dict().items():
             state.setdefault(key, value)
 
