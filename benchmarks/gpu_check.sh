@@ -5,6 +5,7 @@
 # device notes); the repository is used from the working tree (PYTHONPATH), not installed.
 #
 #     bash benchmarks/gpu_check.sh bg:compile_tests kernels eager sampling      # then: compiled
+#     bash benchmarks/gpu_check.sh scaleout                   # DDP vs FSDP2 via the CLI, SD-1.5 size
 #
 # A step written bg:NAME runs in the background (correctness tests only: they compete for the
 # host); the next timed step (eager, sampling, compiled) waits for it first.
@@ -41,6 +42,7 @@ run() {  # run NAME: one named step
     sampling) step sampling 300 python3 benchmarks/sample_speed.py --model sd15 $BENCH --reps 5 --compile ;;
     compiled) step compiled 300 python3 benchmarks/shift_overhead.py $BENCH --reps 12 --skip-toy --modes compiled \
       --compile-clips 4 --compile-passes fwd_bwd ;;
+    scaleout) step scaleout 420 python3 benchmarks/scaleout.py --size sd15 --steps 20 --out "$OUT" ;;
     compile_tests) step compile_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_compile.py ;;
     *) echo "unknown step $1" ;;
   esac
@@ -49,11 +51,11 @@ run() {  # run NAME: one named step
 for name in "$@"; do
   case $name in
     bg:*) run "${name#bg:}" > "$OUT/${name#bg:}.bg" 2>&1 & ;;
-    eager|sampling|compiled) wait; run "$name" ;;
+    eager|sampling|compiled|scaleout) wait; run "$name" ;;
     *) run "$name" ;;
   esac
 done
 wait
 cat "$OUT"/*.bg 2>/dev/null
 echo "=== summary"
-grep -hE "ratio|seconds_per_video|warm-up|passed|failed|error" "$OUT"/*.log | grep -v Warning | tail -40
+grep -hE "ratio|seconds_per_video|warm-up|passed|failed|error|^(ddp|fsdp) " "$OUT"/*.log | grep -v Warning | tail -40

@@ -7,6 +7,7 @@ import os
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -14,7 +15,8 @@ class StepSpeed(L.Callback):
     """Times the training loop and prints, at the end of ``fit``, ``trained N steps in T s (X steps/s)``.
 
     Validation (and whatever runs inside it, e.g. ``VideoLogger``) is timed apart and excluded from the
-    steps/s figure. The numbers are also written to ``{log_dir}/speed.json``.
+    steps/s figure. The numbers are also written to ``{log_dir}/speed.json`` (with the peak GPU memory
+    allocated by this rank, on a GPU).
     """
 
     def __init__(self) -> None:
@@ -42,8 +44,11 @@ class StepSpeed(L.Callback):
         total = time.perf_counter() - (self._start or time.perf_counter())
         steps = trainer.global_step - self._first_step
         train = max(total - self.val_seconds, 1e-9)
-        return {"steps": steps, "seconds": round(total, 1), "validation_seconds": round(self.val_seconds, 1),
-                "steps_per_s": round(steps / train, 2)}
+        out = {"steps": steps, "seconds": round(total, 1), "validation_seconds": round(self.val_seconds, 1),
+               "steps_per_s": round(steps / train, 2)}
+        if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda":
+            out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2**30, 2)
+        return out
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
