@@ -48,10 +48,13 @@ def usage() -> str:
 def train_main(argv: list[str] | None = None) -> int:
     """``train.py`` and ``ls-video fit|validate|test|predict``."""
     from ls_video.quiet import quiet
+    from ls_video.shipped import shipped_args
     from ls_video.train_cli import build
 
     quiet()
-    build(argv)
+    if argv is None:  # LightningCLI reads sys.argv itself (given args, it warns when sys.argv has more)
+        sys.argv[1:] = shipped_args(sys.argv[1:])
+    build(None if argv is None else shipped_args(argv))
     return 0
 
 

@@ -1,12 +1,13 @@
 """``make demo``: the whole Latent-Shift path on the embedded toy world, end to end.
 
     python -m ls_video.demo --out outputs/demo [--max-steps N] [--base assets/toy-base]
+    ls-video demo --out demo --max-steps 50        (the same, from any folder, also from an installed wheel)
 
 1. toy base (``assets/toy-base``, committed; rebuilt with ``ls_video.toy.make_base`` if missing),
 2. toy videos -> latent shards (``ToyDataModule``, through ``datamodules.preprocess``),
-3. Latent-Shift fine-tuning: ``python train.py fit -c configs/toy.yaml``,
+3. Latent-Shift fine-tuning: ``ls-video fit -c configs/toy.yaml`` (run as ``python -m ls_video.cli fit``),
 4. export: ``python -m ls_video.export last.ckpt OUT/model``,
-5. samples for the 32 prompts x 2 seeds: ``python sample.py --model OUT/model ...``, and one-frame samples
+5. samples for the 32 prompts x 2 seeds: ``ls-video sample --model OUT/model ...``, and one-frame samples
    (images) of the 8 image prompts x 8 seeds from the fine-tuned model (``OUT/images``) and from the base
    (``OUT/base_images``): with one frame the shift is the identity, so the model should still be the base's
    text-to-image model,
@@ -14,7 +15,9 @@
    ``OUT/index.html``: ``python -m ls_video.eval OUT --images OUT/images --html --run RUN``; the base's image
    figures (``python -m ls_video.eval OUT/base_images``) are added to ``OUT/metrics.json`` as ``base_image_*``.
 Each step is the command a user would type; the demo prints them as it goes, and at the end the
-elapsed time of each stage, the training speed (steps/s) and the accuracy.
+elapsed time of each stage, the training speed (steps/s) and the accuracy. Every stage runs through
+``python -m``, in the current folder: a clone and an installed wheel run the same (``ls_video.shipped``
+finds the configs and the toy base).
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ import subprocess
 import sys
 import time
 
+from ls_video.shipped import shipped_path
 from ls_video.toy.world import all_prompts, image_prompts
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(cmd: list[str], stage: str, times: dict[str, float], env: dict[str, str] | None = None) -> None:
@@ -41,7 +43,7 @@ def run(cmd: list[str], stage: str, times: dict[str, float], env: dict[str, str]
     """
     print(f"\n== {stage}\n$ {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, env={"OMP_NUM_THREADS": "1", **os.environ, **(env or {})})
+    subprocess.run(cmd, check=True, env={"OMP_NUM_THREADS": "1", **os.environ, **(env or {})})
     times[stage] = time.perf_counter() - start
 
 
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-inference-steps", type=int, default=25, help="DDIM steps when sampling")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py arguments")
     args = p.parse_args(argv)
+    args.base, args.config = shipped_path(args.base), shipped_path(args.config)  # a clone's or the wheel's copy
     py = sys.executable
     times: dict[str, float] = {}
     out = os.path.abspath(args.out)
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         run([py, "-m", "ls_video.toy.make_base", "--out", args.base], "base", times)
 
     run_dir = os.path.join(out, "run")
-    train = [py, "train.py", "fit", "-c", args.config, "--model.pretrained_model_name_or_path", args.base,
+    train = [py, "-m", "ls_video.cli", "fit", "-c", args.config, "--model.pretrained_model_name_or_path", args.base,
              "--trainer.default_root_dir", run_dir,
              "--trainer.logger.init_args.save_dir", run_dir]
     if args.max_steps is not None:
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         f.write("\n".join(all_prompts()) + "\n")
     frames = _config_frames(args.config)
     sampling = ["--num-inference-steps", str(args.num_inference_steps), "--guidance-scale", "4.0", "--seed", "0"]
-    run([py, "sample.py", "--model", model, "--prompts-file", prompts,
+    run([py, "-m", "ls_video.sample", "--model", model, "--prompts-file", prompts,
          "--num-videos-per-prompt", str(args.num_videos_per_prompt), "--num-frames", str(frames), *sampling,
          "--batch-size", "32", "--out", out], "sample", times)
     images = sample_images(model, args.base, out, args.num_images_per_prompt, sampling, times)
@@ -156,10 +159,11 @@ def sample_images(model: str, base: str, out: str, per_prompt: int, sampling: li
         f.write("\n".join(image_prompts()) + "\n")
     one_frame = ["--prompts-file", image_file, "--num-videos-per-prompt", str(per_prompt), "--num-frames", "1",
                  *sampling, "--batch-size", "64"]
-    run([py, "sample.py", "--model", model, *one_frame, "--out", os.path.join(out, "images")], "images", times)
+    run([py, "-m", "ls_video.sample", "--model", model, *one_frame, "--out", os.path.join(out, "images")],
+        "images", times)
     # A plain diffusers folder makes diffusers import StableDiffusionPipeline, whose image processors make
     # transformers warn that torchvision is missing; nothing here uses them, so that stage runs quietly.
-    run([py, "sample.py", "--model", base, *one_frame, "--out", os.path.join(out, "base_images")],
+    run([py, "-m", "ls_video.sample", "--model", base, *one_frame, "--out", os.path.join(out, "base_images")],
         "base images", times, env={"TRANSFORMERS_VERBOSITY": "error"})
     run([py, "-m", "ls_video.eval", os.path.join(out, "base_images")], "base eval", times)
     return ["--images", os.path.join(out, "images")]
@@ -168,7 +172,7 @@ def sample_images(model: str, base: str, out: str, per_prompt: int, sampling: li
 def _config_frames(config: str) -> int:
     import yaml
 
-    with open(os.path.join(ROOT, config)) as f:
+    with open(config) as f:
         return int(yaml.safe_load(f)["data"]["init_args"].get("world", {}).get("num_frames", 16))
 
 

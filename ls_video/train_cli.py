@@ -7,7 +7,8 @@
         --trainer.max_steps 1000
 
 Checkpoints go to ``{default_root_dir}/checkpoints`` (``last.ckpt`` kept), so ``--ckpt_path last``
-finds the newest one with or without a config file.
+finds the newest one with or without a config file. Shipped configs and the toy base are found from any
+folder, also from an installed wheel: ``-c configs/toy.yaml`` or ``-c toy`` (:mod:`ls_video.shipped`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
 from ls_video.preemption import Preemption
+from ls_video.shipped import shipped_path
 
 SUBCOMMANDS = {"fit": "train (and resume: --ckpt_path last)", "validate": "validation loss of a model or checkpoint",
                "test": "test loss", "predict": "run the model's predict step"}
@@ -46,6 +48,9 @@ class LatentShiftCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.get("model") is not None and config.model.get("pretrained_model_name_or_path"):
+            base = config.model.pretrained_model_name_or_path  # assets/toy-base also from an installed wheel
+            config.model.pretrained_model_name_or_path = shipped_path(base)
         if config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.checkpoint.dirpath = os.path.join(root, "checkpoints")

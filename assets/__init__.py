@@ -1,0 +1,1 @@
+"""Shipped model files: ``toy-base/``, the toy text-to-image base (package data of the wheel)."""
