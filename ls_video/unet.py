@@ -30,6 +30,7 @@ from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from einops import rearrange
 
+from ls_video.compile import guard_hooks
 from ls_video.shift import shift_channels, shift_frames
 from ls_video.temporal_layers import (
     AddedLayerHook,
@@ -177,9 +178,12 @@ def apply_temporal_mixing(
     """Install (or replace) temporal mixing on ``unet`` in place and return it.
 
     Added layers (``temporal_conv`` / ``temporal_attention``) are created zero-initialised on the
-    U-Net's device and dtype; an earlier mixing's hooks and added layers are removed first.
+    U-Net's device and dtype; an earlier mixing's hooks and added layers are removed first. Dynamo is
+    told to guard module hooks (:func:`ls_video.compile.guard_hooks`), so a user's own
+    ``torch.compile(unet)`` never reuses the graph of another U-Net of the same config without them.
     """
     config = config or TemporalConfig()
+    guard_hooks()
     old = getattr(unet, "_latent_shift", None)
     if old is not None:
         for handle in old.handles:

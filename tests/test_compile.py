@@ -26,6 +26,13 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.fixture()
+def hook_guards_restored():
+    saved = torch._dynamo.config.skip_nnmodule_hook_guards
+    yield
+    torch._dynamo.config.skip_nnmodule_hook_guards = saved
+
+
 @pytest.fixture(autouse=True)
 def true_fp32():
     """Compare in real fp32 on GPUs: with TF32 convolutions (cuDNN's default) eager and inductor pick
@@ -91,9 +98,10 @@ def test_switching_temporal_mixing_after_compiling():
                                        rtol=0, atol=0)
 
 
-def test_the_stale_graph_is_real_without_hook_guards(monkeypatch):
+def test_the_stale_graph_is_real_without_hook_guards(monkeypatch, hook_guards_restored):
     """The trap the guards close: Dynamo's default reuses a graph traced with other hooks."""
-    monkeypatch.setattr(torch._dynamo.config, "skip_nnmodule_hook_guards", True)
+    torch._dynamo.config.skip_nnmodule_hook_guards = True
+    monkeypatch.setattr("ls_video.unet.guard_hooks", lambda: None)
     x, t, ctx = inputs()
     outputs = {}
     for mixing in ("none", "shift"):
@@ -102,6 +110,23 @@ def test_the_stale_graph_is_real_without_hook_guards(monkeypatch):
         unet.compile(backend="eager")
         outputs[mixing] = eager_twin_outputs(unet, x, t, ctx)
     assert torch.equal(outputs["none"], outputs["shift"])  # stale: the shifted U-Net ran unshifted
+
+
+def test_users_own_torch_compile_after_another_unet_is_right(hook_guards_restored):
+    """``torch.compile(unet)`` as diffusers' docs show, on a shifted U-Net after a plain one of the same
+    config in one process (Dynamo's default, hook guards skipped, as a fresh process has it): installing the
+    shift turns the hook guards on, so the shifted U-Net is traced anew (it was off by 67-80% before)."""
+    torch._dynamo.config.skip_nnmodule_hook_guards = True  # (restored by the fixture below)
+    x, t, ctx = inputs()
+    torch.manual_seed(1)
+    plain = tiny_unet().eval()
+    shifted = copy.deepcopy(plain)
+    apply_temporal_mixing(shifted, TemporalConfig("shift", 0.25))
+    with torch.no_grad():
+        expected = video_unet_forward(shifted, x, t, ctx)
+        video_unet_forward(torch.compile(plain, backend="eager"), x, t, ctx)
+        got = video_unet_forward(torch.compile(shifted, backend="eager"), x, t, ctx)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 @pytest.mark.slow
