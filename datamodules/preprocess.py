@@ -233,6 +233,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @command("ls-video preprocess")
 def main(argv: list[str] | None = None) -> int:
+    from ls_video.quiet import quiet
+
+    quiet()  # Lightning's product tips and a deprecation line from its own helpers, nothing of ours
     args = parse_args(argv)
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,

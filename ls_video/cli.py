@@ -1,6 +1,6 @@
 """``ls-video``: one command for every step, ``ls-video SUBCOMMAND --help`` for its options.
 
-    ls-video fit -c configs/toy.yaml            train (LightningCLI; also validate, test, predict)
+    ls-video fit -c configs/toy.yaml            train (LightningCLI; also validate)
     ls-video preprocess --videos ... --out ...  videos -> latent shards
     ls-video sample --model M --prompt ...      prompts -> mp4/gif
     ls-video export CKPT OUT                    checkpoint -> diffusers folder
@@ -46,7 +46,7 @@ def usage() -> str:
 
 @command("ls-video")
 def train_main(argv: list[str] | None = None) -> int:
-    """``train.py`` and ``ls-video fit|validate|test|predict``."""
+    """``train.py`` and ``ls-video fit|validate``."""
     from ls_video.quiet import quiet
     from ls_video.shipped import shipped_args
     from ls_video.train_cli import build

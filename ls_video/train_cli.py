@@ -1,4 +1,4 @@
-"""``ls-video fit | validate | test | predict``: a ``LightningCLI`` over ``LatentShiftModule`` and any datamodule.
+"""``ls-video fit | validate``: a ``LightningCLI`` over ``LatentShiftModule`` and any datamodule.
 
     ls-video fit -c configs/toy.yaml                 (or: python train.py fit -c configs/toy.yaml)
     ls-video fit -c configs/toy.yaml --ckpt_path last
@@ -24,13 +24,18 @@ from ls_video.module import LatentShiftModule
 from ls_video.preemption import Preemption
 from ls_video.shipped import shipped_path
 
-SUBCOMMANDS = {"fit": "train (and resume: --ckpt_path last)", "validate": "validation loss of a model or checkpoint",
-               "test": "test loss", "predict": "run the model's predict step"}
+# Lightning's test / predict need a test_step / predict_step, which this module does not have (sampling is
+# `ls-video sample`); the CLI offers only what works.
+SUBCOMMANDS = {"fit": "train (and resume: --ckpt_path last)", "validate": "validation loss of a model or checkpoint"}
 
 
 class LatentShiftCLI(LightningCLI):
     """LightningCLI with a checkpoint callback (``--checkpoint.*``) and preemption handling
     (``--preemption.*``: SIGTERM / SIGUSR1 -> ``last.ckpt`` at the next step and a non-zero exit)."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: LightningCLI.subcommands()[name] for name in SUBCOMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
