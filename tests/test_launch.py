@@ -196,10 +196,12 @@ def test_sharded_fit_resume_export_gives_the_ddp_runs_ema(tiny_base, tmp_path):
     """The issue's command, ``-c configs/toy.yaml -c configs/strategy/fsdp.yaml --trainer.accelerator cpu
     --trainer.devices 2``, with every callback: 2 steps, resume to 4, export. The same under DDP: the weights
     and the EMA agree to fp32 tolerance, so the EMA is whole, not one rank's shard (guards an EMA of
-    ``named_parameters()`` shards, a resume that leaves it unsharded, a sharded VAE or text encoder)."""
+    ``named_parameters()`` shards, a resume that leaves it unsharded, a sharded VAE or text encoder, gradient
+    norms clipped per shard instead of over the whole U-Net)."""
     runs = {}
     for name, overlay in [("ddp", []), ("fsdp", ["-c", "configs/strategy/fsdp.yaml"])]:
-        cfg = shipped_toy(tmp_path / name, tiny_base, devices=2, num_nodes=1, max_steps=2, val_check_interval=2)
+        cfg = shipped_toy(tmp_path / name, tiny_base, devices=2, num_nodes=1, max_steps=2, val_check_interval=2,
+                          gradient_clip_val=0.01)  # sd15.yaml clips too; this low, every step is clipped
         config = write(cfg, tmp_path / name / "config.yaml")
         strategy = ["--trainer.strategy", "ddp"] if name == "ddp" else []
         first = run("fit", "-c", str(config), *overlay, *strategy, timeout=480)
