@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     images = sample_images(model, args.base, out, args.num_images_per_prompt, sampling, times)
     run([py, "-m", "ls_video.eval", out, *images, "--html", "--run", run_dir], "eval", times)
     add_base_figures(out)
+    run([py, "-m", "ls_video.model_card", model, "--ckpt", os.path.join(run_dir, "checkpoints", "last.ckpt")],
+        "model card", times)  # again, now with the scores and sample GIFs
     print(summary(times, run_dir, out))
     print(f"open {os.path.join(out, 'index.html')} (videos, scores, learning curves); mp4s, manifest.json, "
           f"contact_sheet.png and metrics.json in {out}, model in {model}; tensorboard --logdir {run_dir}", flush=True)

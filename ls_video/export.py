@@ -4,7 +4,8 @@
     ls-video export CKPT OUT [--raw] [--base PATH]        (or: python -m ls_video.export ...)
 
 OUT gets the base's ``vae/``, ``text_encoder/``, ``tokenizer/``, a DDIM ``scheduler/``, the trained
-``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``) plus ``unet/latent_shift.json``.
+``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``) plus ``unet/latent_shift.json``, and
+a model card ``README.md`` with Hub metadata (:mod:`ls_video.model_card`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
 from ls_video.errors import command
+from ls_video.model_card import write_model_card
 
 
 def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None) -> bool:
@@ -22,6 +24,7 @@ def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None
         ema = find_ema_state(load_checkpoint(ckpt)) is not None
     pipe = pipeline_from_checkpoint(ckpt, ema=ema, base=base)
     pipe.save_pretrained(out)
+    write_model_card(out, ckpt)
     return ema
 
 

@@ -108,6 +108,8 @@ def test_shipped_sd_config_trains_exports_and_samples(tiny_base, shards, tmp_pat
     scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     want = "epsilon" if layout == "sd15" else "v_prediction"
     assert scheduler["prediction_type"] == want
+    card = (out / "README.md").read_text()  # the model card names the base it was fine-tuned from
+    assert "pipeline_tag: text-to-video" in card and f"base_model: {base}" in card
     r = subprocess.run([sys.executable, "sample.py", "--model", str(out), "--prompt", "a red square moving left",
                         "--num-frames", "4", "--num-inference-steps", "2", "--out", str(tmp_path / "s")],
                        cwd=ROOT, capture_output=True, text=True)
