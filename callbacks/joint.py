@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from datamodules.stream import LatentClipStream, collate, resumed_seed
+from datamodules.stream import LatentClipStream, collate, ignore_stop_signals, resumed_seed
 from ls_video.module import IMAGE_BATCH
 
 MODES = ("replace", "add")
@@ -146,7 +146,8 @@ class JointImageVideo(L.Callback):
                                   shuffle_buffer=self.shuffle_buffer, num_frames=1, seed=seed, remote=remote)
         return torch.utils.data.DataLoader(stream, batch_size=self.frame_budget(datamodule),
                                            num_workers=self.num_workers, collate_fn=self.collate,
-                                           persistent_workers=True, prefetch_factor=2)
+                                           persistent_workers=True, prefetch_factor=2,
+                                           worker_init_fn=ignore_stop_signals)
 
     def collate(self, samples: list[dict]) -> dict:
         batch = collate(samples)

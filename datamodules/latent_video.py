@@ -8,7 +8,7 @@ import lightning as L
 import torch
 
 from datamodules.remote import RemoteOptions
-from datamodules.stream import LatentClipStream, collate, expand, resumed_seed
+from datamodules.stream import LatentClipStream, collate, expand, ignore_stop_signals, resumed_seed
 from datamodules.vae_check import check_vae
 
 
@@ -115,7 +115,7 @@ class LatentVideoDataModule(L.LightningDataModule):
         use_cuda = torch.cuda.is_available()
         return torch.utils.data.DataLoader(
             stream, batch_size=self.batch_size, num_workers=workers, collate_fn=collate,
-            pin_memory=use_cuda, persistent_workers=workers > 0,
+            pin_memory=use_cuda, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
         )
 

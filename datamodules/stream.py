@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -167,6 +168,14 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             produced += 1
             if limit is not None and produced >= limit:
                 return
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGTERM / SIGUSR1. Launchers that signal a whole
+    process group (torchrun, SLURM) would otherwise kill them mid-batch, and the trainer could not reach the
+    step boundary where it writes its preemption checkpoint; it ends its workers itself when it leaves."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def resumed_seed(seed: int, step: int) -> int:

@@ -42,9 +42,13 @@ def write(cfg: dict, path: Path) -> Path:
     return path
 
 
-def launch(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    """``python train.py ARGS`` in the background (its own session, so a test can signal it alone)."""
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env={**os.environ, **TESTS_ON_PATH,
+def launch(*args: str, env: dict | None = None, torchrun: list[str] | None = None, **popen) -> subprocess.Popen:
+    """``python train.py ARGS`` in the background (its own session, so a test can signal it alone); with
+    ``torchrun`` (its arguments), ``torchrun TORCHRUN train.py ARGS``."""
+    cmd = [sys.executable, "train.py", *args]
+    if torchrun is not None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun, "train.py", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **TESTS_ON_PATH,
                             **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, **popen)
 

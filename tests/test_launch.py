@@ -85,17 +85,21 @@ def test_a_signal_writes_a_checkpoint_exits_non_zero_and_resumes(tiny_base, tmp_
     assert ckpt(tmp_path)["global_step"] == saved["global_step"] + 2
 
 
-def test_sigterm_to_rank_zero_of_two_processes_stops_both_with_one_checkpoint(tiny_base, tmp_path):
-    """Only rank 0 is signalled (as Kubernetes signals PID 1): the ranks agree at the next step, both write
-    their part of ``last.ckpt`` and leave; no process is left waiting in a collective."""
+@pytest.mark.parametrize("launcher", ["lightning", "torchrun"])
+def test_sigterm_to_rank_zero_of_two_processes_stops_both_with_one_checkpoint(tiny_base, tmp_path, launcher):
+    """Only rank 0 is signalled (as Kubernetes signals PID 1), or torchrun's agent, which passes SIGTERM to
+    its workers: the ranks agree at the next step, both write their part of ``last.ckpt`` and leave with a
+    non-zero status; no process is left waiting in a collective."""
     cfg = shipped_toy(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=10_000, val_check_interval=4)
     cfg["checkpoint"]["every_n_train_steps"] = 10_000
     config = write(add_callback(cfg, "step_file.StepFile", path=str(tmp_path / "step")), tmp_path / "config.yaml")
-    proc = launch("fit", "-c", str(config))
+    torchrun = ["--nnodes=1", "--nproc-per-node=2", f"--master-port={free_port()}"] if launcher == "torchrun" else None
+    proc = launch("fit", "-c", str(config), torchrun=torchrun)
     step, pid = wait_for_step(tmp_path / "step", proc, 5)
-    os.kill(pid, signal.SIGTERM)
+    os.kill(proc.pid if torchrun else pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    expected = 1 if torchrun else 128 + signal.SIGTERM  # torchrun reports a failed worker group with 1
+    assert proc.returncode == expected, err[-3000:]
     assert group_ends(proc.pid), "rank 1 or a DataLoader worker is still running"
     assert step <= ckpt(tmp_path)["global_step"] <= step + 2
 
@@ -151,13 +155,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("launcher", ["node_rank", "slurm"])
+@pytest.mark.parametrize("launcher", ["node_rank", "slurm", "torchrun"])
 def test_two_nodes_read_disjoint_shards_and_one_rank_writes_checkpoints(tiny_base, tmp_path, launcher):
     """Two node ranks on one machine, one process each, with ``configs/strategy/ddp_multinode.yaml`` and
-    ``--trainer.num_nodes 2 --trainer.devices 1``, launched as ``NODE_RANK=0/1 MASTER_ADDR=127.0.0.1`` or as
-    a simulated 2-task SLURM job (``SLURM_PROCID`` / ``SLURM_NODEID``). One non-resampled pass over 4 shards:
-    each rank trains on 2 whole shards, the two sets are disjoint and together every sample; checkpoints
-    appear only in node 0's folder (each node has its own, as on separate disks)."""
+    ``--trainer.num_nodes 2 --trainer.devices 1``, launched as ``NODE_RANK=0/1 MASTER_ADDR=127.0.0.1``, as
+    a simulated 2-task SLURM job (``SLURM_PROCID`` / ``SLURM_NODEID``) or by ``torchrun --nnodes 2``. One
+    non-resampled pass over 4 shards: each rank trains on 2 whole shards, the two sets are disjoint and
+    together every sample; checkpoints appear only in node 0's folder (each node has its own, as on
+    separate disks)."""
     from datamodules import ToyDataModule
     from ls_video.toy.world import ToyWorld
 
@@ -179,9 +184,13 @@ def test_two_nodes_read_disjoint_shards_and_one_rank_writes_checkpoints(tiny_bas
             env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_NAME="train", SLURM_JOB_ID="77",
                        SLURM_PROCID=str(node), SLURM_NODEID=str(node), SLURM_LOCALID="0",
                        SLURM_NODELIST="127.0.0.1")
-        procs.append(launch("fit", "-c", str(config), "-c", "configs/strategy/ddp_multinode.yaml",
-                            "--trainer.num_nodes", "2", "--trainer.devices", "1",
-                            "--trainer.default_root_dir", str(tmp_path / f"node{node}"), env=env))
+        args = ["fit", "-c", str(config), "-c", "configs/strategy/ddp_multinode.yaml", "--trainer.num_nodes", "2",
+                "--trainer.devices", "1", "--trainer.default_root_dir", str(tmp_path / f"node{node}")]
+        torchrun = None
+        if launcher == "torchrun":
+            env, torchrun = {}, ["--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}", "--master-addr=127.0.0.1",
+                                 f"--master-port={port}"]
+        procs.append(launch(*args, env=env, torchrun=torchrun))
     for proc in procs:
         _, err = proc.communicate(timeout=480)
         assert proc.returncode == 0, err[-3000:]
