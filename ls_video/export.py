@@ -5,26 +5,42 @@
 
 OUT gets the base's ``vae/``, ``text_encoder/``, ``tokenizer/``, a DDIM ``scheduler/``, the trained
 ``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``) plus ``unet/latent_shift.json``, and
-a model card ``README.md`` with Hub metadata (:mod:`ls_video.model_card`).
+a model card ``README.md`` with Hub metadata (:mod:`ls_video.model_card`); ``--single-file FILE`` also writes
+the U-Net in the original Stable Diffusion key layout (:mod:`ls_video.single_file`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 
 from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
 from ls_video.errors import command
 from ls_video.model_card import write_model_card
+from ls_video.single_file import save_unet_single_file
+from ls_video.unet import TemporalConfig
 
 
-def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None) -> bool:
-    """Write the folder; returns whether EMA weights were used (default: when present)."""
+def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None, single_file: str | None = None
+           ) -> bool:
+    """Write the folder (and, with ``single_file``, the U-Net as one original-layout safetensors file);
+    returns whether EMA weights were used (default: when present)."""
     if ema is None:
         ema = find_ema_state(load_checkpoint(ckpt)) is not None
     pipe = pipeline_from_checkpoint(ckpt, ema=ema, base=base)
     pipe.save_pretrained(out)
     write_model_card(out, ckpt)
+    if single_file:
+        temporal = TemporalConfig.load(os.path.join(out, "unet"))
+        if temporal is not None and temporal.temporal_mixing not in ("shift", "none"):
+            raise ValueError(f"--single-file holds the SD layout only; {temporal.temporal_mixing} adds layers it has "
+                             "no names for (export the folder instead)")
+        meta = {"latent_shift": dataclasses.asdict(temporal) if temporal else None, "ema": ema,
+                "base_model": load_checkpoint(ckpt).get("hyper_parameters", {}).get("pretrained_model_name_or_path")}
+        n = save_unet_single_file(pipe.unet, single_file, meta)
+        print(f"wrote {single_file}: the U-Net's {n} tensors in the original Stable Diffusion layout")
     return ema
 
 
@@ -35,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="output diffusers folder")
     p.add_argument("--raw", action="store_true", help="export the raw weights even when EMA weights exist")
     p.add_argument("--base", default=None, help="base model folder/id (default: the one recorded in the ckpt)")
+    p.add_argument("--single-file", default=None, metavar="FILE.safetensors",
+                   help="also write the U-Net as one safetensors file in the original Stable Diffusion key layout "
+                        "(A1111 / ComfyUI; the shift settings in its metadata under 'latent_shift')")
     args = p.parse_args(argv)
-    used_ema = export(args.ckpt, args.out, ema=False if args.raw else None, base=args.base)
+    used_ema = export(args.ckpt, args.out, ema=False if args.raw else None, base=args.base,
+                      single_file=args.single_file)
     print(f"exported {'EMA' if used_ema else 'raw'} weights to {args.out}")
     return 0
 
