@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import torch
 
 from ls_video.components import build_pipeline, freeze, load_components
+from ls_video.errors import UsageError
 from ls_video.nonfinite import NonFiniteGuard
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer, select_trainable
@@ -99,12 +100,12 @@ class LatentShiftModule(NonFiniteGuard):
         baseline's added-layer weights when resuming from one)."""
         unknown = set(given) - set(PARTS)
         if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; expected {list(PARTS)}")
+            raise UsageError(f"unknown components {sorted(unknown)}; expected {list(PARTS)}")
         parts = dict(given)
         if any(k not in given for k in PARTS):
             if path is None:
                 missing = [k for k in PARTS if k not in given]
-                raise ValueError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
+                raise UsageError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
             loaded = load_components(path, revision)
             parts = {k: given.get(k, loaded[k]) for k in PARTS}
             saved = loaded["temporal_config"] if "unet" not in given else None

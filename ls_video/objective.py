@@ -23,6 +23,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
+from ls_video.errors import UsageError
+
 
 @dataclass
 class ObjectiveConfig:
@@ -52,11 +54,11 @@ class ObjectiveConfig:
 
     def __post_init__(self) -> None:
         if self.image_weight is not None and not self.image_weight > 0:
-            raise ValueError(f"image_weight must be > 0 (or null), got {self.image_weight}")
+            raise UsageError(f"image_weight must be > 0 (or null), got {self.image_weight}")
         if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+            raise UsageError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+            raise UsageError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,7 +81,7 @@ class DiffusionObjective:
         if self.config.prediction_type is not None:
             scheduler.register_to_config(prediction_type=self.config.prediction_type)
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+            raise UsageError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
         self.scheduler = scheduler
         self.scaling_factor = float(getattr(vae_config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(vae_config, "shift_factor", None) or 0.0)

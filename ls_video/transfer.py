@@ -24,7 +24,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from ls_video.errors import command
+from ls_video.errors import UsageError, command
 from ls_video.unet import TemporalConfig
 
 FORMAT = "ls-video-motion/1"
@@ -54,7 +54,7 @@ def check_same_architecture(expected: dict[str, list[int]], unet: torch.nn.Modul
     first = (f"{wrong[0]} is {actual[wrong[0]]}, the motion's is {expected[wrong[0]]}" if wrong else
              f"{len(missing)} parameters missing (e.g. {missing[0]})" if missing else
              f"{len(extra)} extra parameters (e.g. {extra[0]})")
-    raise ValueError(f"{what} has another U-Net architecture than the motion file: {first}")
+    raise UsageError(f"{what} has another U-Net architecture than the motion file: {first}")
 
 
 def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,12 +68,12 @@ def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
 def extract(video: str, base: str, out: str, rank: int | None = None) -> dict:
     """Write the motion file; returns a report (parameters stored, sizes)."""
     if rank is not None and rank < 1:
-        raise ValueError(f"--rank must be >= 1, got {rank}")
+        raise UsageError(f"--rank must be >= 1, got {rank}")
     video_unet, config = load_unet(video)
     base_unet, _ = load_unet(base)
     config = config or TemporalConfig()
     if config.temporal_mixing not in ("shift", "none"):
-        raise ValueError(f"{video} uses temporal_mixing={config.temporal_mixing!r}: motion transfer carries weight "
+        raise UsageError(f"{video} uses temporal_mixing={config.temporal_mixing!r}: motion transfer carries weight "
                          "deltas of the same layers (shift or none), not added layers")
     arch = architecture(base_unet)
     check_same_architecture(arch, video_unet, video)
@@ -108,7 +108,7 @@ def read_motion(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(path, "pt") as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a motion file written by `ls-video transfer extract`")
+        raise UsageError(f"{path} is not a motion file written by `ls-video transfer extract`")
     return load_file(path), metadata
 
 

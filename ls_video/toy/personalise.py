@@ -40,6 +40,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ls_video.components import freeze, load_components
+from ls_video.errors import UsageError
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.tiny import save_sd_folder
 from ls_video.toy.loop import train_steps
@@ -75,7 +76,7 @@ def extend_text_side(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> l
     for word, sources in NEW_WORDS.items():
         ids = [tokenizer(src, add_special_tokens=False).input_ids for src in sources]
         if any(len(i) != 1 for i in ids):
-            raise ValueError(f"the base tokenizer does not know {sources} as single tokens")
+            raise UsageError(f"the base tokenizer does not know {sources} as single tokens")
         init[word] = old_embeddings[[i[0] for i in ids]].mean(0)
     missing = [w for w in NEW_WORDS if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
     if not missing:
