@@ -60,7 +60,7 @@ def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: s
     missing, unexpected = unet.load_state_dict(unet_state_from_checkpoint(checkpoint, ema), strict=False)
     if unexpected:
         raise UsageError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
-    return build_pipeline(**parts)
+    return build_pipeline(parts)
 
 
 def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPipeline:

@@ -1,5 +1,6 @@
 """The parts of a Stable-Diffusion-layout model, loaded and put together in one place.
 
+* :class:`Parts`: the five parts by the names every caller uses (the scheduler is ``noise_scheduler``).
 * :func:`load_components` / :func:`load_vae`: a diffusers folder or hub id, one part per subfolder.
 * :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler).
 * :func:`temporal_config_from_hparams`: the temporal settings a training checkpoint recorded.
@@ -13,17 +14,44 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import torch
 import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from transformers import AutoTokenizer, PreTrainedModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ls_video.errors import UsageError
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.unet import TemporalConfig
 
-PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")  # of a Stable-Diffusion-layout folder
+
+
+class Parts(TypedDict):
+    """The parts of a Stable-Diffusion-layout model. ``noise_scheduler`` is the training noise schedule
+    (saved as ``scheduler/``); samplers are made from its config."""
+
+    vae: AutoencoderKL
+    text_encoder: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    unet: UNet2DConditionModel
+    noise_scheduler: SchedulerMixin
+
+
+PART_NAMES = tuple(Parts.__annotations__)
+
+
+def check_parts(parts: Mapping[str, Any], complete: bool = True) -> None:
+    """Refuse names that are not :class:`Parts` keys, and (``complete``) missing ones."""
+    unknown = sorted(set(parts) - set(PART_NAMES))
+    if unknown:
+        raise UsageError(f"unknown parts {unknown}; expected {list(PART_NAMES)}")
+    missing = [k for k in PART_NAMES if k not in parts]
+    if complete and missing:
+        raise UsageError(f"missing parts {missing}")
 
 
 def looks_local(path: str) -> bool:
@@ -36,7 +64,7 @@ def check_base_path(path: str) -> None:
     if looks_local(path) and not os.path.isdir(path):
         raise FileNotFoundError(f"base model folder not found: {path}")
     if os.path.isdir(path):
-        missing = [d for d in PARTS if not os.path.isdir(os.path.join(path, d))]
+        missing = [d for d in SUBFOLDERS if not os.path.isdir(os.path.join(path, d))]
         if missing:
             raise FileNotFoundError(f"{path} is not a Stable-Diffusion-layout folder; missing {missing}")
 
@@ -69,28 +97,30 @@ def load_vae(path: str, revision: str | None = None) -> AutoencoderKL:
     return vae
 
 
-def load_components(path: str, revision: str | None = None) -> dict[str, Any]:
-    """``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``noise_scheduler`` and the U-Net's saved
-    ``temporal_config`` (``None`` for a plain SD U-Net), loaded exactly like diffusers does."""
+def load_components(path: str, revision: str | None = None) -> Parts:
+    """The base's parts, loaded exactly like diffusers does (a plain image U-Net)."""
     check_base_path(path)
     kw = dict(revision=revision)
-    return dict(
+    return Parts(
         vae=load_vae(path, revision),
         text_encoder=_text_encoder_class(path).from_pretrained(path, subfolder="text_encoder", **kw),
         tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
         unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
         noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
-        temporal_config=TemporalConfig.load(os.path.join(path, "unet")) if os.path.isdir(path) else None,
     )
 
 
-def build_pipeline(vae: AutoencoderKL, text_encoder: PreTrainedModel, tokenizer: Any, unet: UNet2DConditionModel,
-                   noise_scheduler: Any, **_: Any) -> LatentShiftPipeline:
-    """A sampling pipeline over these parts (shared, not copied) with a DDIM scheduler from the noise
-    scheduler's config. ``unet`` keeps whatever temporal mixing it carries. Takes :func:`load_components`'s
-    dict as it is (``build_pipeline(**parts)``): its other keys (``temporal_config``) are ignored."""
-    scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-    return LatentShiftPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+def sampler(parts: Parts) -> DDIMScheduler:
+    """The DDIM sampler of these parts (from the noise scheduler's config)."""
+    return DDIMScheduler.from_config(parts["noise_scheduler"].config)
+
+
+def build_pipeline(parts: Parts) -> LatentShiftPipeline:
+    """A sampling pipeline over these parts (shared, not copied) with their DDIM :func:`sampler`. The U-Net
+    keeps whatever temporal mixing it carries."""
+    check_parts(parts)
+    return LatentShiftPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                               unet=parts["unet"], scheduler=sampler(parts))
 
 
 def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:
