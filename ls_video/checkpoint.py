@@ -7,10 +7,15 @@ from typing import Any
 
 import torch
 
-from ls_video.components import build_pipeline, load_components, looks_local, temporal_config_from_hparams
+from ls_video.components import (
+    build_pipeline,
+    load_components,
+    load_video_unet,
+    looks_local,
+    temporal_config_from_hparams,
+)
 from ls_video.errors import UsageError
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.unet import apply_temporal_mixing
 
 EMA_KEY = "ema_unet"  # checkpoint entry with the EMA weights (U-Net parameter names), written by callbacks.EMA
 
@@ -55,11 +60,8 @@ def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: s
     if base is None:
         raise UsageError(f"{path} does not name its base model; pass it explicitly")
     parts = load_components(base)
-    unet = parts["unet"]
-    apply_temporal_mixing(unet, temporal_config_from_hparams(hparams))  # added layers first, then their weights
-    missing, unexpected = unet.load_state_dict(unet_state_from_checkpoint(checkpoint, ema), strict=False)
-    if unexpected:
-        raise UsageError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
+    state = unet_state_from_checkpoint(checkpoint, ema)
+    load_video_unet(parts["unet"], temporal_config_from_hparams(hparams), state=state)
     return build_pipeline(parts)
 
 

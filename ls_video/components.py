@@ -1,7 +1,10 @@
 """The parts of a Stable-Diffusion-layout model, loaded and put together in one place.
 
 * :class:`Parts`: the five parts by the names every caller uses (the scheduler is ``noise_scheduler``).
-* :func:`load_components` / :func:`load_vae`: a diffusers folder or hub id, one part per subfolder.
+* :func:`load_components` / :func:`load_vae` / :func:`load_unet`: a diffusers folder or hub id, one part per
+  subfolder (plain diffusers parts).
+* :func:`load_video_unet`: install the temporal mixing on a U-Net, then load the weights diffusers' loader
+  does not (added temporal layers, a checkpoint's trained tensors). The only place that does.
 * :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler).
 * :func:`temporal_config_from_hparams`: the temporal settings a training checkpoint recorded.
 * :func:`vae_fingerprint`: the name latent shards give the VAE that made them.
@@ -25,7 +28,8 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.errors import UsageError
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.unet import TemporalConfig
+from ls_video.temporal_layers import load_added_weights
+from ls_video.unet import TemporalConfig, apply_temporal_mixing
 
 SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")  # of a Stable-Diffusion-layout folder
 
@@ -97,17 +101,62 @@ def load_vae(path: str, revision: str | None = None) -> AutoencoderKL:
     return vae
 
 
-def load_components(path: str, revision: str | None = None) -> Parts:
-    """The base's parts, loaded exactly like diffusers does (a plain image U-Net)."""
+def load_components(path: str | None, revision: str | None = None, given: Mapping[str, Any] | None = None) -> Parts:
+    """The base's parts, loaded exactly like diffusers does (a plain image U-Net). Parts ``given`` replace the
+    base's; with all five given, no base is needed."""
+    given = dict(given or {})
+    check_parts(given, complete=False)
+    missing = [k for k in PART_NAMES if k not in given]
+    if not missing:
+        return Parts(**given)
+    if path is None:
+        raise UsageError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
     check_base_path(path)
     kw = dict(revision=revision)
-    return Parts(
+    return Parts(**{**dict(
         vae=load_vae(path, revision),
         text_encoder=_text_encoder_class(path).from_pretrained(path, subfolder="text_encoder", **kw),
         tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
         unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
         noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
-    )
+    ), **given})
+
+
+def unet_folder(path: str | os.PathLike) -> str:
+    """The U-Net folder of a pipeline folder (its ``unet/``) or of a U-Net folder (itself)."""
+    path = str(path)
+    return os.path.join(path, "unet") if os.path.isdir(os.path.join(path, "unet")) else path
+
+
+def load_unet(path: str) -> UNet2DConditionModel:
+    """The plain (image) U-Net of a local pipeline folder or U-Net folder, in float32."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder not found: {path}")
+    return UNet2DConditionModel.from_pretrained(unet_folder(path)).float()
+
+
+def load_video_unet(unet: UNet2DConditionModel, config: TemporalConfig | None = None,
+                    folder: str | os.PathLike | None = None, state: dict[str, torch.Tensor] | None = None
+                    ) -> UNet2DConditionModel:
+    """Make ``unet`` (as diffusers loaded it) a video U-Net, in place: install the temporal mixing first, then
+    load the weights that need it.
+
+    Args:
+        config: the mixing to install; default: the one saved in ``folder``, else the shift.
+        folder: the U-Net folder ``unet`` came from; when it saved the same mixing, its added temporal layers'
+            weights (which diffusers' loader drops) are loaded.
+        state: a checkpoint's trained U-Net tensors (U-Net parameter names), loaded last.
+    """
+    saved = TemporalConfig.load(folder) if folder is not None and os.path.isdir(folder) else None
+    config = config or saved or TemporalConfig()
+    apply_temporal_mixing(unet, config)
+    if saved is not None and saved.temporal_mixing == config.temporal_mixing:
+        load_added_weights(unet, folder)
+    if state is not None:
+        _, unexpected = unet.load_state_dict(state, strict=False)
+        if unexpected:
+            raise UsageError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
+    return unet
 
 
 def sampler(parts: Parts) -> DDIMScheduler:

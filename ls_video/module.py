@@ -16,17 +16,15 @@ from typing import Any, TypeVar
 
 import torch
 
-from ls_video.components import PART_NAMES, Parts, build_pipeline, check_parts, freeze, load_components
-from ls_video.errors import UsageError
+from ls_video.components import PART_NAMES, Parts, build_pipeline, freeze, load_components, load_video_unet
 from ls_video.nonfinite import NonFiniteGuard
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer, select_trainable
 from ls_video.performance import PerformanceConfig, apply_performance
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.sharding import is_sharded, shard_unet
-from ls_video.temporal_layers import load_added_weights
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
+from ls_video.unet import TemporalConfig, video_unet_forward
 
 FROZEN = ("vae.", "text_encoder.")
 IMAGE_BATCH = "image_batch"  # a batch's extra image latents (F = 1), trained with it (JointImageVideo mode "add")
@@ -97,20 +95,8 @@ class LatentShiftModule(NonFiniteGuard):
     def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig) -> Parts:
         """The given parts, the missing ones from the base; the U-Net with its temporal mixing (and an exported
         baseline's added-layer weights when resuming from one)."""
-        check_parts(given, complete=False)
-        parts = Parts(**given)
-        if any(k not in given for k in PART_NAMES):
-            if path is None:
-                missing = [k for k in PART_NAMES if k not in given]
-                raise UsageError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
-            parts = Parts(**{**load_components(path, revision), **given})
-            saved = TemporalConfig.load(os.path.join(path, "unet")) if "unet" not in given and os.path.isdir(path) \
-                else None
-        else:
-            saved = None
-        apply_temporal_mixing(parts["unet"], temporal)
-        if saved is not None and saved.temporal_mixing == temporal.temporal_mixing:
-            load_added_weights(parts["unet"], os.path.join(path, "unet"))
+        parts = load_components(path, revision, given)
+        load_video_unet(parts["unet"], temporal, folder=None if "unet" in given else os.path.join(path, "unet"))
         return parts
 
     # ----------------------------------------------------------------------------- helpers

@@ -22,9 +22,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.compile import compile_whole
 from ls_video.errors import UsageError
-from ls_video.temporal_layers import load_added_weights
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, apply_temporal_mixing, get_temporal_config, video_unet_forward
+from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
 
 
 @dataclass
@@ -82,14 +81,15 @@ class LatentShiftPipeline(DiffusionPipeline):
         self._unet_compiled = False
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        """Load like any diffusers pipeline, then apply ``unet/latent_shift.json`` when present."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        temporal: TemporalConfig | None = None, **kwargs):
+        """Load like any diffusers pipeline, then make its own U-Net a video U-Net
+        (:func:`ls_video.components.load_video_unet`): the mixing ``temporal``, by default the one in
+        ``unet/latent_shift.json``, else the shift (a plain SD folder)."""
+        from ls_video.components import load_video_unet  # (components builds pipelines: imported on use)
+
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        unet_dir = os.path.join(pretrained_model_name_or_path, "unet")
-        config = TemporalConfig.load(unet_dir) if os.path.isdir(pretrained_model_name_or_path) else None
-        apply_temporal_mixing(pipe.unet, config or TemporalConfig())  # its own U-Net: a plain SD one gets the shift
-        if config is not None:
-            load_added_weights(pipe.unet, unet_dir)
+        load_video_unet(pipe.unet, temporal, folder=os.path.join(pretrained_model_name_or_path, "unet"))
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
