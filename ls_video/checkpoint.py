@@ -32,12 +32,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def find_ema_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
     """The EMA weights (U-Net parameter names), if the run used EMA."""
-    if checkpoint.get(EMA_KEY):
-        return checkpoint[EMA_KEY]
-    for state in checkpoint.get("callbacks", {}).values():  # checkpoints written before EMA_KEY
-        if isinstance(state, dict) and state.get("shadow"):
-            return state["shadow"]
-    return None
+    return checkpoint.get(EMA_KEY) or None
 
 
 def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) -> dict[str, torch.Tensor]:

@@ -173,10 +173,8 @@ def build_pipeline(parts: Parts) -> LatentShiftPipeline:
 
 
 def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:
-    """The U-Net's temporal settings recorded in a checkpoint's hyper-parameters (``temporal`` group;
-    checkpoints written before the grouping kept them flat)."""
-    group = hparams.get("temporal") or {k: hparams[k] for k in TemporalConfig.__dataclass_fields__ if k in hparams}
-    return TemporalConfig(**dict(group))
+    """The U-Net's temporal settings recorded in a checkpoint's hyper-parameters (the ``temporal`` group)."""
+    return TemporalConfig(**hparams["temporal"])
 
 
 def vae_fingerprint(vae: AutoencoderKL) -> str:

@@ -40,12 +40,6 @@ def latents_to_vae_space(latents: torch.Tensor, vae: AutoencoderKL) -> torch.Ten
     return latents / vae.config.scaling_factor + shift
 
 
-def vae_to_latents(latents: torch.Tensor, vae: AutoencoderKL) -> torch.Tensor:
-    """Scale raw VAE latents into the diffusion model's space."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
-
-
 class LatentShiftPipeline(DiffusionPipeline):
     """Text-to-video with a Latent-Shift U-Net.
 

@@ -131,7 +131,7 @@ def test_pickle_payloads_never_run(tmp_path):
     for path in (ckpt, tmp_path / "evil2.ckpt"):
         with pytest.raises(ValueError, match="not a readable checkpoint"):
             load_checkpoint(path)
-        r = subprocess.run([sys.executable, "sample.py", "--model", str(path), "--prompt", "x", "--out-dir",
+        r = subprocess.run([sys.executable, "sample.py", "--model", str(path), "--prompt", "x", "--out",
                             str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not marker.exists()
