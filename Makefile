@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch 2.13.0 CPU build first so pip does not pull a multi-GB CUDA build on CPU-only machines.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-fast lint demo clean
+.PHONY: setup test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)

@@ -32,7 +32,6 @@ def main() -> None:
                    help="the Trainer precision whose setup is run")
     args = p.parse_args()
     parts = sd15_components()
-    parts.pop("scheduler")
     parts["unet"] = tiny_unet(cross_attention_dim=parts["text_encoder"].config.hidden_size)
     module = LatentShiftModule(components=parts)
     frozen = sum(p.numel() for m in (module.vae, module.text_encoder) for p in m.parameters())

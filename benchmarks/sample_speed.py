@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ls_video.components import build_pipeline
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.timing import alternate, timed
 from ls_video.unet import TemporalConfig, apply_temporal_mixing
@@ -34,8 +35,7 @@ def build(model: str, device: str) -> LatentShiftPipeline:
 
     with torch.device(device):  # random init where it runs: fast
         parts = sd15_components()
-    parts.pop("noise_scheduler")
-    return LatentShiftPipeline(**parts)
+    return build_pipeline(parts)
 
 
 def variants(base: LatentShiftPipeline, compiled: bool) -> dict[str, LatentShiftPipeline]:

@@ -36,7 +36,6 @@ def prepare(out: Path, size: str, frames: int, latent: int) -> tuple[str, str]:
             from ls_video.presets import sd15_components
 
             parts = sd15_components()
-            parts.pop("noise_scheduler")
         else:
             parts = tiny_components()
         save_sd_folder(base, parts)

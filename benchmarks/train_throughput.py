@@ -78,7 +78,6 @@ class RandomClips(torch.utils.data.Dataset):
 def run(name: str, args) -> dict:
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init where it runs: fast
         parts = sd15_components()
-    parts.pop("scheduler")
     optim = OptimConfig(learning_rate=1e-5, warmup_steps=0, lr_schedule="constant")
     module = LatentShiftModule(components=parts, **CONFIGS[name], optim=optim)
     data = torch.utils.data.DataLoader(RandomClips(args.batch * (args.steps + args.warmup), args.frames, args.latent),

@@ -7,9 +7,15 @@ from typing import Any
 
 import torch
 
-from ls_video.components import build_pipeline, load_components, looks_local, temporal_config_from_hparams
+from ls_video.components import (
+    build_pipeline,
+    load_components,
+    load_video_unet,
+    looks_local,
+    temporal_config_from_hparams,
+)
+from ls_video.errors import UsageError
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.unet import apply_temporal_mixing
 
 EMA_KEY = "ema_unet"  # checkpoint entry with the EMA weights (U-Net parameter names), written by callbacks.EMA
 
@@ -21,17 +27,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unreadable/unsafe file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise UsageError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
 
 
 def find_ema_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None:
     """The EMA weights (U-Net parameter names), if the run used EMA."""
-    if checkpoint.get(EMA_KEY):
-        return checkpoint[EMA_KEY]
-    for state in checkpoint.get("callbacks", {}).values():  # checkpoints written before EMA_KEY
-        if isinstance(state, dict) and state.get("shadow"):
-            return state["shadow"]
-    return None
+    return checkpoint.get(EMA_KEY) or None
 
 
 def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) -> dict[str, torch.Tensor]:
@@ -39,7 +40,7 @@ def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) ->
     if ema:
         shadow = find_ema_state(checkpoint)
         if shadow is None:
-            raise ValueError("--ema was asked for but the checkpoint holds no EMA state")
+            raise UsageError("--ema was asked for but the checkpoint holds no EMA state")
         return shadow
     prefix = "unet."
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
@@ -52,14 +53,11 @@ def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: s
     hparams = checkpoint.get("hyper_parameters", {})
     base = base or hparams.get("pretrained_model_name_or_path")
     if base is None:
-        raise ValueError(f"{path} does not name its base model; pass it explicitly")
+        raise UsageError(f"{path} does not name its base model; pass it explicitly")
     parts = load_components(base)
-    unet = parts["unet"]
-    apply_temporal_mixing(unet, temporal_config_from_hparams(hparams))  # added layers first, then their weights
-    missing, unexpected = unet.load_state_dict(unet_state_from_checkpoint(checkpoint, ema), strict=False)
-    if unexpected:
-        raise ValueError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
-    return build_pipeline(**parts)
+    state = unet_state_from_checkpoint(checkpoint, ema)
+    load_video_unet(parts["unet"], temporal_config_from_hparams(hparams), state=state)
+    return build_pipeline(parts)
 
 
 def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPipeline:
@@ -68,7 +66,7 @@ def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPip
     if model.endswith(".ckpt"):
         return pipeline_from_checkpoint(model, ema=ema)
     if os.path.exists(model) and not os.path.isdir(model):
-        raise ValueError(f"--model must be a diffusers folder or a .ckpt file, got {model}")
+        raise UsageError(f"--model must be a diffusers folder or a .ckpt file, got {model}")
     if looks_local(model) and not os.path.isdir(model):
         raise FileNotFoundError(f"model not found: {model}")
     if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):

@@ -12,7 +12,8 @@
 
 This file is the application layer: it names each subcommand's module by path and imports it only
 when that subcommand runs, so the library below (``ls_video``) never imports ``callbacks`` or
-``datamodules``. Expected failures end with one line on stderr and exit code 2 (``ls_video.errors``).
+``datamodules``. User mistakes end with one line on stderr and exit code 2, bugs with a traceback;
+``ls-video --debug ...`` (or ``LS_VIDEO_DEBUG=1``) shows the traceback of every error (``ls_video.errors``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ls_video.errors import command
+from ls_video.errors import command, take_debug_flag
 
 COMMANDS = {  # name: (module with main(argv), one-line help)
     "preprocess": ("datamodules.preprocess", "encode videos into latent shards"),
@@ -38,7 +39,7 @@ COMMANDS = {  # name: (module with main(argv), one-line help)
 def usage() -> str:
     from ls_video.train_cli import SUBCOMMANDS
 
-    lines = [__doc__.split("\n")[0], "", "subcommands:"]
+    lines = [__doc__.split("\n")[0], "", "--debug: show the traceback of every error", "", "subcommands:"]
     lines += [f"  {name:<14}{text} (Lightning CLI: -c CONFIG, --help)" for name, text in SUBCOMMANDS.items()]
     lines += [f"  {name:<14}{text}" for name, (_, text) in COMMANDS.items()]
     return "\n".join(lines)
@@ -59,7 +60,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else list(argv)
+    argv = take_debug_flag(argv)
+    args = sys.argv[1:] if argv is None else argv
     name = args[0] if args else None
     if name in COMMANDS:
         module = importlib.import_module(COMMANDS[name][0])

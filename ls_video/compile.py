@@ -22,6 +22,8 @@ import torch
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
+from ls_video.errors import UsageError
+
 REGIONS = (ResnetBlock2D, Transformer2DModel)
 RECOMPILE_LIMIT = 64  # one graph per distinct block shape: SD-1.5 has ~20 per pass direction
 
@@ -51,7 +53,7 @@ def compile_regions(unet: torch.nn.Module, **compile_kwargs) -> int:
             module.compile(**compile_kwargs)
             count += 1
     if count == 0:
-        raise ValueError(f"{type(unet).__name__} has no ResnetBlock2D or Transformer2DModel to compile")
+        raise UsageError(f"{type(unet).__name__} has no ResnetBlock2D or Transformer2DModel to compile")
     return count
 
 

@@ -1,11 +1,15 @@
 """The parts of a Stable-Diffusion-layout model, loaded and put together in one place.
 
-* :func:`load_components` / :func:`load_vae`: a diffusers folder or hub id, one part per subfolder.
+* :class:`Parts`: the five parts by the names every caller uses (the scheduler is ``noise_scheduler``).
+* :func:`load_components` / :func:`load_vae`: a diffusers folder or hub id, one part per subfolder;
+  :func:`load_unet`: the U-Net of a local pipeline or U-Net folder (plain diffusers parts).
+* :func:`load_video_unet`: install the temporal mixing on a U-Net, then load the weights diffusers' loader
+  does not (added temporal layers, a checkpoint's trained tensors). The only place that does.
 * :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler).
 * :func:`temporal_config_from_hparams`: the temporal settings a training checkpoint recorded.
 * :func:`vae_fingerprint`: the name latent shards give the VAE that made them.
 
-Every caller (training, export, checkpoints, preprocessing, the toy base) uses these.
+Every caller (training, export, checkpoints, preprocessing, motion transfer, the toy recipes) uses these.
 """
 
 from __future__ import annotations
@@ -13,17 +17,45 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import torch
 import transformers
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from transformers import AutoTokenizer, PreTrainedModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ls_video.errors import UsageError
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.unet import TemporalConfig
+from ls_video.temporal_layers import load_added_weights
+from ls_video.unet import TemporalConfig, apply_temporal_mixing
 
-PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")  # of a Stable-Diffusion-layout folder
+
+
+class Parts(TypedDict):
+    """The parts of a Stable-Diffusion-layout model. ``noise_scheduler`` is the training noise schedule
+    (saved as ``scheduler/``); samplers are made from its config."""
+
+    vae: AutoencoderKL
+    text_encoder: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    unet: UNet2DConditionModel
+    noise_scheduler: SchedulerMixin
+
+
+PART_NAMES = tuple(Parts.__annotations__)
+
+
+def check_parts(parts: Mapping[str, Any], complete: bool = True) -> None:
+    """Refuse names that are not :class:`Parts` keys, and (``complete``) missing ones."""
+    unknown = sorted(set(parts) - set(PART_NAMES))
+    if unknown:
+        raise UsageError(f"unknown parts {unknown}; expected {list(PART_NAMES)}")
+    missing = [k for k in PART_NAMES if k not in parts]
+    if complete and missing:
+        raise UsageError(f"missing parts {missing}")
 
 
 def looks_local(path: str) -> bool:
@@ -36,7 +68,7 @@ def check_base_path(path: str) -> None:
     if looks_local(path) and not os.path.isdir(path):
         raise FileNotFoundError(f"base model folder not found: {path}")
     if os.path.isdir(path):
-        missing = [d for d in PARTS if not os.path.isdir(os.path.join(path, d))]
+        missing = [d for d in SUBFOLDERS if not os.path.isdir(os.path.join(path, d))]
         if missing:
             raise FileNotFoundError(f"{path} is not a Stable-Diffusion-layout folder; missing {missing}")
 
@@ -69,35 +101,80 @@ def load_vae(path: str, revision: str | None = None) -> AutoencoderKL:
     return vae
 
 
-def load_components(path: str, revision: str | None = None) -> dict[str, Any]:
-    """``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``noise_scheduler`` and the U-Net's saved
-    ``temporal_config`` (``None`` for a plain SD U-Net), loaded exactly like diffusers does."""
+def load_components(path: str | None, revision: str | None = None, given: Mapping[str, Any] | None = None) -> Parts:
+    """The base's parts, loaded exactly like diffusers does (a plain image U-Net). Parts ``given`` replace the
+    base's; with all five given, no base is needed."""
+    given = dict(given or {})
+    check_parts(given, complete=False)
+    missing = [k for k in PART_NAMES if k not in given]
+    if not missing:
+        return Parts(**given)
+    if path is None:
+        raise UsageError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
     check_base_path(path)
     kw = dict(revision=revision)
-    return dict(
+    return Parts(**{**dict(
         vae=load_vae(path, revision),
         text_encoder=_text_encoder_class(path).from_pretrained(path, subfolder="text_encoder", **kw),
         tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
         unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
         noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
-        temporal_config=TemporalConfig.load(os.path.join(path, "unet")) if os.path.isdir(path) else None,
-    )
+    ), **given})
 
 
-def build_pipeline(vae: AutoencoderKL, text_encoder: PreTrainedModel, tokenizer: Any, unet: UNet2DConditionModel,
-                   noise_scheduler: Any, **_: Any) -> LatentShiftPipeline:
-    """A sampling pipeline over these parts (shared, not copied) with a DDIM scheduler from the noise
-    scheduler's config. ``unet`` keeps whatever temporal mixing it carries. Takes :func:`load_components`'s
-    dict as it is (``build_pipeline(**parts)``): its other keys (``temporal_config``) are ignored."""
-    scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-    return LatentShiftPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+def unet_folder(path: str | os.PathLike) -> str:
+    """The U-Net folder of a pipeline folder (its ``unet/``) or of a U-Net folder (itself)."""
+    path = str(path)
+    return os.path.join(path, "unet") if os.path.isdir(os.path.join(path, "unet")) else path
+
+
+def load_unet(path: str) -> UNet2DConditionModel:
+    """The plain (image) U-Net of a local pipeline folder or U-Net folder, in float32."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder not found: {path}")
+    return UNet2DConditionModel.from_pretrained(unet_folder(path)).float()
+
+
+def load_video_unet(unet: UNet2DConditionModel, config: TemporalConfig | None = None,
+                    folder: str | os.PathLike | None = None, state: dict[str, torch.Tensor] | None = None
+                    ) -> UNet2DConditionModel:
+    """Make ``unet`` (as diffusers loaded it) a video U-Net, in place: install the temporal mixing first, then
+    load the weights that need it.
+
+    Args:
+        config: the mixing to install; default: the one saved in ``folder``, else the shift.
+        folder: the U-Net folder ``unet`` came from; when it saved the same mixing, its added temporal layers'
+            weights (which diffusers' loader drops) are loaded.
+        state: a checkpoint's trained U-Net tensors (U-Net parameter names), loaded last.
+    """
+    saved = TemporalConfig.load(folder) if folder is not None and os.path.isdir(folder) else None
+    config = config or saved or TemporalConfig()
+    apply_temporal_mixing(unet, config)
+    if saved is not None and saved.temporal_mixing == config.temporal_mixing:
+        load_added_weights(unet, folder)
+    if state is not None:
+        _, unexpected = unet.load_state_dict(state, strict=False)
+        if unexpected:
+            raise UsageError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
+    return unet
+
+
+def sampler(parts: Parts) -> DDIMScheduler:
+    """The DDIM sampler of these parts (from the noise scheduler's config)."""
+    return DDIMScheduler.from_config(parts["noise_scheduler"].config)
+
+
+def build_pipeline(parts: Parts) -> LatentShiftPipeline:
+    """A sampling pipeline over these parts (shared, not copied) with their DDIM :func:`sampler`. The U-Net
+    keeps whatever temporal mixing it carries."""
+    check_parts(parts)
+    return LatentShiftPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                               unet=parts["unet"], scheduler=sampler(parts))
 
 
 def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:
-    """The U-Net's temporal settings recorded in a checkpoint's hyper-parameters (``temporal`` group;
-    checkpoints written before the grouping kept them flat)."""
-    group = hparams.get("temporal") or {k: hparams[k] for k in TemporalConfig.__dataclass_fields__ if k in hparams}
-    return TemporalConfig(**dict(group))
+    """The U-Net's temporal settings recorded in a checkpoint's hyper-parameters (the ``temporal`` group)."""
+    return TemporalConfig(**hparams["temporal"])
 
 
 def vae_fingerprint(vae: AutoencoderKL) -> str:

@@ -1,21 +1,39 @@
-"""The errors a user can cause, and the one way every command reports them: one line, exit code 2."""
+"""The errors a user can cause, and the one way every command reports them: one line, exit code 2.
+
+Anything else is a bug and keeps its traceback. ``--debug`` (on any command) or ``LS_VIDEO_DEBUG=1`` shows
+the traceback of user errors too.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from argparse import ArgumentError
 from collections.abc import Callable
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "LS_VIDEO_DEBUG"
+
+
+class UsageError(ValueError):
+    """A mistake the user can fix: a wrong argument or option, a missing file, input the code cannot use."""
 
 
 class BadDataError(RuntimeError):
     """Too much of the training data could not be read (raised by ``callbacks.DataHealth``)."""
 
 
+class DivergedError(FloatingPointError):
+    """Training stopped after too many non-finite losses in a row (raised by ``ls_video.nonfinite``)."""
+
+
+USER_ERRORS = (UsageError, BadDataError, DivergedError, ArgumentError, FileNotFoundError, NotADirectoryError)
 # Raised by every rank at the same step (the decision is agreed first): only rank zero prints it.
-EVERY_RANK = (BadDataError, FloatingPointError)
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, BadDataError, FloatingPointError, ArgumentError,
-               OSError)
+EVERY_RANK = (BadDataError, DivergedError)
+# Raise sites not yet converted to UsageError: a ValueError or OSError raised by code in these modules stays one
+# line, as before. Remove an entry once its module raises UsageError.
+PENDING_MODULES = ("datamodules.", "callbacks.", "ls_video.ablation", "ls_video.metrics.")
 
 
 def one_line(err: BaseException) -> str:
@@ -26,6 +44,18 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"
 
 
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is a user's mistake (one line) rather than a bug (traceback)."""
+    if isinstance(err, USER_ERRORS):
+        return True
+    if not isinstance(err, (ValueError, OSError)) or err.__traceback__ is None:
+        return False
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith(PENDING_MODULES)
+
+
 def global_rank() -> int:
     """This process's rank in a Lightning run (0 outside one)."""
     from lightning.pytorch.utilities import rank_zero_only
@@ -33,15 +63,35 @@ def global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
+def debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def take_debug_flag(argv: list[str] | None) -> list[str] | None:
+    """``argv`` (``None``: the command line, edited in place) without ``--debug``; when it was there, turn
+    debugging on, for child processes too."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if DEBUG_FLAG in args:
+        os.environ[DEBUG_ENV] = "1"
+        args = [a for a in args if a != DEBUG_FLAG]
+    if argv is None:
+        sys.argv[1:] = args
+        return None
+    return args
+
+
 def command(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:
-    """Decorate a ``main(argv) -> int``: expected failures print ``{prog}: error: ...`` and return 2."""
+    """Decorate a ``main(argv) -> int``: user errors print ``{prog}: error: ...`` and return 2."""
 
     def wrap(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
+            argv = take_debug_flag(argv)
             try:
                 return main(argv) or 0
-            except USER_ERRORS as err:
+            except Exception as err:
+                if debugging() or not is_user_error(err):
+                    raise
                 if not isinstance(err, EVERY_RANK) or global_rank() == 0:
                     print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
                 return 2

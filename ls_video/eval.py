@@ -36,7 +36,7 @@ import sys
 
 import numpy as np
 
-from ls_video.errors import command
+from ls_video.errors import UsageError, command
 from ls_video.video_io import read_video
 
 METRICS = ("motion", "clipsim", "fvd", "fid")
@@ -73,7 +73,7 @@ def load_reference(reference: str, like: list[np.ndarray], n: int) -> tuple[list
         videos = [read_video(p)[0] for p in paths]
     videos = [v[:frames] for v in videos if len(v) >= frames]
     if len(videos) < 2:
-        raise ValueError(f"reference {reference} holds fewer than 2 videos with >= {frames} frames")
+        raise UsageError(f"reference {reference} holds fewer than 2 videos with >= {frames} frames")
     return videos, f"{reference}, {len(videos)} videos, first {frames} frames"
 
 
@@ -82,14 +82,14 @@ def check_request(metrics: tuple[str, ...], clip_model: str | None, fvd_model: s
     """One-line errors for unknown metrics and missing extractors or reference sets."""
     unknown = set(metrics) - set(METRICS)
     if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; available: {list(METRICS)}")
+        raise UsageError(f"unknown metrics {sorted(unknown)}; available: {list(METRICS)}")
     needs = {"clipsim": ("--clip-model", clip_model), "fvd": ("--fvd-model", fvd_model),
              "fid": ("--fid-model or --clip-model", fid_model)}
     for m in metrics:
         if m in needs and not needs[m][1]:
-            raise ValueError(f"metric {m!r} needs {needs[m][0]}")
+            raise UsageError(f"metric {m!r} needs {needs[m][0]}")
     if ("fvd" in metrics or "fid" in metrics) and not reference:
-        raise ValueError("fvd/fid need --reference (a folder of real videos, or 'toy')")
+        raise UsageError("fvd/fid need --reference (a folder of real videos, or 'toy')")
 
 
 def protocol_of(rows: list[dict], videos: list, still_rows: list[dict], images_folder: str) -> dict:
@@ -164,7 +164,7 @@ def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: st
     stills = [v for v in everything + extra if v.shape[0] == 1]
     still_rows = [r for v, r in zip(everything + extra, all_rows + extra_rows, strict=True) if v.shape[0] == 1]
     if not videos and not stills:
-        raise ValueError(f"no samples in {folder}")
+        raise UsageError(f"no samples in {folder}")
     if not videos:  # an image-only folder: clipsim / fvd / fid and the protocol describe its images
         videos, rows = stills, still_rows
     protocol = protocol_of(rows, videos, still_rows if stills else [], images or folder)

@@ -16,20 +16,18 @@ from typing import Any, TypeVar
 
 import torch
 
-from ls_video.components import build_pipeline, freeze, load_components
+from ls_video.components import PART_NAMES, Parts, build_pipeline, freeze, load_components, load_video_unet
 from ls_video.nonfinite import NonFiniteGuard
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer, select_trainable
 from ls_video.performance import PerformanceConfig, apply_performance
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.sharding import is_sharded, shard_unet
-from ls_video.temporal_layers import load_added_weights
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
+from ls_video.unet import TemporalConfig, video_unet_forward
 
 FROZEN = ("vae.", "text_encoder.")
 IMAGE_BATCH = "image_batch"  # a batch's extra image latents (F = 1), trained with it (JointImageVideo mode "add")
-PARTS = ("vae", "text_encoder", "tokenizer", "unet", "noise_scheduler")
 T = TypeVar("T")
 
 
@@ -84,7 +82,7 @@ class LatentShiftModule(NonFiniteGuard):
             performance=dataclasses.asdict(performance)))
         self.optim_config, self.max_nonfinite_steps = optim, max_nonfinite_steps
         parts = self._load_parts(pretrained_model_name_or_path, revision, components or {}, temporal)
-        self.vae, self.text_encoder, self.tokenizer, self.unet = (parts[k] for k in PARTS[:4])
+        self.vae, self.text_encoder, self.tokenizer, self.unet = (parts[k] for k in PART_NAMES[:4])
         self.objective = DiffusionObjective(parts["noise_scheduler"], objective, self.vae.config)
         self.noise_scheduler = self.objective.scheduler
         self.unet.train()  # diffusers loads in eval mode; Lightning keeps the mode it finds
@@ -94,25 +92,11 @@ class LatentShiftModule(NonFiniteGuard):
         self._empty_embedding: torch.Tensor | None = None
 
     @staticmethod
-    def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig) -> dict:
+    def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig) -> Parts:
         """The given parts, the missing ones from the base; the U-Net with its temporal mixing (and an exported
         baseline's added-layer weights when resuming from one)."""
-        unknown = set(given) - set(PARTS)
-        if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; expected {list(PARTS)}")
-        parts = dict(given)
-        if any(k not in given for k in PARTS):
-            if path is None:
-                missing = [k for k in PARTS if k not in given]
-                raise ValueError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
-            loaded = load_components(path, revision)
-            parts = {k: given.get(k, loaded[k]) for k in PARTS}
-            saved = loaded["temporal_config"] if "unet" not in given else None
-        else:
-            saved = None
-        apply_temporal_mixing(parts["unet"], temporal)
-        if saved is not None and saved.temporal_mixing == temporal.temporal_mixing:
-            load_added_weights(parts["unet"], os.path.join(path, "unet"))
+        parts = load_components(path, revision, given)
+        load_video_unet(parts["unet"], temporal, folder=None if "unet" in given else os.path.join(path, "unet"))
         return parts
 
     # ----------------------------------------------------------------------------- helpers
@@ -246,6 +230,7 @@ class LatentShiftModule(NonFiniteGuard):
 
     def pipeline(self) -> LatentShiftPipeline:
         """A sampling pipeline sharing this module's components (no copies)."""
-        pipe = build_pipeline(self.vae, self.text_encoder, self.tokenizer, self.unet, self.noise_scheduler)
+        pipe = build_pipeline(Parts(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                    unet=self.unet, noise_scheduler=self.noise_scheduler))
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from ls_video.errors import DivergedError
+
 
 class NonFiniteGuard(L.LightningModule):
     """Mixin for the LightningModule: ``training_step`` calls :meth:`guard_nonfinite` on its loss.
@@ -46,9 +48,9 @@ class NonFiniteGuard(L.LightningModule):
         self._nonfinite_in_a_row += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise FloatingPointError(f"loss was {loss.item()} for {self._nonfinite_in_a_row} steps in a row at step "
-                                     f"{self.global_step}; stopping (the last checkpoint is intact). Lower the "
-                                     "learning rate, check the data, or use bf16/fp32 instead of fp16.")
+            raise DivergedError(f"loss was {loss.item()} for {self._nonfinite_in_a_row} steps in a row at step "
+                                f"{self.global_step}; stopping (the last checkpoint is intact). Lower the "
+                                "learning rate, check the data, or use bf16/fp32 instead of fp16.")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Drop the update of a skipped step on every rank: without gradients AdamW leaves every parameter

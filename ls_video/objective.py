@@ -23,6 +23,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
+from ls_video.errors import UsageError
+
 
 @dataclass
 class ObjectiveConfig:
@@ -38,25 +40,23 @@ class ObjectiveConfig:
         image_weight: ``None``: one-frame batches (images, ``F = 1``) are weighted as videos. A number:
             they get this constant weight at every timestep instead (the plain text-to-image loss the
             base was trained with, scaled), so image batches also train low noise, where a capped x0
-            weight puts almost none (joint image-video training, docs/TOY.md). For scale:
-            :meth:`DiffusionObjective.mean_weight` is the video weights' mean over the timesteps.
-        val_timesteps: fixed timesteps of the validation loss (default: 5 evenly spaced).
+            weight puts almost none (joint image-video training, docs/TOY.md). For scale: the mean of
+            :meth:`DiffusionObjective.weights` over the timesteps.
     """
 
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
     caption_dropout: float = 0.1
     snr_gamma: float | None = None
     x0_weight_cap: float | None = None
-    val_timesteps: list[int] | None = None
     image_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.image_weight is not None and not self.image_weight > 0:
-            raise ValueError(f"image_weight must be > 0 (or null), got {self.image_weight}")
+            raise UsageError(f"image_weight must be > 0 (or null), got {self.image_weight}")
         if not 0.0 <= self.caption_dropout <= 1.0:
-            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+            raise UsageError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+            raise UsageError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -79,7 +79,7 @@ class DiffusionObjective:
         if self.config.prediction_type is not None:
             scheduler.register_to_config(prediction_type=self.config.prediction_type)
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
+            raise UsageError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
         self.scheduler = scheduler
         self.scaling_factor = float(getattr(vae_config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(vae_config, "shift_factor", None) or 0.0)
@@ -91,10 +91,6 @@ class DiffusionObjective:
     def scale(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw VAE latents -> the diffusion model's space."""
         return (raw.float() - self.shift_factor) * self.scaling_factor
-
-    def unscale(self, latents: torch.Tensor) -> torch.Tensor:
-        """The diffusion model's space -> raw VAE latents (for decoding)."""
-        return latents / self.scaling_factor + self.shift_factor
 
     def drop_captions(self, embeds: torch.Tensor, empty: torch.Tensor, generator: torch.Generator | None = None,
                       p: float | None = None) -> torch.Tensor:
@@ -125,12 +121,6 @@ class DiffusionObjective:
             weight = weight * torch.clamp(1 / snr, max=cfg.x0_weight_cap)
         return weight
 
-    def mean_weight(self) -> float:
-        """The mean of :meth:`weights` over all training timesteps (1.0 without weighting): a scale for
-        ``image_weight``."""
-        weight = self.weights(torch.arange(self.num_timesteps))
-        return 1.0 if weight is None else float(weight.mean())
-
     def loss(self, denoiser: Denoiser, raw: torch.Tensor, generator: torch.Generator | None = None,
              timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """Weighted MSE of ``denoiser(noisy, timesteps)`` against the target, for raw VAE latents ``raw``.
@@ -154,5 +144,5 @@ class DiffusionObjective:
         return per_sample.mean()
 
     def validation_timesteps(self) -> list[int]:
-        """The config's ``val_timesteps``, or 5 evenly spaced ones."""
-        return self.config.val_timesteps or [int(self.num_timesteps * (i + 0.5) / 5) for i in range(5)]
+        """5 evenly spaced timesteps: the validation loss's."""
+        return [int(self.num_timesteps * (i + 0.5) / 5) for i in range(5)]

@@ -10,6 +10,8 @@ from typing import Literal
 import torch
 from diffusers.optimization import get_scheduler
 
+from ls_video.errors import UsageError
+
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine"}
 
 
@@ -43,12 +45,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {sorted(SCHEDULES)}, got {self.lr_schedule!r}")
+            raise UsageError(f"lr_schedule must be one of {sorted(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.decay_steps < 0 or not 0.0 <= self.min_lr_fraction <= 1.0:
-            raise ValueError(f"need decay_steps >= 0 and 0 <= min_lr_fraction <= 1, got {self.decay_steps}, "
+            raise UsageError(f"need decay_steps >= 0 and 0 <= min_lr_fraction <= 1, got {self.decay_steps}, "
                              f"{self.min_lr_fraction}")
         if self.decay_steps and self.lr_schedule != "constant":
-            raise ValueError("decay_steps goes with lr_schedule: constant (cosine decays over the whole run)")
+            raise UsageError("decay_steps goes with lr_schedule: constant (cosine decays over the whole run)")
 
 
 def select_trainable(module: torch.nn.Module, patterns: list[str] | None) -> None:

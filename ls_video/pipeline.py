@@ -21,9 +21,9 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.compile import compile_whole
-from ls_video.temporal_layers import load_added_weights
+from ls_video.errors import UsageError
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, apply_temporal_mixing, get_temporal_config, video_unet_forward
+from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
 
 
 @dataclass
@@ -38,12 +38,6 @@ def latents_to_vae_space(latents: torch.Tensor, vae: AutoencoderKL) -> torch.Ten
     """Undo the training-time latent scaling (``scaling_factor`` and optional ``shift_factor``)."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return latents / vae.config.scaling_factor + shift
-
-
-def vae_to_latents(latents: torch.Tensor, vae: AutoencoderKL) -> torch.Tensor:
-    """Scale raw VAE latents into the diffusion model's space."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (latents - shift) * vae.config.scaling_factor
 
 
 class LatentShiftPipeline(DiffusionPipeline):
@@ -81,14 +75,15 @@ class LatentShiftPipeline(DiffusionPipeline):
         self._unet_compiled = False
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        """Load like any diffusers pipeline, then apply ``unet/latent_shift.json`` when present."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        temporal: TemporalConfig | None = None, **kwargs):
+        """Load like any diffusers pipeline, then make its own U-Net a video U-Net
+        (:func:`ls_video.components.load_video_unet`): the mixing ``temporal``, by default the one in
+        ``unet/latent_shift.json``, else the shift (a plain SD folder)."""
+        from ls_video.components import load_video_unet  # (components builds pipelines: imported on use)
+
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        unet_dir = os.path.join(pretrained_model_name_or_path, "unet")
-        config = TemporalConfig.load(unet_dir) if os.path.isdir(pretrained_model_name_or_path) else None
-        apply_temporal_mixing(pipe.unet, config or TemporalConfig())  # its own U-Net: a plain SD one gets the shift
-        if config is not None:
-            load_added_weights(pipe.unet, unet_dir)
+        load_video_unet(pipe.unet, temporal, folder=os.path.join(pretrained_model_name_or_path, "unet"))
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -129,14 +124,14 @@ class LatentShiftPipeline(DiffusionPipeline):
 
     def check_inputs(self, height: int, width: int, num_frames: int, num_inference_steps: int) -> None:
         if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise ValueError(f"height and width must be divisible by {self.vae_scale_factor} "
+            raise UsageError(f"height and width must be divisible by {self.vae_scale_factor} "
                              f"(the VAE's downsampling factor), got {height}x{width}")
         if height <= 0 or width <= 0:
-            raise ValueError(f"height and width must be positive, got {height}x{width}")
+            raise UsageError(f"height and width must be positive, got {height}x{width}")
         if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+            raise UsageError(f"num_frames must be >= 1, got {num_frames}")
         if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+            raise UsageError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
 
     def encode_prompt(self, prompts: list[str], negative_prompt: str | list[str] | None, num_videos_per_prompt: int,
                       do_cfg: bool) -> torch.Tensor:
@@ -148,7 +143,7 @@ class LatentShiftPipeline(DiffusionPipeline):
             negatives = negative_prompt if negative_prompt is not None else ""
             negatives = [negatives] * len(prompts) if isinstance(negatives, str) else list(negatives)
             if len(negatives) != len(prompts):
-                raise ValueError("negative_prompt must be one string or one per prompt")
+                raise UsageError("negative_prompt must be one string or one per prompt")
             neg = encode_prompts(negatives, self.tokenizer, self.text_encoder)
             embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
         return embeds.to(self.unet.dtype)
@@ -174,7 +169,7 @@ class LatentShiftPipeline(DiffusionPipeline):
     def postprocess(self, latents: torch.Tensor, output_type: str, decode_chunk_size: int):
         """Decoded frames as ``np``, ``pt`` or ``pil`` (see :class:`LatentShiftPipelineOutput`)."""
         if output_type not in ("np", "pt", "pil"):
-            raise ValueError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
+            raise UsageError(f"output_type must be 'np', 'pt', 'pil' or 'latent', got {output_type!r}")
         frames = self.decode_latents(latents, decode_chunk_size)
         if output_type == "pt":
             return frames

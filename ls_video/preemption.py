@@ -23,6 +23,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ls_video.errors import UsageError
+
 
 class Preempted(SystemExit):
     """Ends every rank after the preemption checkpoint; its code is ``128 + signal number``."""
@@ -44,7 +46,7 @@ class Preemption(L.Callback):
                  save_on_train_end: bool = True) -> None:
         unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
         if unknown:
-            raise ValueError(f"unknown signal names {unknown}; use e.g. SIGTERM, SIGUSR1")
+            raise UsageError(f"unknown signal names {unknown}; use e.g. SIGTERM, SIGUSR1")
         self.signals, self.requeue = [getattr(signal, s) for s in signals], requeue
         self.save_on_train_end = save_on_train_end
         self.received = 0

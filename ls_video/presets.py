@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from ls_video.components import Parts
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -26,10 +28,10 @@ def sd15_unet(**overrides) -> UNet2DConditionModel:
     return UNet2DConditionModel(**{**SD15_UNET, **overrides})
 
 
-def sd15_components(words: tuple[str, ...] = ("a", "red", "square", "moving", "left")) -> dict:
+def sd15_components(words: tuple[str, ...] = ("a", "red", "square", "moving", "left")) -> Parts:
     """Every SD-1.5-sized component with random weights (VAE 84M, CLIP ViT-L text encoder 123M,
-    U-Net 860M), a 77-token tokenizer over ``words``, and the SD-1.5 schedule (DDPM for training,
-    DDIM for sampling)."""
+    U-Net 860M), a 77-token tokenizer over ``words``, and the SD-1.5 noise schedule (DDPM; samplers are made
+    from its config)."""
     from ls_video.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(words, model_max_length=77)
@@ -38,6 +40,5 @@ def sd15_components(words: tuple[str, ...] = ("a", "red", "square", "moving", "l
         num_attention_heads=12, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
-    return dict(vae=AutoencoderKL(**SD15_VAE), text_encoder=text_encoder, tokenizer=tokenizer, unet=sd15_unet(),
-                noise_scheduler=DDPMScheduler(**SD15_SCHEDULER),
-                scheduler=DDIMScheduler(**SD15_SCHEDULER, set_alpha_to_one=False))
+    return Parts(vae=AutoencoderKL(**SD15_VAE), text_encoder=text_encoder, tokenizer=tokenizer, unet=sd15_unet(),
+                 noise_scheduler=DDPMScheduler(**SD15_SCHEDULER))

@@ -46,13 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the U-Net (CUDA graphs on a GPU): faster from the second batch on, "
                         "the first pays about a minute of compilation at SD-1.5 size")
-    p.add_argument("--out", help="folder for videos and manifest.json (required)")
-    # names used before the flags were unified across subcommands
-    p.add_argument("--steps", dest="num_inference_steps", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--out-dir", dest="out", help=argparse.SUPPRESS)
+    p.add_argument("--out", required=True, help="folder for videos and manifest.json")
     args = p.parse_args(argv)
-    if args.out is None:
-        p.error("the following arguments are required: --out")
     if args.prompts_file:
         if not os.path.isfile(args.prompts_file):
             p.error(f"prompts file not found: {args.prompts_file}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+from ls_video.errors import UsageError
+
 SCHEDULERS = {
     "ddim": (DDIMScheduler, {}),
     "dpm": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
@@ -14,6 +16,6 @@ SCHEDULERS = {
 def make_scheduler(name: str, config: dict):
     """Build scheduler ``name`` (``ddim``, ``dpm``, ``euler``) from another scheduler's config."""
     if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
+        raise UsageError(f"unknown scheduler {name!r}; choose from {sorted(SCHEDULERS)}")
     cls, overrides = SCHEDULERS[name]
     return cls.from_config(config, **overrides)

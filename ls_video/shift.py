@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import torch
 
+from ls_video.errors import UsageError
+
 _LIB = "ls_video"
 
 
 def shift_channels(num_channels: int, fraction: float) -> int:
     """Number of channels shifted in each direction for ``fraction`` (e.g. 1/8 of 320 -> 40)."""
     if not 0.0 <= fraction <= 0.5:
-        raise ValueError(f"shift fraction must be in [0, 0.5] (each direction), got {fraction}")
+        raise UsageError(f"shift fraction must be in [0, 0.5] (each direction), got {fraction}")
     return int(num_channels * fraction)
 
 

@@ -17,6 +17,8 @@ import torch
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
+from ls_video.errors import UsageError
+
 ADDED_NAMES = ("temporal_conv", "temporal_attention")  # attribute names of added layers
 
 
@@ -75,5 +77,5 @@ def load_added_weights(unet: torch.nn.Module, unet_dir: str | os.PathLike) -> No
         state.update({k: v for k, v in load_file(os.path.join(unet_dir, name)).items() if k in names})
     missing = sorted(set(names) - set(state))
     if missing:
-        raise ValueError(f"{unet_dir} lacks {len(missing)} temporal-layer weights, e.g. {missing[0]}")
+        raise UsageError(f"{unet_dir} lacks {len(missing)} temporal-layer weights, e.g. {missing[0]}")
     unet.load_state_dict(state, strict=False)

@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ls_video.components import Parts, sampler
 from ls_video.tokenizer import build_tokenizer
 
 TOY_WORDS = "a red green blue yellow square circle moving left right up down".split()
@@ -80,26 +81,28 @@ def tiny_scheduler(**overrides) -> DDIMScheduler:
     return DDIMScheduler(**config)
 
 
-def tiny_components(seed: int = 0) -> dict:
-    """``vae``, ``text_encoder``, ``tokenizer``, ``unet``, ``scheduler`` with seeded random weights."""
+def tiny_components(seed: int = 0) -> Parts:
+    """The five parts with seeded random weights."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TOY_WORDS)
     text_encoder = tiny_text_encoder(tokenizer)
-    return dict(
+    return Parts(
         vae=tiny_vae(),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size),
-        scheduler=tiny_scheduler(),
+        noise_scheduler=tiny_scheduler(),
     )
 
 
-def save_sd_folder(out: str | os.PathLike, components: dict) -> str:
-    """Save ``components`` as a Stable Diffusion 1.x folder (``StableDiffusionPipeline`` layout)."""
+def save_sd_folder(out: str | os.PathLike, parts: Parts) -> str:
+    """Save ``parts`` as a Stable Diffusion 1.x folder (``StableDiffusionPipeline`` layout; the noise
+    scheduler's config as a DDIM ``scheduler/``)."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
+        scheduler=sampler(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     pipe.save_pretrained(out)
     return str(out)

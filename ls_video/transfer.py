@@ -21,22 +21,14 @@ import sys
 from dataclasses import asdict
 
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
-from ls_video.errors import command
+from ls_video.components import load_unet, unet_folder
+from ls_video.errors import UsageError, command
 from ls_video.unet import TemporalConfig
 
 FORMAT = "ls-video-motion/1"
 MOTION_ADAPTER_SD15_PARAMS = 453_000_000  # diffusers' AnimateDiff MotionAdapter for SD-1.5 (v1.5)
-
-
-def load_unet(path: str) -> tuple[UNet2DConditionModel, TemporalConfig | None]:
-    """A U-Net from a pipeline folder (``unet/`` inside) or a U-Net folder, and its shift settings."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model folder not found: {path}")
-    folder = os.path.join(path, "unet") if os.path.isdir(os.path.join(path, "unet")) else path
-    return UNet2DConditionModel.from_pretrained(folder).float(), TemporalConfig.load(folder)
 
 
 def architecture(unet: torch.nn.Module) -> dict[str, list[int]]:
@@ -54,7 +46,7 @@ def check_same_architecture(expected: dict[str, list[int]], unet: torch.nn.Modul
     first = (f"{wrong[0]} is {actual[wrong[0]]}, the motion's is {expected[wrong[0]]}" if wrong else
              f"{len(missing)} parameters missing (e.g. {missing[0]})" if missing else
              f"{len(extra)} extra parameters (e.g. {extra[0]})")
-    raise ValueError(f"{what} has another U-Net architecture than the motion file: {first}")
+    raise UsageError(f"{what} has another U-Net architecture than the motion file: {first}")
 
 
 def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,12 +60,11 @@ def low_rank(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
 def extract(video: str, base: str, out: str, rank: int | None = None) -> dict:
     """Write the motion file; returns a report (parameters stored, sizes)."""
     if rank is not None and rank < 1:
-        raise ValueError(f"--rank must be >= 1, got {rank}")
-    video_unet, config = load_unet(video)
-    base_unet, _ = load_unet(base)
-    config = config or TemporalConfig()
+        raise UsageError(f"--rank must be >= 1, got {rank}")
+    video_unet, base_unet = load_unet(video), load_unet(base)
+    config = TemporalConfig.load(unet_folder(video)) or TemporalConfig()
     if config.temporal_mixing not in ("shift", "none"):
-        raise ValueError(f"{video} uses temporal_mixing={config.temporal_mixing!r}: motion transfer carries weight "
+        raise UsageError(f"{video} uses temporal_mixing={config.temporal_mixing!r}: motion transfer carries weight "
                          "deltas of the same layers (shift or none), not added layers")
     arch = architecture(base_unet)
     check_same_architecture(arch, video_unet, video)
@@ -108,7 +99,7 @@ def read_motion(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(path, "pt") as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a motion file written by `ls-video transfer extract`")
+        raise UsageError(f"{path} is not a motion file written by `ls-video transfer extract`")
     return load_file(path), metadata
 
 
@@ -134,13 +125,13 @@ def apply(motion: str, target: str, out: str, scale: float = 1.0, include: str |
     import re
 
     from ls_video.pipeline import LatentShiftPipeline
-    from ls_video.unet import apply_temporal_mixing
 
     tensors, metadata = read_motion(motion)
     shapes = json.loads(metadata["architecture"])
     if not os.path.isfile(os.path.join(target, "model_index.json")):
         raise FileNotFoundError(f"{target} is not a diffusers pipeline folder (no model_index.json)")
-    pipe = LatentShiftPipeline.from_pretrained(target)
+    temporal = TemporalConfig(**json.loads(metadata["temporal_config"]))
+    pipe = LatentShiftPipeline.from_pretrained(target, temporal=temporal)
     check_same_architecture(shapes, pipe.unet, target)
     state = pipe.unet.state_dict()
     with torch.no_grad():
@@ -150,7 +141,6 @@ def apply(motion: str, target: str, out: str, scale: float = 1.0, include: str |
         for name, delta in changed.items():
             weight = state[name]
             weight.copy_((weight.double() + scale * delta.double()).to(weight.dtype))
-    apply_temporal_mixing(pipe.unet, TemporalConfig(**json.loads(metadata["temporal_config"])))
     pipe.save_pretrained(out)
     return len(changed)
 

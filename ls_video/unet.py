@@ -31,6 +31,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from einops import rearrange
 
 from ls_video.compile import guard_hooks
+from ls_video.errors import UsageError
 from ls_video.shift import shift_channels, shift_frames
 from ls_video.temporal_layers import (
     AddedLayerHook,
@@ -62,9 +63,9 @@ class TemporalConfig:
 
     def __post_init__(self) -> None:
         if self.temporal_mixing not in MIXINGS:
-            raise ValueError(f"temporal_mixing must be one of {', '.join(MIXINGS)}; got {self.temporal_mixing!r}")
+            raise UsageError(f"temporal_mixing must be one of {', '.join(MIXINGS)}; got {self.temporal_mixing!r}")
         if self.shift_placement not in ("residual", "input"):
-            raise ValueError(f"shift_placement must be 'residual' or 'input', got {self.shift_placement!r}")
+            raise UsageError(f"shift_placement must be 'residual' or 'input', got {self.shift_placement!r}")
         shift_channels(1, self.shift_fraction)  # validates the range
 
     def save(self, directory: str | os.PathLike) -> None:

@@ -12,6 +12,8 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
+from ls_video.errors import UsageError
+
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """Float frames in [0, 1] (or uint8 already) -> uint8."""
@@ -56,7 +58,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8) -> 
     elif ext == ".gif":
         write_gif(path, frames, fps)
     else:
-        raise ValueError(f"unsupported video extension {ext!r} (use .mp4 or .gif)")
+        raise UsageError(f"unsupported video extension {ext!r} (use .mp4 or .gif)")
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
@@ -70,12 +72,12 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"{path}: no video stream")
+            raise UsageError(f"{path}: no video stream")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if not frames:
-        raise ValueError(f"{path}: no decodable frames")
+        raise UsageError(f"{path}: no decodable frames")
     return np.stack(frames), fps
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ls_video import compile as lsc
-from ls_video.pipeline import LatentShiftPipeline
+from ls_video.components import build_pipeline
 from ls_video.tiny import tiny_components, tiny_unet
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
 
@@ -132,10 +132,11 @@ def test_users_own_torch_compile_after_another_unet_is_right(hook_guards_restore
 @pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_compiled_pipeline_matches_eager(device):
-    """``LatentShiftPipeline(..., compile=True)``: inductor on CPU, CUDA graphs on a GPU."""
+    """``compile_unet()`` (the same as ``compile=True``): inductor on CPU, CUDA graphs on a GPU."""
     parts = tiny_components(seed=0)
-    eager = LatentShiftPipeline(**parts).to(device)
-    compiled = LatentShiftPipeline(**{**parts, "unet": copy.deepcopy(parts["unet"])}, compile=True).to(device)
+    eager = build_pipeline(parts).to(device)
+    compiled = build_pipeline({**parts, "unet": copy.deepcopy(parts["unet"])}).to(device)
+    compiled.compile_unet()
     kw = dict(num_frames=3, num_inference_steps=3, guidance_scale=4.0, output_type="pt")
     for pipe in (eager, compiled):
         pipe.set_progress_bar_config(disable=True)

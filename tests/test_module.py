@@ -11,9 +11,7 @@ from ls_video.unet import TemporalConfig, get_temporal_config
 
 def kw(components: dict) -> dict:
     """Tiny components as the module's ``components`` argument."""
-    out = dict(components)
-    out["noise_scheduler"] = out.pop("scheduler")
-    return {"components": out}
+    return {"components": dict(components)}
 
 
 def batch(b=2, f=3):

@@ -72,6 +72,17 @@ def test_pipeline_leaves_the_given_unet_as_it_is(tiny_base):
     from ls_video.components import build_pipeline, load_components
 
     parts = load_components(tiny_base)
-    pipe = build_pipeline(**parts)
+    pipe = build_pipeline(parts)
     assert pipe.unet is parts["unet"] and get_temporal_config(parts["unet"]) is None
     assert get_temporal_config(LatentShiftPipeline.from_pretrained(tiny_base).unet).temporal_mixing == "shift"
+
+
+def test_build_pipeline_takes_exactly_the_parts(components):
+    """One parts type: the tiny preset gives its keys, and a stray or missing key is refused, not dropped."""
+    from ls_video.components import PART_NAMES, build_pipeline
+
+    assert tuple(components) == PART_NAMES
+    with pytest.raises(ValueError, match=r"unknown parts \['scheduler'\]"):
+        build_pipeline({**components, "scheduler": components["noise_scheduler"]})
+    with pytest.raises(ValueError, match=r"missing parts \['noise_scheduler'\]"):
+        build_pipeline({k: v for k, v in components.items() if k != "noise_scheduler"})

@@ -1,5 +1,6 @@
 """Bad data, non-finite losses, crash safety and resume, untrusted files, bad CLI input."""
 
+import csv
 import os
 import pickle
 import signal
@@ -14,11 +15,12 @@ import pytest
 import torch
 import webdataset as wds
 import yaml
+from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import EMA, DataHealth
 from callbacks.data_health import BadDataError
 from datamodules import LatentVideoDataModule
-from datamodules.shards import encode_sample
+from datamodules.shards import encode_sample, npy_bytes
 from ls_video.checkpoint import EMA_KEY
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
@@ -35,7 +37,8 @@ def shard_with_bad(path: Path, n: int, bad_every: int, start: int = 0) -> int:
              lambda s: dict(s, txt=b""),
              lambda s: dict(s, txt=b"\xff\xfe"),
              lambda s: {k: v for k, v in s.items() if k != "latents.npy"},
-             lambda s: dict(s, **{"latents.npy": encode_sample("x", np.zeros((2, 3, 8, 8)), "x", {})["latents.npy"]})]
+             lambda s: dict(s, **{"latents.npy": encode_sample("x", np.zeros((2, 3, 8, 8)), "x", {})["latents.npy"]}),
+             lambda s: dict(s, **{"latents.npy": npy_bytes(np.zeros((2, 4, 8, 8), np.int16))})]  # not float
     bad = 0
     with wds.TarWriter(str(path)) as w:
         for i in range(n):
@@ -47,24 +50,39 @@ def shard_with_bad(path: Path, n: int, bad_every: int, start: int = 0) -> int:
     return bad
 
 
-def fit(module, data, tmp_path, steps, callbacks=(), **kw):
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+def fit(module, data, tmp_path, steps, callbacks=(), logger=False, **kw):
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=logger, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
                         callbacks=list(callbacks), **kw)
     trainer.fit(module, data)
     return trainer
 
 
+def last_logged(metrics_csv: Path) -> dict[str, float]:
+    """Each column's last logged value in a ``CSVLogger``'s ``metrics.csv``."""
+    with open(metrics_csv) as f:
+        return {k: float(v) for row in csv.DictReader(f) for k, v in row.items() if v != ""}
+
+
 def test_bad_data_is_skipped_counted_and_logged(tiny_base, tmp_path):
-    shard_with_bad(tmp_path / "a.tar", 104, bad_every=25)  # bad at 24, 49, 74, 99: below the 5% limit
+    """Every kind of bad sample docs/RELIABILITY.md lists is planted once (two give ``bad_shape``). Fails if a
+    kind stops being skipped (the run would crash on it), is counted under another reason or not at all, or
+    if DataHealth's counts do not reach the logger."""
+    # bad at 24, 49, ..., 174 (one of each of the 7 kinds, 3.9%: below the 5% limit); the last 4 samples are good
+    assert shard_with_bad(tmp_path / "a.tar", 179, bad_every=25) == 7
     data = LatentVideoDataModule(str(tmp_path / "a.tar"), batch_size=4, num_workers=0, resampled=False,
                                  shuffle_buffer=0)
     health = DataHealth(min_samples=10)
     module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
-    fit(module, data, tmp_path, steps=25, callbacks=[health])
-    good, reasons, _ = health.totals()
-    assert good == 100 and sum(reasons.values()) == 4
-    assert set(reasons) == {"corrupt_npy", "non_finite", "empty_caption", "bad_caption"}
+    fit(module, data, tmp_path, steps=43, callbacks=[health], logger=CSVLogger(tmp_path, name="csv"),
+        log_every_n_steps=1)
+    reasons = {"corrupt_npy": 1, "non_finite": 1, "empty_caption": 1, "bad_caption": 1, "missing_latents": 1,
+               "bad_shape": 2}
+    assert health.totals()[:2] == (172, reasons)
+    logged = last_logged(tmp_path / "csv" / "version_0" / "metrics.csv")
+    assert {k: v for k, v in logged.items() if k.startswith("data/skipped_") and k != "data/skipped_fraction"} == \
+        {f"data/skipped_{k}": float(n) for k, n in reasons.items()}
+    assert logged["data/seen"] == 179 and logged["data/skipped_fraction"] == pytest.approx(7 / 179)
 
 
 def test_too_much_bad_data_stops_with_the_worst_shards(tiny_base, tmp_path):
@@ -131,7 +149,7 @@ def test_pickle_payloads_never_run(tmp_path):
     for path in (ckpt, tmp_path / "evil2.ckpt"):
         with pytest.raises(ValueError, match="not a readable checkpoint"):
             load_checkpoint(path)
-        r = subprocess.run([sys.executable, "sample.py", "--model", str(path), "--prompt", "x", "--out-dir",
+        r = subprocess.run([sys.executable, "sample.py", "--model", str(path), "--prompt", "x", "--out",
                             str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not marker.exists()

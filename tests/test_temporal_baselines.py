@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers.models.resnet import ResnetBlock2D
 
+from ls_video.components import build_pipeline
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.temporal_layers import added_parameters
 from ls_video.tiny import tiny_components, tiny_unet
@@ -93,7 +94,7 @@ def test_trained_baseline_saves_and_loads_as_a_pipeline(tmp_path, mixing):
     parts = tiny_components(seed=0)
     apply_temporal_mixing(parts["unet"], TemporalConfig(mixing))
     randomize_added(parts["unet"])
-    pipe = LatentShiftPipeline(**parts)
+    pipe = build_pipeline(parts)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path / "model")
     again = LatentShiftPipeline.from_pretrained(tmp_path / "model")
@@ -115,7 +116,6 @@ def test_module_trains_the_added_layers(mixing):
     from ls_video.module import LatentShiftModule
 
     parts = tiny_components(seed=0)
-    parts["noise_scheduler"] = parts.pop("scheduler")
     m = LatentShiftModule(components=parts, temporal=TemporalConfig(temporal_mixing=mixing))
     batch = {"latents": torch.randn(2, 3, 4, 8, 8), "captions": ["a red square", "a blue circle"]}
     m.training_step(batch, 0).backward()

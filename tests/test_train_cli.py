@@ -1,3 +1,4 @@
+import dataclasses
 import glob
 import json
 import os
@@ -12,61 +13,82 @@ from diffusers import UNet2DConditionModel
 
 from ls_video.checkpoint import EMA_KEY
 from ls_video.module import LatentShiftModule
+from ls_video.objective import ObjectiveConfig
+from ls_video.optim import OptimConfig
 from ls_video.train_cli import LatentShiftCLI
+from ls_video.unet import TemporalConfig, get_temporal_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 
-class ParseOnly(LatentShiftCLI):
-    def instantiate_classes(self) -> None:  # parse and validate types, build nothing
-        pass
+class BuildAllButTheTrainer(LatentShiftCLI):
+    """Parse and instantiate every class of a config (model, data, callbacks, logger, strategy); the Trainer
+    itself is left out (its accelerator and devices are those of the cluster the config is for)."""
+
+    def instantiate_trainer(self, **kwargs):
+        return self._get(self.config_init, "trainer")
 
     def _run_subcommand(self, subcommand: str) -> None:
         pass
 
 
-def parse(*args: str):
+def build(base: str, tmp_path: Path, *args: str) -> BuildAllButTheTrainer:
+    """The shipped config(s) ``args`` built with the tiny base in place of theirs (no download)."""
     cwd = os.getcwd()
-    os.chdir(ROOT)
+    os.chdir(tmp_path)  # relative output folders land here
     try:
-        return ParseOnly(LatentShiftModule, __import__("lightning").LightningDataModule, subclass_mode_data=True,
-                         args=list(args), auto_configure_optimizers=False).config
+        return BuildAllButTheTrainer(LatentShiftModule, __import__("lightning").LightningDataModule,
+                                     subclass_mode_data=True, auto_configure_optimizers=False,
+                                     args=["fit", *args, "--model.pretrained_model_name_or_path", base])
     finally:
         os.chdir(cwd)
+
+
+def class_of(spec: dict) -> type:
+    module, name = spec["class_path"].rsplit(".", 1)
+    return getattr(__import__(module, fromlist=[name]), name)
 
 
 OVERLAYS = {"sd21-base.yaml": "sd15.yaml"}  # overlay: the config it is used after
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "*.yaml"))), ids=os.path.basename)
-def test_every_config_parses(path):
+def test_every_config_builds(path, tiny_base, tmp_path):
+    """Fails if a shipped config names a class or argument that no longer exists, or a value that only the
+    class rejects (``JointImageVideo`` mode or ratio, EMA decay, an ``OptimConfig`` schedule, a
+    ``TemporalConfig`` mixing) - parsing alone lets those through - or if the model ignores its config groups."""
     under = OVERLAYS.get(os.path.basename(path))
-    config = parse("fit", *(["-c", str(CONFIGS / under)] if under else []), "-c", path)
-    assert config.fit.model.pretrained_model_name_or_path
-    if under:  # the overlay changes the base and the output folders, and keeps the rest
-        assert "2-1" in config.fit.model.pretrained_model_name_or_path
-        assert config.fit.trainer.default_root_dir == "outputs/sd21-base"
-        assert config.fit.model.performance.gradient_checkpointing
-    assert config.fit.model.temporal.temporal_mixing == "shift"
+    files = [str(CONFIGS / under), path] if under else [path]
+    cli = build(tiny_base, tmp_path, *[a for f in files for a in ("-c", f)])
+    merged: dict = {}
+    for f in files:
+        for key, value in yaml.safe_load(open(f)).items():
+            merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    trainer, model = cli.trainer, cli.model
+    callbacks = merged["trainer"]["callbacks"]
+    assert [type(cb) for cb in trainer.callbacks] == [class_of(spec) for spec in callbacks]
+    assert isinstance(cli.datamodule, class_of(merged["data"]))
+    assert get_temporal_config(model.unet) == TemporalConfig(**merged["model"]["temporal"])
+    assert model.optim_config == OptimConfig(**{**dataclasses.asdict(OptimConfig()), **merged["model"]["optim"]})
+    assert model.objective.config == ObjectiveConfig(**merged["model"].get("objective", {}))
+    assert trainer.logger.save_dir == merged["trainer"]["logger"]["init_args"]["save_dir"]
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "data" / "*.yaml"))), ids=os.path.basename)
-def test_data_fragments_swap_in(path):
-    config = parse("fit", "-c", str(CONFIGS / "toy.yaml"), "--data", path)
-    assert config.fit.data.class_path == yaml.safe_load(open(path))["class_path"]
+def test_data_fragments_swap_in(path, tiny_base, tmp_path):
+    """Fails if a data fragment's class or arguments no longer build (``--data FILE`` after ``toy.yaml``)."""
+    cli = build(tiny_base, tmp_path, "-c", str(CONFIGS / "toy.yaml"), "--data", path)
+    spec = yaml.safe_load(open(path))
+    assert isinstance(cli.datamodule, class_of(spec)) and cli.datamodule.batch_size == spec["init_args"]["batch_size"]
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "strategy" / "*.yaml"))), ids=os.path.basename)
-def test_strategy_overlays_parse(path):
-    """Each overlay names a strategy class that imports (both are run for real in tests/test_launch.py)."""
-    import importlib
-
-    config = parse("fit", "-c", str(CONFIGS / "sd15.yaml"), "-c", path)
-    module, _, name = config.fit.trainer.strategy.class_path.rpartition(".")
-    from lightning.pytorch.strategies import Strategy
-
-    assert issubclass(getattr(importlib.import_module(module), name), Strategy)
+def test_strategy_overlays_build(path, tiny_base, tmp_path):
+    """Fails if a strategy overlay's class or arguments no longer build on top of ``sd15.yaml`` (both overlays
+    run for real in tests/test_launch.py)."""
+    cli = build(tiny_base, tmp_path, "-c", str(CONFIGS / "sd15.yaml"), "-c", path)
+    assert isinstance(cli.trainer.strategy, class_of(yaml.safe_load(open(path))["trainer"]["strategy"]))
 
 
 def write_config(tmp_path: Path, base: str, **trainer) -> Path:
@@ -160,9 +182,13 @@ def test_no_config_file_and_last_with_defaults(tiny_base, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_get_different_data(tiny_base, tmp_path):
+def test_ddp_two_cpu_processes_read_disjoint_shards(tiny_base, tmp_path):
+    """``resampled: false`` under DDP: in an epoch each rank reads its own shards (docs/DATA.md), together all.
+    Fails if ranks read the same shards or share a single sample (``keys[0] != keys[1]``, the check this
+    replaces, passed as soon as one key differed)."""
     config = write_config(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=3)
     cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["init_args"]["resampled"] = False  # 8 clips in 2 shards of 4: one shard per rank
     cfg["trainer"]["callbacks"].append({"class_path": "record_keys.RecordKeys",
                                         "init_args": {"out": str(tmp_path / "keys")}})
     config.write_text(yaml.safe_dump(cfg))
@@ -170,8 +196,9 @@ def test_ddp_two_cpu_processes_get_different_data(tiny_base, tmp_path):
     r = train("fit", "-c", str(config), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     keys = [json.loads((tmp_path / "keys" / f"rank{i}.json").read_text()) for i in range(2)]
-    assert len(keys[0]) == len(keys[1]) == 6
-    assert keys[0] != keys[1]
+    assert len(keys[0]) == len(keys[1]) == 6  # 3 steps of 2 clips: an epoch (a rank's shard of 4) is 2 steps
+    first = [set(k[:4]) for k in keys]  # the first epoch (the next one deals the shards anew)
+    assert not first[0] & first[1] and len(first[0] | first[1]) == 8
 
 
 @pytest.mark.slow

@@ -6,9 +6,10 @@ import sys
 import pytest
 import torch
 
+from ls_video.components import load_unet
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.tiny import save_sd_folder, tiny_components
-from ls_video.transfer import extract, load_unet, main
+from ls_video.transfer import extract, main
 from ls_video.unet import TemporalConfig, get_temporal_config
 
 
@@ -36,7 +37,7 @@ def models(tmp_path_factory, tiny_base):
 
 
 def state(path: str) -> dict:
-    return load_unet(path)[0].state_dict()
+    return load_unet(path).state_dict()
 
 
 def test_full_delta_on_its_own_base_gives_the_video_unet(models, tmp_path):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
-from ls_video.components import load_vae
+from ls_video.components import Parts, load_vae
 from ls_video.errors import command
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.text import encode_prompts
@@ -177,8 +177,8 @@ def make_base(out: str, cfg: ToyBaseConfig, vae_from: str | None = None) -> dict
     tokenizer = build_tokenizer(TOY_WORDS, model_max_length=8)
     text_encoder = pretrain_text_encoder(tokenizer, cfg)
     unet = train_unet(latents, captions, tokenizer, text_encoder, vae.config, cfg)
-    save_sd_folder(out, dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                             scheduler=toy_scheduler()))
+    save_sd_folder(out, Parts(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              noise_scheduler=toy_scheduler()))
     check = check_base(out)
     check["build_seconds"] = round(time.perf_counter() - start, 1)
     return check

@@ -67,9 +67,9 @@ def group_of(name: str) -> str:
 def delta_stats(base: str, video: str, personal: str) -> dict:
     """Per layer group: how much the video and the personal fine-tune moved the weights (relative L2 norm),
     and the cosine between the two changes (0: they do not overlap; the motion adds cleanly)."""
-    from ls_video.transfer import load_unet
+    from ls_video.components import load_unet
 
-    b, v, p = (load_unet(path)[0].state_dict() for path in (base, video, personal))
+    b, v, p = (load_unet(path).state_dict() for path in (base, video, personal))
     sums: dict[str, dict[str, float]] = {}
     for name, w in b.items():
         dv, dp = (v[name] - w).double(), (p[name] - w).double()

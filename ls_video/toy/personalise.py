@@ -36,10 +36,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ls_video.components import freeze, load_components
+from ls_video.components import PART_NAMES, Parts, freeze, load_components
+from ls_video.errors import UsageError
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.tiny import save_sd_folder
 from ls_video.toy.loop import train_steps
@@ -75,7 +76,7 @@ def extend_text_side(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> l
     for word, sources in NEW_WORDS.items():
         ids = [tokenizer(src, add_special_tokens=False).input_ids for src in sources]
         if any(len(i) != 1 for i in ids):
-            raise ValueError(f"the base tokenizer does not know {sources} as single tokens")
+            raise UsageError(f"the base tokenizer does not know {sources} as single tokens")
         init[word] = old_embeddings[[i[0] for i in ids]].mean(0)
     missing = [w for w in NEW_WORDS if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
     if not missing:
@@ -91,20 +92,19 @@ def extend_text_side(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> l
     return new_ids
 
 
-def load_base(base: str):
-    """The base's parts (:func:`ls_video.components.load_components`; VAE and text encoder frozen) and its
-    sampling scheduler, which the personalised folder keeps."""
+def load_base(base: str) -> Parts:
+    """The base's parts (:func:`ls_video.components.load_components`; VAE and text encoder frozen)."""
     parts = load_components(base)
     freeze(parts["text_encoder"])
-    scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
-    return parts["vae"], parts["tokenizer"], parts["text_encoder"], parts["unet"], scheduler
+    return parts
 
 
 def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 4) -> dict:
     """Fine-tune, save and check; returns the report written to ``out/personalise.json``."""
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    vae, tokenizer, text_encoder, unet, scheduler = load_base(base)
+    parts = load_base(base)
+    vae, text_encoder, tokenizer, unet, scheduler = (parts[k] for k in PART_NAMES)
     new_ids = extend_text_side(tokenizer, text_encoder)
     world = ToyWorld(size=cfg.size, num_frames=2, object_size=cfg.object_size, min_travel=0.0)
     frames, captions = world.images(cfg.num_images, "train", seed=cfg.seed + 19, colors=list(ALL_COLORS),
@@ -124,7 +124,7 @@ def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 
     train_seconds = time.perf_counter() - train_start
     unet.eval().requires_grad_(False)
     text_encoder.eval().requires_grad_(False)
-    save_sd_folder(out, dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler))
+    save_sd_folder(out, parts)
     report.update({"new_token_ids": new_ids, "train_seconds": round(train_seconds, 1),
                    "steps_per_s": round(cfg.steps / train_seconds, 2) if cfg.steps else None,
                    "check": check_images(out, seeds=check_seeds) if check_seeds else None,

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ls_video.errors import UsageError
 from ls_video.video_io import write_video
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -119,7 +120,7 @@ class ToyWorld:
         if self.max_speed is not None:
             hi = min(hi, self.max_speed)
         if hi < lo:
-            raise ValueError(f"a {self.object_size}px object cannot travel {self.min_travel:.0%} of a "
+            raise UsageError(f"a {self.object_size}px object cannot travel {self.min_travel:.0%} of a "
                              f"{self.size}px frame in {self.num_frames} frames; make the world bigger")
         return list(range(lo, hi + 1))
 
@@ -132,12 +133,12 @@ class ToyWorld:
         """Draw clips until one belongs to ``split``; ``colors`` / ``shapes`` default to :data:`COLORS` /
         :data:`SHAPES` (pass names from :data:`ALL_COLORS` / :data:`ALL_SHAPES` for the new concepts)."""
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}")
+            raise UsageError(f"split must be one of {SPLITS}")
         colors = list(COLORS) if colors is None else list(colors)
         shapes = SHAPES if shapes is None else tuple(shapes)
         for name in [*colors, *shapes]:
             if name not in ALL_COLORS and name not in ALL_SHAPES:
-                raise ValueError(f"unknown colour or shape {name!r}")
+                raise UsageError(f"unknown colour or shape {name!r}")
         while True:
             shape = shapes[rng.integers(len(shapes))]
             color = colors[rng.integers(len(colors))]
