@@ -17,7 +17,7 @@ import os
 import sys
 
 from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
-from ls_video.errors import command
+from ls_video.errors import UsageError, command
 from ls_video.model_card import write_model_card
 from ls_video.single_file import save_unet_single_file
 from ls_video.unet import TemporalConfig
@@ -35,7 +35,7 @@ def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None
     if single_file:
         temporal = TemporalConfig.load(os.path.join(out, "unet"))
         if temporal is not None and temporal.temporal_mixing not in ("shift", "none"):
-            raise ValueError(f"--single-file holds the SD layout only; {temporal.temporal_mixing} adds layers it has "
+            raise UsageError(f"--single-file holds the SD layout only; {temporal.temporal_mixing} adds layers it has "
                              "no names for (export the folder instead)")
         meta = {"latent_shift": dataclasses.asdict(temporal) if temporal else None, "ema": ema,
                 "base_model": load_checkpoint(ckpt).get("hyper_parameters", {}).get("pretrained_model_name_or_path")}

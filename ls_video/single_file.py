@@ -14,6 +14,8 @@ import torch
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from safetensors.torch import save_file
 
+from ls_video.errors import UsageError
+
 LDM_PREFIX = "model.diffusion_model."
 # ResNet block parts: diffusers name -> LDM name (inside a block's prefix)
 RESNET_PARTS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
@@ -24,7 +26,7 @@ def block_prefixes(config: dict[str, Any]) -> dict[str, str]:
     """diffusers module prefix -> LDM prefix for every block of an SD-layout U-Net."""
     per = config["layers_per_block"]
     if not isinstance(per, int):
-        raise ValueError("single-file export needs one layers_per_block for every block (as in SD 1.x / 2.x)")
+        raise UsageError("single-file export needs one layers_per_block for every block (as in SD 1.x / 2.x)")
     levels = len(config["block_out_channels"])
     out: dict[str, str] = {}
     for b in range(levels):

@@ -1,5 +1,6 @@
 """The U-Net's optimiser and learning-rate schedules (ls_video.optim)."""
 
+import importlib.util
 import io
 
 import pytest
@@ -54,3 +55,21 @@ def test_a_resumed_schedule_continues_and_its_state_loads_without_pickle():
 def test_bad_schedules_are_one_line_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         OptimConfig(**bad)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_8bit_adamw_without_bitsandbytes_is_a_one_line_error():
+    """``--model.optim.optimizer adamw8bit`` without bitsandbytes: refused when the config is built, before any
+    data or model is loaded, in one line naming the package."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ls_video.errors import UsageError
+
+    with pytest.raises(UsageError, match="pip install bitsandbytes"):
+        OptimConfig(optimizer="adamw8bit")
+    r = subprocess.run([sys.executable, "train.py", "fit", "-c", "configs/toy.yaml", "--model.optim.optimizer",
+                        "adamw8bit"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert r.returncode == 2 and "bitsandbytes" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert [line for line in r.stderr.splitlines() if "error" in line] == [r.stderr.strip().splitlines()[-1]]
