@@ -18,7 +18,8 @@ from ls_video.video_io import contact_sheet, write_video
 
 class VideoLogger(L.Callback):
     """Every ``every_n_steps`` optimizer steps and at validation end, sample ``prompts`` with fixed seeds
-    through ``LatentShiftPipeline`` and log them: TensorBoard (animated GIF image summaries), plus
+    through ``LatentShiftPipeline`` and log them: TensorBoard (animated GIF image summaries), Weights &
+    Biases (``wandb.Video`` of the written files, with ``lightning.pytorch.loggers.WandbLogger``), plus
     mp4/gif files and a contact-sheet PNG under ``{log_dir}/videos/step_XXXXXX/``.
 
     Every rank samples (a sharded U-Net needs them all), rank zero writes; any failure is reported as a
@@ -91,16 +92,25 @@ class VideoLogger(L.Callback):
             warnings.warn(f"VideoLogger failed at step {step}: {type(err).__name__}: {err}", stacklevel=1)
 
     def write(self, trainer: L.Trainer, tag: str, videos: np.ndarray) -> None:
-        """Files under ``{log_dir}/videos/step_XXXXXX/``, and GIFs to TensorBoard."""
+        """Files under ``{log_dir}/videos/step_XXXXXX/``; GIFs to TensorBoard, the files to Weights & Biases."""
         step = trainer.global_step
         out = os.path.join(self._log_dir, "videos", f"step_{step:06d}")
         os.makedirs(out, exist_ok=True)
-        writer = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+        writers = [lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "_get_file_writer")]
+        runs = [lg.experiment for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+        files = {}
         for i, (prompt, video) in enumerate(zip(self.prompts, videos, strict=True)):
             name = f"{tag}_{i:02d}_{prompt.replace(' ', '_')[:40]}"
-            write_video(os.path.join(out, f"{name}.{self.format}"), video, fps=self.fps)
-            if hasattr(writer, "_get_file_writer"):
+            files[f"{tag}/{i:02d} {prompt}"] = path = os.path.join(out, f"{name}.{self.format}")
+            write_video(path, video, fps=self.fps)
+            for writer in writers:
                 add_video(writer, f"{tag}/{i:02d} {prompt}", video, step, self.fps)
+        if runs:
+            import wandb
+
+            media = {key: wandb.Video(path, format=self.format) for key, path in files.items()}
+            for run in runs:
+                run.log({**media, "trainer/global_step": step})
         Image.fromarray(contact_sheet(videos)).save(os.path.join(out, f"{tag}_contact_sheet.png"))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
