@@ -79,7 +79,9 @@ def write_gallery(folder: str, videos: list[np.ndarray], result: dict, run_dir: 
         if data:
             plot_curves(data, os.path.join(folder, "curves.png"))
             curves = '<h2>Learning curves</h2><img src="curves.png" alt="loss curves">'
-        curves += f"<p>All curves: <code>tensorboard --logdir {html.escape(run_dir)}</code></p>"
+        logdir = os.path.relpath(run_dir, folder)  # from the page's own folder: no machine's absolute path
+        curves += (f"<p>All curves: <code>tensorboard --logdir {html.escape(logdir)}</code> (from this page's "
+                   "folder)</p>")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Latent-Shift samples</title>
 <style>
