@@ -80,6 +80,7 @@ def test_csv_source_and_cli(videos, tiny_base, tmp_path):
                         "--out", str(tmp_path / "o"), "--num-frames", "4", "--fps", "4", "--size", "16",
                         "--num-workers", "0", "--accelerator", "cpu"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+    assert "Tip:" not in r.stdout + r.stderr and "deprecated" not in r.stderr, r.stderr  # no product tips/noise
     samples = read_shards(tmp_path / "o")
     assert [s["txt"].decode() for s in samples] == ["clip 0", "clip 1", "clip 2"]
     assert json.loads(samples[0]["json"])["frame_indices"] == [0, 2, 4, 6]  # 8 fps -> 4 fps

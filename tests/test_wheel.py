@@ -51,6 +51,8 @@ def test_installed_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
                         "--extra", "--data.init_args.num_train_clips", "64", "--data.init_args.num_val_clips", "8"],
                        cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    output = r.stdout + r.stderr  # fit, export, sample, eval: no product tips or deprecation lines
+    assert "Tip:" not in output and "deprecated" not in output, output[-3000:]
     assert "== base\n" not in r.stdout  # the packaged toy base was used, not rebuilt
     assert (work / "demo" / "index.html").exists() and (work / "demo" / "model" / "unet").is_dir()
     assert len(list((work / "demo").glob("*.mp4"))) == 32
