@@ -46,14 +46,15 @@ def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) ->
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
 
 
-def pipeline_from_checkpoint(path: str | os.PathLike, ema: bool = False, base: str | None = None
+def pipeline_from_checkpoint(path: str | os.PathLike | dict[str, Any], ema: bool = False, base: str | None = None
                              ) -> LatentShiftPipeline:
-    """Rebuild the sampling pipeline of a training checkpoint: base components + trained U-Net."""
-    checkpoint = load_checkpoint(path)
+    """Rebuild the sampling pipeline of a training checkpoint (a path, or one already loaded with
+    :func:`load_checkpoint`): base components + trained U-Net."""
+    checkpoint = path if isinstance(path, dict) else load_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
     base = base or hparams.get("pretrained_model_name_or_path")
     if base is None:
-        raise UsageError(f"{path} does not name its base model; pass it explicitly")
+        raise UsageError("the checkpoint does not name its base model; pass it explicitly (--base)")
     parts = load_components(base)
     state = unet_state_from_checkpoint(checkpoint, ema)
     load_video_unet(parts["unet"], temporal_config_from_hparams(hparams), state=state)

@@ -27,18 +27,19 @@ def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None
            ) -> bool:
     """Write the folder (and, with ``single_file``, the U-Net as one original-layout safetensors file);
     returns whether EMA weights were used (default: when present)."""
+    checkpoint = load_checkpoint(ckpt)  # once: the pipeline, the card and the single file read it
     if ema is None:
-        ema = find_ema_state(load_checkpoint(ckpt)) is not None
-    pipe = pipeline_from_checkpoint(ckpt, ema=ema, base=base)
+        ema = find_ema_state(checkpoint) is not None
+    pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base)
     pipe.save_pretrained(out)
-    write_model_card(out, ckpt)
+    write_model_card(out, ckpt, checkpoint=checkpoint)
     if single_file:
         temporal = TemporalConfig.load(os.path.join(out, "unet"))
         if temporal is not None and temporal.temporal_mixing not in ("shift", "none"):
             raise UsageError(f"--single-file holds the SD layout only; {temporal.temporal_mixing} adds layers it has "
                              "no names for (export the folder instead)")
         meta = {"latent_shift": dataclasses.asdict(temporal) if temporal else None, "ema": ema,
-                "base_model": load_checkpoint(ckpt).get("hyper_parameters", {}).get("pretrained_model_name_or_path")}
+                "base_model": checkpoint.get("hyper_parameters", {}).get("pretrained_model_name_or_path")}
         n = save_unet_single_file(pipe.unet, single_file, meta)
         print(f"wrote {single_file}: the U-Net's {n} tensors in the original Stable Diffusion layout")
     return ema

@@ -26,9 +26,10 @@ METRICS = ("direction_acc", "step_acc", "color_acc", "shape_acc", "image_color_a
            "consistency", "clipsim", "fvd", "fid")
 
 
-def recipe(ckpt: str) -> dict[str, Any]:
-    """Steps, shift, optimiser and data settings of a training checkpoint (and its run's saved config)."""
-    checkpoint = load_checkpoint(ckpt)
+def recipe(ckpt: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Steps, shift, optimiser and data settings of a training checkpoint (``checkpoint``: the file at
+    ``ckpt``, when already loaded) and its run's saved config."""
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(ckpt)
     hp = checkpoint.get("hyper_parameters", {})
     out = {"base_model": hp.get("pretrained_model_name_or_path"), "steps": checkpoint.get("global_step"),
            "temporal": hp.get("temporal"), "learning_rate": (hp.get("optim") or {}).get("learning_rate")}
@@ -90,8 +91,10 @@ def render(info: dict[str, Any], metrics: dict | None, gifs: list[str], name: st
     return "\n".join(lines)
 
 
-def write_model_card(out: str, ckpt: str, metrics: str | None = None, samples: str | None = None) -> str:
-    """Write ``out/README.md``; ``metrics`` / ``samples`` default to what lies beside ``out``."""
+def write_model_card(out: str, ckpt: str, metrics: str | None = None, samples: str | None = None,
+                     checkpoint: dict[str, Any] | None = None) -> str:
+    """Write ``out/README.md``; ``metrics`` / ``samples`` default to what lies beside ``out``
+    (``checkpoint``: the file at ``ckpt``, when already loaded)."""
     beside = os.path.dirname(os.path.abspath(out))
     metrics = metrics or next((p for p in (os.path.join(out, "metrics.json"), os.path.join(beside, "metrics.json"))
                                if os.path.isfile(p)), None)
@@ -103,7 +106,7 @@ def write_model_card(out: str, ckpt: str, metrics: str | None = None, samples: s
     gifs = sample_gifs(samples, out) if samples else []
     path = os.path.join(out, "README.md")
     with open(path, "w") as f:
-        f.write(render(recipe(ckpt), scores, gifs, os.path.basename(os.path.abspath(out))))
+        f.write(render(recipe(ckpt, checkpoint), scores, gifs, os.path.basename(os.path.abspath(out))))
     return path
 
 

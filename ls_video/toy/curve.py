@@ -27,7 +27,7 @@ from ls_video.toy.world import all_prompts
 def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance: float, seed0: int = 1000,
                         device: str = "cpu", return_videos: bool = False) -> dict:
     ckpt = load_checkpoint(path)
-    pipe = pipeline_from_checkpoint(path, ema=find_ema_state(ckpt) is not None).to(device)
+    pipe = pipeline_from_checkpoint(ckpt, ema=find_ema_state(ckpt) is not None).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = [p for p in all_prompts() for _ in range(seeds)]
     generators = [torch.Generator().manual_seed(seed0 + i % seeds) for i in range(len(prompts))]
