@@ -26,25 +26,17 @@ import argparse
 import glob
 import json
 import os
-import shlex
-import subprocess
 import sys
-import time
 
 from ls_video.shipped import shipped_path
+from ls_video.stage import run_stage
 from ls_video.toy.world import all_prompts, image_prompts
 
 
 def run(cmd: list[str], stage: str, times: dict[str, float], env: dict[str, str] | None = None) -> None:
-    """Run one stage's command, printed first, and record its elapsed seconds under ``stage``.
-
-    Stages get one CPU thread (``OMP_NUM_THREADS=1`` unless set): the toy models are too small to gain from
-    more, and on a shared 2-core machine two threads made sampling 5x slower (216 s vs 39 s, docs/TOY.md).
-    """
-    print(f"\n== {stage}\n$ {shlex.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={"OMP_NUM_THREADS": "1", **os.environ, **(env or {})})
-    times[stage] = time.perf_counter() - start
+    """Run one stage's command (:func:`ls_video.stage.run_stage`) and record its seconds under ``stage``."""
+    print(f"\n== {stage}", flush=True)
+    times[stage] = run_stage(cmd, env)
 
 
 def summary(times: dict[str, float], run_dir: str, out: str) -> str:

@@ -19,32 +19,28 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 
 from ls_video.errors import command
+from ls_video.stage import run_stage
 from ls_video.toy.world import all_prompts, new_concept_prompts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # which U-Net parameters a layer-subset row moves (``transfer apply --include``)
 LAYER_SETS = {"resnets": r"resnets\.", "attentions": r"attentions\.", "cross-attn k/v": r"attn2\.to_[kv]\.",
               "all but cross-attn k/v": r"^(?!.*attn2\.to_[kv]\.)"}
 
 
 def run(cmd: list[str], log: list[str]) -> float:
-    print(f"$ {shlex.join(cmd)}", flush=True)
     log.append(shlex.join(cmd))
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, env={"OMP_NUM_THREADS": "1", **os.environ})
-    return time.perf_counter() - start
+    return run_stage(cmd)
 
 
 def sample_and_score(model: str, prompts_file: str, out: str, seeds: int, log: list[str]) -> dict:
     metrics_path = os.path.join(out, "metrics.json")
     if not os.path.isfile(metrics_path):
         py = sys.executable
-        run([py, "sample.py", "--model", model, "--prompts-file", prompts_file, "--num-videos-per-prompt",
+        run([py, "-m", "ls_video.sample", "--model", model, "--prompts-file", prompts_file, "--num-videos-per-prompt",
              str(seeds), "--num-frames", "6", "--num-inference-steps", "25", "--guidance-scale", "4.0", "--seed", "0",
              "--batch-size", "32", "--out", out], log)
         run([py, "-m", "ls_video.eval", out], log)
