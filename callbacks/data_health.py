@@ -40,6 +40,7 @@ class DataHealth(L.Callback):
         self._workers: dict[int, dict] = {}
         self._counted = torch.zeros(3)  # this rank's (good, corrupt, network) already in the window
         self._recent: deque[tuple[float, float]] = deque()  # (seen, corrupt) per step, all ranks
+        self._in_window = [0.0, 0.0]  # their sums
 
     def totals(self) -> tuple[int, Counter, Counter]:
         """(good samples, skipped by reason, skipped by shard) summed over this rank's workers."""
@@ -52,7 +53,7 @@ class DataHealth(L.Callback):
 
     def recent(self) -> tuple[float, float]:
         """(samples seen, corrupt samples) in the window, over all ranks."""
-        return sum(s for s, _ in self._recent), sum(c for _, c in self._recent)
+        return self._in_window[0], self._in_window[1]
 
     def _advance_window(self, trainer: L.Trainer, counts: torch.Tensor) -> None:
         new = counts - self._counted
@@ -60,9 +61,17 @@ class DataHealth(L.Callback):
         if trainer.world_size > 1:  # every rank, every step: the decision below is the same everywhere
             new = trainer.strategy.reduce(new.to(trainer.strategy.root_device), reduce_op="sum").cpu()
         good, corrupt, _ = new.tolist()
-        self._recent.append((good + corrupt, corrupt))
-        while len(self._recent) > 1 and self.recent()[0] - self._recent[0][0] >= self.window:
+        self._push(good + corrupt, corrupt, +1)
+        while len(self._recent) > 1 and self._in_window[0] - self._recent[0][0] >= self.window:
+            self._push(*self._recent[0], -1)
+
+    def _push(self, seen: float, corrupt: float, sign: int) -> None:
+        """Append a step's counts to the window (``sign`` +1) or drop its oldest (-1), keeping the sums."""
+        if sign > 0:
+            self._recent.append((seen, corrupt))
+        else:
             self._recent.popleft()
+        self._in_window = [self._in_window[0] + sign * seen, self._in_window[1] + sign * corrupt]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
