@@ -29,13 +29,14 @@ class DataHealth(L.Callback):
 
     Args:
         max_bad_fraction: stop above this share of corrupt samples in the window (default 5%).
-        min_samples: judge only once the window holds this many samples (early noise is ignored).
+        min_samples: judge only once the window holds this many samples (early noise is ignored; above
+            ``window``, never: the rule is off).
         window: how many of the most recent samples (all ranks together) are judged.
     """
 
     def __init__(self, max_bad_fraction: float = 0.05, min_samples: int = 200, window: int = 5000) -> None:
-        if not 0.0 <= max_bad_fraction <= 1.0 or min_samples < 1 or window < min_samples:
-            raise ValueError("need 0 <= max_bad_fraction <= 1 and 1 <= min_samples <= window")
+        if not 0.0 <= max_bad_fraction <= 1.0 or min_samples < 1 or window < 1:
+            raise ValueError("need 0 <= max_bad_fraction <= 1, min_samples >= 1 and window >= 1")
         self.max_bad_fraction, self.min_samples, self.window = max_bad_fraction, min_samples, window
         self._workers: dict[int, dict] = {}
         self._counted = torch.zeros(3)  # this rank's (good, corrupt, network) already in the window
