@@ -8,7 +8,11 @@ reached the step budget, so an interrupted ablation continues), samples the 32 t
 ``seeds`` seeds from the EMA weights, and scores them (``ls_video.metrics.toy``). Train-step and
 sampling times are measured side by side in one process (variants alternating) as ratios to
 ``none``. Results go to ``<out>/results.json`` and the table between the ablation markers of
-``<results>`` (docs/RESULTS.md), with the command line.
+``<results>`` (docs/RESULTS.md), with the command line. Optional keys: ``num_frames`` (default 6),
+``marker`` (the results block's name, default ``ablation``: another study keeps its own block),
+``long_range: true`` (adds the long-range metrics of :func:`ls_video.metrics.toy.score_long`) and
+``reach: true`` (prints the shift's temporal reach for the trained U-Net and SD-1.5). Each variant's
+scores are kept in ``<out>/<variant>/scores.json``, so a rerun after an interruption only times.
 """
 
 from __future__ import annotations
@@ -30,6 +34,39 @@ from ls_video.temporal_layers import added_parameters
 from ls_video.toy.curve import evaluate_checkpoint
 
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+
+
+def markers(name: str = "ablation") -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def temporal_reach(unet: torch.nn.Module) -> dict[str, int]:
+    """ResNet blocks (each shifts one frame each way) on the U-Net's longest path, per part: a frame's
+    features reach ``total`` frames each way in one U-Net pass (the shortest path, through the first skip
+    connection, crosses one block)."""
+    from diffusers.models.resnet import ResnetBlock2D
+
+    def count(blocks: torch.nn.Module) -> int:
+        return sum(isinstance(m, ResnetBlock2D) for m in blocks.modules())
+
+    out = dict(down=count(unet.down_blocks), mid=count(unet.mid_block), up=count(unet.up_blocks))
+    return {**out, "total": sum(out.values())}
+
+
+def reach_table(base: str) -> str:
+    """Temporal reach of the shift for the toy base's U-Net and the SD-1.5 U-Net (built on the meta device)."""
+    from diffusers import UNet2DConditionModel
+
+    from ls_video.presets import sd15_unet
+
+    with torch.device("meta"):
+        nets = {"toy": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base, subfolder="unet")),
+                "SD-1.5": sd15_unet()}
+    lines = ["| U-Net | shifted blocks: down | mid | up | reach (frames each way, one pass) |", "|---|---|---|---|---|"]
+    for name, net in nets.items():
+        r = temporal_reach(net)
+        lines.append(f"| {name} | {r['down']} | {r['mid']} | {r['up']} | {r['total']} |")
+    return "\n".join(lines)
 
 
 def train(name: str, overrides: list[str], cfg: dict, steps: int) -> str:
@@ -62,7 +99,7 @@ def toy_fvd(videos: list, toy_net: str) -> float:
     return frechet_distance_of(ex.video_features(videos), ex.video_features(real))
 
 
-def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
+def side_by_side_times(ckpts: dict[str, str], reps: int, frames: int = 6) -> dict[str, dict]:
     """Median train-step and sampling seconds per variant, variants alternating in this process."""
     from ls_video.checkpoint import pipeline_from_checkpoint
     from ls_video.module import LatentShiftModule
@@ -77,7 +114,7 @@ def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
         pipes[name] = pipeline_from_checkpoint(path)
         pipes[name].set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
-    batch = {"latents": torch.randn(16, 6, 4, 8, 8, generator=g), "captions": ["a red square moving left"] * 16}
+    batch = {"latents": torch.randn(16, frames, 4, 8, 8, generator=g), "captions": ["a red square moving left"] * 16}
 
     def train_step(name):
         def setup():
@@ -88,7 +125,7 @@ def side_by_side_times(ckpts: dict[str, str], reps: int) -> dict[str, dict]:
 
     def sample(name):
         def setup():
-            return lambda: pipes[name](["a red square moving left"] * 4, num_frames=6, num_inference_steps=25,
+            return lambda: pipes[name](["a red square moving left"] * 4, num_frames=frames, num_inference_steps=25,
                                        guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
         return setup
 
@@ -111,8 +148,28 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: str, text: str) -> None:
-    """Replace the text between the ablation markers of ``path`` (appending them when absent)."""
+LONG = ("identity", "constant", "direction_all", "direction_late", "single")
+
+
+def long_table(rows: dict[str, dict]) -> str:
+    """The long-range columns (:func:`ls_video.metrics.toy.score_long`) beside cost, as ratios to ``none``."""
+    ref = rows.get("none")
+    lines = ["| variant | added params | train step (x none) | sampling (x none) | identity held | constant velocity "
+             "| median spread | direction (clip) | direction (2nd half) | single object | colour | shape |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        tr = f"{r['train_step_s'] / ref['train_step_s']:.2f}" if ref and "train_step_s" in r else "-"
+        sr = f"{r['sample_s'] / ref['sample_s']:.2f}" if ref and "sample_s" in r else "-"
+        params = f"{r['added_params']:,}" if "added_params" in r else "-"
+        cols = " | ".join(f"{r[k]:.2f}" for k in LONG[:2])
+        lines.append(f"| {name} | {params} | {tr} | {sr} | {cols} | {r['spread']:.2f} | {r['direction_all']:.2f} | "
+                     f"{r['direction_late']:.2f} | {r['single']:.2f} | {r['color_acc']:.2f} | {r['shape_acc']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_results(path: str, text: str, marker: str = "ablation") -> None:
+    """Replace the text between the ``marker`` markers of ``path`` (appending them when absent)."""
+    START, END = markers(marker)  # noqa: N806
     doc = open(path).read() if os.path.isfile(path) else "# Results\n"
     if START in doc and END in doc:
         doc = doc[: doc.index(START)] + text + doc[doc.index(END) + len(END):]
@@ -142,32 +199,49 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
-    ckpts = {name: train(name, overrides, cfg, steps) for name, overrides in variants.items()}
     toy_net = cfg.get("toy_net")
     if toy_net and not os.path.isfile(os.path.join(toy_net, "model.safetensors")):
         from ls_video.metrics.toy_net import train_toy_net
 
         print(f"[ablation] training the toy FVD feature net into {toy_net}", flush=True)
         train_toy_net(toy_net, steps=cfg.get("toy_net_steps", 400))
-    rows = {}
-    for name, path in ckpts.items():
-        r = evaluate_checkpoint(path, seeds, 25, 6, 4.0, return_videos=True)
+    rows, ckpts = {}, {}
+    frames = cfg.get("num_frames", 6)
+    for name, overrides in variants.items():  # each variant is scored as soon as it is trained
+        path = ckpts[name] = train(name, overrides, cfg, steps)
+        cache = os.path.join(cfg["out"], name, "scores.json")
+        if os.path.isfile(cache) and json.load(open(cache)).get("step") == steps:
+            rows[name] = json.load(open(cache))
+            continue
+        r = evaluate_checkpoint(path, seeds, 25, frames, 4.0, return_videos=True)
         videos = r.pop("videos")
         r.pop("rows", None)
         if toy_net:
             r["toy_fvd"] = toy_fvd(videos, toy_net)
+        if cfg.get("long_range"):
+            from ls_video.metrics.toy import score_long
+            from ls_video.toy.world import all_prompts
+
+            r.update(score_long(videos, [p for p in all_prompts() for _ in range(seeds)]))
         rows[name] = r
-        print(f"[ablation] {name}: direction {r['direction_acc']:.2f} colour {r['color_acc']:.2f}", flush=True)
-    for name, t in side_by_side_times(ckpts, cfg.get("timing_reps", 5)).items():
+        with open(cache, "w") as f:
+            json.dump(r, f, indent=2)
+        print(f"[ablation] {name}: {json.dumps(r)}", flush=True)
+    for name, t in side_by_side_times(ckpts, cfg.get("timing_reps", 5), frames).items():
         rows[name].update(t)
     os.makedirs(cfg["out"], exist_ok=True)
     with open(os.path.join(cfg["out"], "results.json"), "w") as f:
         json.dump(rows, f, indent=2)
     command = "ls-video ablation " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = (f"{START}\n`{command}` ({steps} steps each, 32 prompts x {seeds} seeds, EMA weights, 25 DDIM "
-            f"steps, guidance 4; times on this machine, variants alternating in one process):\n\n{table(rows)}\n{END}")
-    write_results(cfg["results"], text)
-    print(table(rows))
+    start, end = markers(cfg.get("marker", "ablation"))
+    body = long_table(rows) if cfg.get("long_range") else table(rows)
+    if cfg.get("reach"):
+        body += "\n\nTemporal reach of the shift:\n\n" + reach_table(load_checkpoint(next(iter(ckpts.values())))
+                                                                     ["hyper_parameters"]["pretrained_model_name_or_path"])
+    text = (f"{start}\n`{command}` ({steps} steps each, {frames} frames, 32 prompts x {seeds} seeds, EMA weights, 25 "
+            f"DDIM steps, guidance 4; times on this machine, variants alternating in one process):\n\n{body}\n{end}")
+    write_results(cfg["results"], text, cfg.get("marker", "ablation"))
+    print(body)
     return 0
 
 

@@ -55,11 +55,15 @@ class TemporalConfig:
         shift_fraction: share of channels shifted in each direction (1/8 forward + 1/8 backward).
         shift_placement: ``"residual"`` (before ``conv1``, the default) or ``"input"`` (the whole block
             input, skip path included; TSM's in-place shift).
+        deep_shift_frames: how many frames the shift moves in the lowest-resolution blocks (the last down
+            block, the mid block, the first up block); 1 (the default) moves one frame everywhere. Larger
+            values widen the temporal reach of one U-Net pass without a parameter (docs/RESULTS.md, 16 frames).
     """
 
     temporal_mixing: TemporalMixing = "shift"
     shift_fraction: float = 0.125
     shift_placement: ShiftPlacement = "residual"
+    deep_shift_frames: int = 1
 
     def __post_init__(self) -> None:
         if self.temporal_mixing not in MIXINGS:
@@ -67,6 +71,8 @@ class TemporalConfig:
         if self.shift_placement not in ("residual", "input"):
             raise UsageError(f"shift_placement must be 'residual' or 'input', got {self.shift_placement!r}")
         shift_channels(1, self.shift_fraction)  # validates the range
+        if self.deep_shift_frames < 1:
+            raise ValueError(f"deep_shift_frames must be >= 1, got {self.deep_shift_frames}")
 
     def save(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -150,10 +156,11 @@ class _ShiftHook:
     ``conv1`` reads, so it is shifted in place (no full-size copy while sampling).
     """
 
-    def __init__(self, state: _FrameState, n: int, in_place: bool = False) -> None:
+    def __init__(self, state: _FrameState, n: int, in_place: bool = False, frames_moved: int = 1) -> None:
         self.state = state
         self.n = n
         self.in_place = in_place
+        self.frames_moved = frames_moved  # a shift of k frames is k one-frame shifts (zeros enter at the ends)
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> tuple | None:
         num_frames = self.state.num_frames
@@ -161,7 +168,9 @@ class _ShiftHook:
             return None  # the identity: leave the input as it is
         x = args[0]
         in_place = self.in_place and not torch.is_grad_enabled()
-        return (shift_frames(x, num_frames, self.n, in_place), *args[1:])
+        for _ in range(self.frames_moved):
+            x = shift_frames(x, num_frames, self.n, in_place)
+        return (x, *args[1:])
 
 
 class _Temporal:
@@ -193,12 +202,16 @@ def apply_temporal_mixing(
     state = _FrameState()
     handles = []
     ref = next(unet.parameters())
+    deep = set()  # the lowest-resolution blocks, where the shift may move more than one frame
+    if config.deep_shift_frames > 1:
+        deep = {id(m) for part in (unet.down_blocks[-1], unet.mid_block, unet.up_blocks[0]) for m in part.modules()}
     for module in list(unet.modules()):
         if config.temporal_mixing == "shift" and isinstance(module, ResnetBlock2D):
             residual = config.shift_placement == "residual"
             target = module.conv1 if residual else module
             n = shift_channels(module.conv1.in_channels, config.shift_fraction)
-            hook = _ShiftHook(state, n, in_place=residual)
+            moved = config.deep_shift_frames if id(module) in deep else 1
+            hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved)
             handles.append(target.register_forward_pre_hook(hook))
         elif config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
             with torch.device(ref.device):

@@ -124,3 +124,82 @@ def score(videos: list[np.ndarray], prompts: list[str]) -> dict:
     return {"n": len(rows), "direction_acc": mean("direction_ok"), "step_acc": mean("step_acc"),
             "color_acc": mean("color_ok"), "shape_acc": mean("shape_ok"), "consistency": mean("consistent"),
             "rows": rows}
+
+
+# --- Long-range metrics (issue 29): does a clip hold together over 16 frames? ---------------------------
+
+
+def count_objects(mask: np.ndarray, min_pixels: int = 4) -> int:
+    """Connected (4-neighbour) regions of ``mask`` with at least ``min_pixels`` pixels (specks ignored)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    count = 0
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if seen[y0, x0]:
+            continue
+        seen[y0, x0], stack, size = True, [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        count += size >= min_pixels
+    return count
+
+
+def _mode(values: list) -> object:
+    return max(set(values), key=values.count) if values else None
+
+
+def long_range(frames: np.ndarray, direction: str, threshold: int = 80, max_spread: float = 0.5) -> dict:
+    """Long-range checks of one ``(F, H, W, 3)`` uint8 clip prompted to move ``direction``.
+
+    ``identity``: the most common colour and shape of the first quarter of the frames equal those of the
+    last quarter (every frame of both quarters has an object). ``spread``: RMS deviation of the per-frame
+    centroid displacement from its mean, relative to the mean's length (0 for constant velocity, ``inf``
+    when static or an object is missing); ``constant`` is ``spread <= max_spread``. ``direction_all`` /
+    ``direction_late``: the first-to-last displacement over the whole clip / its second half goes the
+    prompted way. ``single``: exactly one object in every frame.
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+    n, size = len(frames), frames.shape[2]
+    masks = [object_mask(f, threshold) for f in frames]
+    quarter = max(1, n // 4)
+
+    def traits(idx: range) -> tuple[list, list]:
+        kept = [i for i in idx if masks[i].any()]
+        return ([classify_color(frames[i][masks[i]]) for i in kept], [classify_shape(masks[i]) for i in kept])
+
+    (c0, s0), (c1, s1) = traits(range(quarter)), traits(range(n - quarter, n))
+    identity = len(c0) == len(c1) == quarter and _mode(c0) == _mode(c1) and _mode(s0) == _mode(s1)
+    cents = [(xs.mean(), ys.mean()) if len(xs) else None for ys, xs in (np.nonzero(m) for m in masks)]
+    spread = float("inf")
+    if all(c is not None for c in cents) and n >= 2:
+        d = np.diff(np.array(cents, dtype=float), axis=0)
+        mean = d.mean(0)
+        if np.linalg.norm(mean) > 1e-6:
+            spread = float(np.sqrt(((d - mean) ** 2).sum(1).mean()) / np.linalg.norm(mean))
+
+    def heads(a: int) -> bool:
+        pts = [c for c in cents[a:] if c is not None]
+        if len(pts) < 2:
+            return False
+        min_motion = size / 16 * (n - 1 - a) / (n - 1)  # analyze_video's threshold, scaled to the span
+        return direction_of(pts[-1][0] - pts[0][0], pts[-1][1] - pts[0][1], min_motion) == direction
+
+    return {"identity": bool(identity), "spread": spread, "constant": spread <= max_spread,
+            "direction_all": heads(0), "direction_late": heads(n // 2),
+            "single": all(count_objects(m) == 1 for m in masks)}
+
+
+def score_long(videos: list[np.ndarray], prompts: list[str], **kwargs: float) -> dict:
+    """Shares of clips passing each :func:`long_range` check (``identity``, ``constant``,
+    ``direction_all``, ``direction_late``, ``single``) and the median ``spread``."""
+    rows = [long_range(v, parse_prompt(p)["direction"], **kwargs) for v, p in zip(videos, prompts, strict=True)]
+    keys = ("identity", "constant", "direction_all", "direction_late", "single")
+    out = {k: sum(r[k] for r in rows) / max(1, len(rows)) for k in keys}
+    out["spread"] = float(np.median([r["spread"] for r in rows])) if rows else float("nan")
+    return out
