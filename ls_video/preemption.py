@@ -77,9 +77,13 @@ class Preemption(L.Callback):
         if stage == "fit":
             self._install()
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Lightning's handlers (registered after setup) are replaced: only the note remains."""
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning's handlers (registered after setup, before the sanity check) are replaced: only the note
+        remains, from the first hook after their registration on."""
         self._install()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install()  # (no sanity check ran: the first hook after Lightning's registration)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._active = False
