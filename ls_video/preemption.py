@@ -122,7 +122,7 @@ def save_last_checkpoint(trainer: L.Trainer) -> str:
     """Write ``last.ckpt`` where ``--ckpt_path last`` looks (the ModelCheckpoint's folder, else
     ``{root}/checkpoints``) now, on every rank (rank zero writes). The ModelCheckpoint records it as its
     own, so the resumed run overwrites it instead of starting a ``last-v1.ckpt`` beside it."""
-    callback = trainer.checkpoint_callback  # Lightning's first ModelCheckpoint, as on_train_end reads it
+    callback = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
     folder = callback.dirpath if callback is not None and callback.dirpath else None
     folder = folder or os.path.join(trainer.default_root_dir, "checkpoints")
     path = os.path.join(folder, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
