@@ -15,6 +15,7 @@ from ls_video.components import (
     temporal_config_from_hparams,
 )
 from ls_video.errors import UsageError
+from ls_video.lora import merge_lora, settings_from_hparams
 from ls_video.pipeline import LatentShiftPipeline
 
 EMA_KEY = "ema_unet"  # checkpoint entry with the EMA weights (U-Net parameter names), written by callbacks.EMA
@@ -46,10 +47,11 @@ def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) ->
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
 
 
-def pipeline_from_checkpoint(path: str | os.PathLike | dict[str, Any], ema: bool = False, base: str | None = None
-                             ) -> LatentShiftPipeline:
+def pipeline_from_checkpoint(path: str | os.PathLike | dict[str, Any], ema: bool = False, base: str | None = None,
+                             merge: bool = True) -> LatentShiftPipeline:
     """Rebuild the sampling pipeline of a training checkpoint (a path, or one already loaded with
-    :func:`load_checkpoint`): base components + trained U-Net."""
+    :func:`load_checkpoint`): base components + trained U-Net. A LoRA run's adapter is folded into the U-Net's
+    weights (``merge``) or kept as a PEFT adapter on it."""
     checkpoint = path if isinstance(path, dict) else load_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
     base = base or hparams.get("pretrained_model_name_or_path")
@@ -57,7 +59,10 @@ def pipeline_from_checkpoint(path: str | os.PathLike | dict[str, Any], ema: bool
         raise UsageError("the checkpoint does not name its base model; pass it explicitly (--base)")
     parts = load_components(base)
     state = unet_state_from_checkpoint(checkpoint, ema)
-    load_video_unet(parts["unet"], temporal_config_from_hparams(hparams), state=state)
+    lora = settings_from_hparams(hparams)
+    load_video_unet(parts["unet"], temporal_config_from_hparams(hparams), state=state, lora=lora)
+    if merge:
+        merge_lora(parts["unet"])
     return build_pipeline(parts)
 
 

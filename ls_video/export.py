@@ -1,12 +1,14 @@
 """Export a training checkpoint as a diffusers folder that ``sample.py`` and
 ``LatentShiftPipeline.from_pretrained`` load.
 
-    ls-video export CKPT OUT [--raw] [--base PATH]        (or: python -m ls_video.export ...)
+    ls-video export CKPT OUT [--raw] [--base PATH] [--single-file FILE] [--adapter-only]
 
 OUT gets the base's ``vae/``, ``text_encoder/``, ``tokenizer/``, a DDIM ``scheduler/``, the trained
 ``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``) plus ``unet/latent_shift.json``, and
 a model card ``README.md`` with Hub metadata (:mod:`ls_video.model_card`); ``--single-file FILE`` also writes
-the U-Net in the original Stable Diffusion key layout (:mod:`ls_video.single_file`).
+the U-Net in the original Stable Diffusion key layout (:mod:`ls_video.single_file`). A LoRA run's adapter is
+folded into the U-Net (a plain diffusers folder, zero added parameters), or with ``--adapter-only`` written alone
+in diffusers/PEFT and Kohya formats (:func:`ls_video.lora.save_adapter`).
 """
 
 from __future__ import annotations
@@ -18,18 +20,29 @@ import sys
 
 from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
 from ls_video.errors import UsageError, command
+from ls_video.lora import save_adapter, settings_from_hparams
 from ls_video.model_card import write_model_card
 from ls_video.single_file import save_unet_single_file
 from ls_video.unet import TemporalConfig
 
 
-def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None, single_file: str | None = None
-           ) -> bool:
-    """Write the folder (and, with ``single_file``, the U-Net as one original-layout safetensors file);
-    returns whether EMA weights were used (default: when present)."""
+def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None, single_file: str | None = None,
+           adapter_only: bool = False) -> bool:
+    """Write the folder (and, with ``single_file``, the U-Net as one original-layout safetensors file; with
+    ``adapter_only``, a LoRA run's adapter alone); returns whether EMA weights were used (default: when present)."""
     checkpoint = load_checkpoint(ckpt)  # once: the pipeline, the card and the single file read it
     if ema is None:
         ema = find_ema_state(checkpoint) is not None
+    if adapter_only:
+        lora = settings_from_hparams(checkpoint.get("hyper_parameters", {}))
+        if not lora.enabled:
+            raise UsageError(f"--adapter-only needs a LoRA checkpoint (model.lora.rank > 0); {ckpt} trained the "
+                             "U-Net's weights")
+        pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base, merge=False)
+        sizes = save_adapter(pipe.unet, lora, out)
+        print(f"wrote the rank-{lora.rank} adapter to {out}: " + ", ".join(f"{k} ({v / 1e6:.2f} MB)"
+                                                                      for k, v in sizes.items()))
+        return ema
     pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base)
     pipe.save_pretrained(out)
     write_model_card(out, ckpt, checkpoint=checkpoint)
@@ -55,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single-file", default=None, metavar="FILE.safetensors",
                    help="also write the U-Net as one safetensors file in the original Stable Diffusion key layout "
                         "(A1111 / ComfyUI; the shift settings in its metadata under 'latent_shift')")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="LoRA checkpoints: write only the adapter (pytorch_lora_weights.safetensors for "
+                        "pipe.load_lora_weights, lora_kohya.safetensors for A1111/ComfyUI, latent_shift.json) "
+                        "instead of a merged diffusers folder")
     args = p.parse_args(argv)
     used_ema = export(args.ckpt, args.out, ema=False if args.raw else None, base=args.base,
-                      single_file=args.single_file)
+                      single_file=args.single_file, adapter_only=args.adapter_only)
     print(f"exported {'EMA' if used_ema else 'raw'} weights to {args.out}")
     return 0
 

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import torch
 
 from ls_video.components import PART_NAMES, Parts, build_pipeline, freeze, load_components, load_video_unet
+from ls_video.errors import UsageError
+from ls_video.lora import LoraSettings
 from ls_video.nonfinite import NonFiniteGuard
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer, select_trainable
@@ -51,6 +53,8 @@ class LatentShiftModule(NonFiniteGuard):
         optim: AdamW, warmup/schedule and which U-Net parameters train (:class:`~ls_video.optim.OptimConfig`).
         performance: gradient checkpointing, channels-last, regional compilation
             (:class:`~ls_video.performance.PerformanceConfig`).
+        lora: train a low-rank adapter instead of the U-Net's weights (:class:`~ls_video.lora.LoraSettings`;
+            ``rank: 0``, the default, trains the weights; ``configs/lora.yaml``).
         noise_seed: noise, timesteps and caption dropout of step ``s`` on rank ``r`` come from a generator
             seeded with ``(noise_seed, s, r)``, so a resumed run draws exactly what an uninterrupted one would.
         max_nonfinite_steps: a non-finite loss on any rank skips the step on every rank (see
@@ -67,6 +71,7 @@ class LatentShiftModule(NonFiniteGuard):
         objective: ObjectiveConfig = ObjectiveConfig(),
         optim: OptimConfig = OptimConfig(),
         performance: PerformanceConfig = PerformanceConfig(),
+        lora: LoraSettings = LoraSettings(),
         noise_seed: int = 0,
         max_nonfinite_steps: int = 5,
         revision: str | None = None,
@@ -75,28 +80,34 @@ class LatentShiftModule(NonFiniteGuard):
         super().__init__()
         temporal, objective = _as(TemporalConfig, temporal), _as(ObjectiveConfig, objective)
         optim, performance = _as(OptimConfig, optim), _as(PerformanceConfig, performance)
+        lora = _as(LoraSettings, lora)
+        if lora.enabled and optim.trainable_patterns is not None:
+            raise UsageError("optim.trainable_patterns and lora.rank > 0 both choose what trains; set one of them")
         self.save_hyperparameters(dict(
             pretrained_model_name_or_path=pretrained_model_name_or_path, revision=revision, noise_seed=noise_seed,
             max_nonfinite_steps=max_nonfinite_steps, temporal=dataclasses.asdict(temporal),
             objective=dataclasses.asdict(objective), optim=dataclasses.asdict(optim),
-            performance=dataclasses.asdict(performance)))
+            performance=dataclasses.asdict(performance), lora=dataclasses.asdict(lora)))
         self.optim_config, self.max_nonfinite_steps = optim, max_nonfinite_steps
-        parts = self._load_parts(pretrained_model_name_or_path, revision, components or {}, temporal)
+        parts = self._load_parts(pretrained_model_name_or_path, revision, components or {}, temporal, lora)
         self.vae, self.text_encoder, self.tokenizer, self.unet = (parts[k] for k in PART_NAMES[:4])
         self.objective = DiffusionObjective(parts["noise_scheduler"], objective, self.vae.config)
         self.noise_scheduler = self.objective.scheduler
         self.unet.train()  # diffusers loads in eval mode; Lightning keeps the mode it finds
         freeze(self.vae, self.text_encoder)
-        select_trainable(self.unet, optim.trainable_patterns)
+        if not lora.enabled:  # (an adapter trains alone: load_video_unet froze the rest)
+            select_trainable(self.unet, optim.trainable_patterns)
         apply_performance(self.unet, performance)
         self._empty_embedding: torch.Tensor | None = None
 
     @staticmethod
-    def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig) -> Parts:
+    def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig,
+                    lora: LoraSettings) -> Parts:
         """The given parts, the missing ones from the base; the U-Net with its temporal mixing (and an exported
-        baseline's added-layer weights when resuming from one)."""
+        baseline's added-layer weights when resuming from one) and the LoRA adapter, if any."""
         parts = load_components(path, revision, given)
-        load_video_unet(parts["unet"], temporal, folder=None if "unet" in given else os.path.join(path, "unet"))
+        load_video_unet(parts["unet"], temporal, folder=None if "unet" in given else os.path.join(path, "unet"),
+                        lora=lora)
         return parts
 
     # ----------------------------------------------------------------------------- helpers

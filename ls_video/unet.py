@@ -209,7 +209,7 @@ def apply_temporal_mixing(
         if config.temporal_mixing == "shift" and isinstance(module, ResnetBlock2D):
             residual = config.shift_placement == "residual"
             target = module.conv1 if residual else module
-            n = shift_channels(module.conv1.in_channels, config.shift_fraction)
+            n = shift_channels(module.in_channels, config.shift_fraction)  # (conv1 may be a LoRA wrapper)
             moved = config.deep_shift_frames if id(module) in deep else 1
             hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved)
             handles.append(target.register_forward_pre_hook(hook))
