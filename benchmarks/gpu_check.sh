@@ -6,6 +6,7 @@
 #
 #     bash benchmarks/gpu_check.sh bg:compile_tests kernels eager sampling      # then: compiled
 #     bash benchmarks/gpu_check.sh scaleout                   # DDP vs FSDP2 via the CLI, SD-1.5 size
+#     bash benchmarks/gpu_check.sh memory                     # peak training memory per configuration
 #
 # A step written bg:NAME runs in the background (correctness tests only: they compete for the
 # host); the next timed step (eager, sampling, compiled) waits for it first.
@@ -43,6 +44,7 @@ run() {  # run NAME: one named step
     compiled) step compiled 300 python3 benchmarks/shift_overhead.py $BENCH --reps 12 --skip-toy --modes compiled \
       --compile-clips 4 --compile-passes fwd_bwd ;;
     scaleout) step scaleout 420 python3 benchmarks/scaleout.py --size sd15 --steps 20 --out "$OUT" ;;
+    memory) step memory 560 python3 benchmarks/memory.py --size sd15 --steps 12 --limit-s 120 --out "$OUT/memory" ;;
     compile_tests) step compile_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_compile.py ;;
     *) echo "unknown step $1" ;;
   esac
@@ -51,7 +53,7 @@ run() {  # run NAME: one named step
 for name in "$@"; do
   case $name in
     bg:*) run "${name#bg:}" > "$OUT/${name#bg:}.bg" 2>&1 & ;;
-    eager|sampling|compiled|scaleout) wait; run "$name" ;;
+    eager|sampling|compiled|scaleout|memory) wait; run "$name" ;;
     *) run "$name" ;;
   esac
 done

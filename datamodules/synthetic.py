@@ -11,8 +11,9 @@ from datamodules.shards import encode_sample
 
 
 def write_synthetic_shards(out: str | os.PathLike, num_shards: int, per_shard: int, shape=(16, 4, 32, 32),
-                           seed: int = 0) -> list[str]:
-    """Write ``num_shards`` shards of ``per_shard`` samples; captions are ``"clip {index}"``."""
+                           seed: int = 0, text_embeds: tuple[int, int] | None = None) -> list[str]:
+    """Write ``num_shards`` shards of ``per_shard`` samples; captions are ``"clip {index}"``; with ``text_embeds``
+    ``(L, D)``, random cached text-encoder states too."""
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
@@ -22,6 +23,8 @@ def write_synthetic_shards(out: str | os.PathLike, num_shards: int, per_shard: i
             for i in range(per_shard):
                 index = k * per_shard + i
                 latents = rng.standard_normal(shape).astype(np.float16)
-                writer.write(encode_sample(f"{index:09d}", latents, f"clip {index}", {"index": index}))
+                embeds = None if text_embeds is None else rng.standard_normal(text_embeds).astype(np.float16)
+                writer.write(encode_sample(f"{index:09d}", latents, f"clip {index}", {"index": index},
+                                           text_embeds=embeds))
         paths.append(path)
     return paths
