@@ -95,11 +95,17 @@ def test_too_much_bad_data_stops_with_the_worst_shards(tiny_base, tmp_path):
         fit(module, data, tmp_path, steps=20, callbacks=[DataHealth(min_samples=8)])
 
 
-def test_nonfinite_loss_skips_the_update_then_stops(tiny_base, tmp_path):
+@pytest.mark.parametrize("rank", [0, 4], ids=["full", "lora"])
+def test_nonfinite_loss_skips_the_update_then_stops(tiny_base, tmp_path, rank):
+    """Also with a LoRA adapter training alone (fails if the guard only protected the U-Net's own weights)."""
+    from ls_video.lora import LoraSettings
+
     shard_with_bad(tmp_path / "a.tar", 16, bad_every=0)
     data = LatentVideoDataModule(str(tmp_path / "a.tar"), batch_size=2, num_workers=0, resampled=True,
                                  epoch_length=1000, shuffle_buffer=0)
-    module = LatentShiftModule(tiny_base, max_nonfinite_steps=3, optim=OptimConfig(warmup_steps=0))
+    module = LatentShiftModule(tiny_base, max_nonfinite_steps=3, optim=OptimConfig(warmup_steps=0),
+                               lora=LoraSettings(rank=rank))
+    assert rank == 0 or all(".lora_" in n for n, p in module.unet.named_parameters() if p.requires_grad)
     real = module.diffusion_loss
     calls = {"n": 0}
 
