@@ -9,7 +9,8 @@ import torch
 
 from datamodules.remote import RemoteOptions
 from datamodules.stream import LatentClipStream, collate, expand, ignore_stop_signals, resumed_seed
-from datamodules.vae_check import check_vae
+from datamodules.text_cache import check_text, read_empty
+from datamodules.vae_check import check_vae, first_meta
 
 
 class LatentVideoDataModule(L.LightningDataModule):
@@ -69,10 +70,30 @@ class LatentVideoDataModule(L.LightningDataModule):
         self.num_frames, self.seed = num_frames, seed
         self.prefetch_factor = prefetch_factor
         self.resumed_at_step = 0  # set from the checkpoint by load_state_dict
+        self.empty_text_embeds: torch.Tensor | None = None  # cached empty-prompt embedding, when the shards have one
 
     def setup(self, stage: str | None = None) -> None:
-        """Before fitting: the shards' recorded VAE must be the model's (see ``allow_vae_mismatch``)."""
+        """Before fitting: the shards' recorded VAE must be the model's (see ``allow_vae_mismatch``), and so must
+        their text encoder when they carry text embeddings (:mod:`datamodules.text_cache`)."""
         self.check_vae(stage)
+        self.check_text(stage)
+
+    def check_text(self, stage: str | None) -> None:
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        urls = expand(self.train_urls)
+        if stage not in ("fit", None) or module is None or getattr(module, "unet", None) is None or not urls:
+            return
+        meta = first_meta(urls[0], self.remote) or {}
+        if "text_encoder_fingerprint" in meta:
+            self.empty_text_embeds = read_empty(urls[0])
+        check_text(meta, module, self.empty_text_embeds, bool(module.hparams.get("cached_text_embeddings")))
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Batches with cached text embeddings carry the cached empty-prompt one too (caption dropout's target)."""
+        if self.empty_text_embeds is not None and isinstance(batch, dict) and "text_embeds" in batch:
+            batch["empty_text_embeds"] = self.empty_text_embeds
+        return batch
 
     def check_vae(self, stage: str | None) -> None:
         trainer = getattr(self, "trainer", None)

@@ -2,14 +2,15 @@
 
     python -m datamodules.preprocess --videos SRC --vae PATH_OR_ID --out DIR [--num-frames 16]
         [--fps 8 | --frame-stride K] [--clip-start start|middle|random] [--clips-per-video K]
-        [--size 256] [--shard-size 1000] [--batch-size 8] [--devices N] [--num-nodes N]
+        [--size 256] [--shard-size 1000] [--batch-size 8] [--devices N] [--num-nodes N] [--text-encoder BASE]
 
 Only the frames a clip needs are decoded (``datamodules.decode``). Source ``i`` of the sorted source
 list always goes to shard ``i // shard_size`` (raw-video tar shard ``j`` in: output shard ``j``) and
 shard ``k`` to rank ``k % world_size``, so ranks write disjoint shards and a rerun skips shards that
 are already complete (a shard appears under its final name only once fully written). Videos, tar
 members or tars that cannot give a clip are skipped and counted by reason in ``DIR/report.json``;
-``DIR/index.json`` lists the shards.
+``DIR/index.json`` lists the shards. With ``--text-encoder`` each sample also carries its caption's text
+embeddings (:mod:`datamodules.text_cache`), so training never loads the text encoder.
 """
 
 from __future__ import annotations
@@ -34,20 +35,27 @@ from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_s
 from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
 from datamodules.sources import list_sources, shard_urls
+from datamodules.text_cache import TextCache
 from ls_video.errors import command
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
 class VaeEncoder(L.LightningModule):
-    """Frozen VAE; ``predict_step`` turns ``(B, F, S, S, 3)`` uint8 frames into unscaled latent means."""
+    """Frozen VAE; ``predict_step`` turns ``(B, F, S, S, 3)`` uint8 frames into unscaled latent means (and, with
+    ``text``, the captions into cached text embeddings)."""
 
-    def __init__(self, vae_path: str) -> None:
+    def __init__(self, vae_path: str, text: TextCache | None = None) -> None:
         super().__init__()
         from ls_video.components import load_vae
 
         self.vae = load_vae(vae_path)
         self.vae_path = vae_path
+        self.text = text
+
+    def on_predict_start(self) -> None:
+        if self.text is not None:
+            self.text.to(self.device)
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
@@ -59,6 +67,8 @@ class VaeEncoder(L.LightningModule):
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             latents = self.vae.encode(flat).latent_dist.mean
         latents = latents.float().unflatten(0, (b, f)).cpu().numpy().astype(np.float16)
+        if self.text is not None:
+            batch = {**batch, "text_embeds": self.text([g["caption"] for g in batch["good"]])}
         return {"latents": latents, **batch}
 
 
@@ -102,7 +112,8 @@ class ShardWriterCallback(BasePredictionWriter):
             writer, stats = self._shard(g["shard"])
             meta = {**self.settings, **g["meta"], "num_frames": int(prediction["latents"].shape[1]),
                     "latent_shape": list(prediction["latents"][i].shape)}
-            writer.write(encode_sample(g["key"], prediction["latents"][i], g["caption"], meta))
+            embeds = prediction["text_embeds"][i] if "text_embeds" in prediction else None
+            writer.write(encode_sample(g["key"], prediction["latents"][i], g["caption"], meta, text_embeds=embeds))
             stats["samples"] += 1
             self.clips += 1
         for b in prediction["bad"]:
@@ -142,7 +153,8 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
                frame_stride: int | None = None, size: int = 256, shard_size: int = 1000,
                batch_size: int = 8, num_workers: int = 2, devices: int | str = 1, num_nodes: int = 1,
                accelerator: str = "auto", video_dir: str | None = None, in_process: bool = False,
-               clip_start: str = "start", clips_per_video: int = 1, seed: int = 0) -> dict:
+               clip_start: str = "start", clips_per_video: int = 1, seed: int = 0,
+               text_encoder: str | None = None) -> dict:
     """Run the job (see the module docstring) and return the merged report.
 
     ``in_process`` runs the same predict step and writer in a plain loop on this process's device,
@@ -157,8 +169,10 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     sources = list_sources(videos, video_dir) if urls is None else []
     units = file_units(sources, shard_size, batch_size) if urls is None else tar_units(urls)
     os.makedirs(out, exist_ok=True)
-    model = VaeEncoder(vae)
-    settings = {**_settings(model, spec), "shard_size": shard_size if urls is None else None}
+    text = TextCache(text_encoder) if text_encoder else None
+    model = VaeEncoder(vae, text)
+    settings = {**_settings(model, spec), "shard_size": shard_size if urls is None else None,
+                **(text.settings() if text else {})}
     trainer = None
     if not in_process:
         trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes, logger=False,
@@ -183,6 +197,8 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     elapsed = time.perf_counter() - start
     if trainer is not None:
         trainer.strategy.barrier()
+    if text is not None and rank == 0:
+        text.write_empty(out)  # caption dropout's target when training from these shards
     report = write_index(out, settings, write=rank == 0)
     report["rank"] = rank
     report["clips_per_s_rank0"] = writer.clips / elapsed if writer.clips and elapsed > 0 else None
@@ -228,6 +244,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", default="1", help="devices per node (Lightning syntax: 1, 4, auto)")
     p.add_argument("--num-nodes", type=int, default=1, help="number of nodes")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
+    p.add_argument("--text-encoder", default=None, metavar="BASE",
+                   help="diffusers base folder/id whose text_encoder/ and tokenizer/ encode each caption into the "
+                        "shards (text_embeds.npy, plus empty_text_embeds.npy); then train with "
+                        "--model.cached_text_embeddings true and the text encoder is never loaded")
     return p.parse_args(argv)
 
 
@@ -241,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
                         args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
                         args.accelerator, args.video_dir, clip_start=args.clip_start,
-                        clips_per_video=args.clips_per_video, seed=args.seed)
+                        clips_per_video=args.clips_per_video, seed=args.seed, text_encoder=args.text_encoder)
     if report["rank"] == 0:
         rate = report["clips_per_s_rank0"]
         print(f"wrote {report['written']} clips, skipped {report['skipped']} {report['skipped_by_reason']}"

@@ -74,7 +74,7 @@ def check_base_path(path: str) -> None:
             raise FileNotFoundError(f"{path} is not a Stable-Diffusion-layout folder; missing {missing}")
 
 
-def _text_encoder_class(path: str) -> type[PreTrainedModel]:
+def text_encoder_class(path: str) -> type[PreTrainedModel]:
     """The class named in ``model_index.json`` (e.g. ``CLIPTextModel``), else ``AutoModel``."""
     index = os.path.join(path, "model_index.json")
     if os.path.isfile(index):
@@ -86,8 +86,8 @@ def _text_encoder_class(path: str) -> type[PreTrainedModel]:
 
 
 def freeze(*modules: torch.nn.Module) -> None:
-    """Inference mode for parts that never train: no gradients, eval behaviour."""
-    for module in modules:
+    """Inference mode for parts that never train: no gradients, eval behaviour (``None``: a part left out)."""
+    for module in (m for m in modules if m is not None):
         module.requires_grad_(False)
         module.eval()
 
@@ -104,7 +104,8 @@ def load_vae(path: str, revision: str | None = None) -> AutoencoderKL:
 
 def load_components(path: str | None, revision: str | None = None, given: Mapping[str, Any] | None = None) -> Parts:
     """The base's parts, loaded exactly like diffusers does (a plain image U-Net). Parts ``given`` replace the
-    base's; with all five given, no base is needed."""
+    base's and are not loaded (``None`` leaves a part out, e.g. the text encoder when training from cached text
+    embeddings); with all five given, no base is needed."""
     given = dict(given or {})
     check_parts(given, complete=False)
     missing = [k for k in PART_NAMES if k not in given]
@@ -113,14 +114,21 @@ def load_components(path: str | None, revision: str | None = None, given: Mappin
     if path is None:
         raise UsageError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
     check_base_path(path)
-    kw = dict(revision=revision)
-    return Parts(**{**dict(
-        vae=load_vae(path, revision),
-        text_encoder=_text_encoder_class(path).from_pretrained(path, subfolder="text_encoder", **kw),
-        tokenizer=AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
-        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
-        noise_scheduler=DDPMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
-    ), **given})
+    loaders = dict(
+        vae=lambda: load_vae(path, revision),
+        text_encoder=lambda: load_text_encoder(path, revision),
+        tokenizer=lambda: AutoTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),
+        unet=lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=revision),
+        noise_scheduler=lambda: DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=revision),
+    )
+    return Parts(**{k: given[k] if k in given else loaders[k]() for k in PART_NAMES})  # only the missing ones load
+
+
+def load_text_encoder(path: str, revision: str | None = None) -> PreTrainedModel:
+    """The frozen text encoder of a base (its ``text_encoder/``, the class ``model_index.json`` names)."""
+    encoder = text_encoder_class(path).from_pretrained(path, subfolder="text_encoder", revision=revision)
+    freeze(encoder)
+    return encoder
 
 
 def unet_folder(path: str | os.PathLike) -> str:
@@ -182,14 +190,21 @@ def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:
     return TemporalConfig(**hparams["temporal"])
 
 
-def vae_fingerprint(vae: AutoencoderKL) -> str:
-    """16 hex digits naming a VAE by its config and weights (bf16-rounded, so a cast VAE keeps its name).
+VOLATILE_CONFIG = ("transformers_version", "torch_dtype", "dtype", "_name_or_path")  # not part of a model's identity
 
-    Latent shards record the fingerprint of the VAE that made them; training compares it with the
-    model's VAE before the first step.
+
+def fingerprint(model: torch.nn.Module) -> str:
+    """16 hex digits naming a model by its config and weights (bf16-rounded, so a cast model keeps its name).
+
+    Latent shards record the fingerprint of the VAE (and, with cached text embeddings, of the text encoder) that
+    made them; training compares it with the model's before the first step.
     """
-    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config.items())
+    config = {k: v for k, v in config.items() if not k.startswith("_") and k not in VOLATILE_CONFIG}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for p in vae.parameters():
+    for p in model.parameters():
         digest.update(p.detach().to("cpu", torch.bfloat16).float().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+vae_fingerprint = fingerprint  # the name latent shards' ``vae_fingerprint`` field was made with

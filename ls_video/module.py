@@ -16,7 +16,15 @@ from typing import Any, TypeVar
 
 import torch
 
-from ls_video.components import PART_NAMES, Parts, build_pipeline, freeze, load_components, load_video_unet
+from ls_video.components import (
+    PART_NAMES,
+    Parts,
+    build_pipeline,
+    freeze,
+    load_components,
+    load_text_encoder,
+    load_video_unet,
+)
 from ls_video.errors import UsageError
 from ls_video.lora import LoraSettings
 from ls_video.nonfinite import NonFiniteGuard
@@ -55,6 +63,9 @@ class LatentShiftModule(NonFiniteGuard):
             (:class:`~ls_video.performance.PerformanceConfig`).
         lora: train a low-rank adapter instead of the U-Net's weights (:class:`~ls_video.lora.LoraSettings`;
             ``rank: 0``, the default, trains the weights; ``configs/lora.yaml``).
+        cached_text_embeddings: train from shards that carry the text encoder's output (``ls-video preprocess
+            --text-encoder``): the text encoder is not loaded for training (only, on the CPU, when videos are
+            sampled, e.g. by ``VideoLogger``); caption dropout uses the shards' cached empty-prompt embedding.
         noise_seed: noise, timesteps and caption dropout of step ``s`` on rank ``r`` come from a generator
             seeded with ``(noise_seed, s, r)``, so a resumed run draws exactly what an uninterrupted one would.
         max_nonfinite_steps: a non-finite loss on any rank skips the step on every rank (see
@@ -72,6 +83,7 @@ class LatentShiftModule(NonFiniteGuard):
         optim: OptimConfig = OptimConfig(),
         performance: PerformanceConfig = PerformanceConfig(),
         lora: LoraSettings = LoraSettings(),
+        cached_text_embeddings: bool = False,
         noise_seed: int = 0,
         max_nonfinite_steps: int = 5,
         revision: str | None = None,
@@ -85,11 +97,13 @@ class LatentShiftModule(NonFiniteGuard):
             raise UsageError("optim.trainable_patterns and lora.rank > 0 both choose what trains; set one of them")
         self.save_hyperparameters(dict(
             pretrained_model_name_or_path=pretrained_model_name_or_path, revision=revision, noise_seed=noise_seed,
-            max_nonfinite_steps=max_nonfinite_steps, temporal=dataclasses.asdict(temporal),
-            objective=dataclasses.asdict(objective), optim=dataclasses.asdict(optim),
-            performance=dataclasses.asdict(performance), lora=dataclasses.asdict(lora)))
+            max_nonfinite_steps=max_nonfinite_steps, cached_text_embeddings=cached_text_embeddings,
+            **{name: dataclasses.asdict(group) for name, group in (
+                ("temporal", temporal), ("objective", objective), ("optim", optim), ("performance", performance),
+                ("lora", lora))}))
         self.optim_config, self.max_nonfinite_steps = optim, max_nonfinite_steps
-        parts = self._load_parts(pretrained_model_name_or_path, revision, components or {}, temporal, lora)
+        given = {"text_encoder": None, **(components or {})} if cached_text_embeddings else components or {}
+        parts = self._load_parts(pretrained_model_name_or_path, revision, given, temporal, lora)
         self.vae, self.text_encoder, self.tokenizer, self.unet = (parts[k] for k in PART_NAMES[:4])
         self.objective = DiffusionObjective(parts["noise_scheduler"], objective, self.vae.config)
         self.noise_scheduler = self.objective.scheduler
@@ -99,6 +113,7 @@ class LatentShiftModule(NonFiniteGuard):
             select_trainable(self.unet, optim.trainable_patterns)
         apply_performance(self.unet, performance)
         self._empty_embedding: torch.Tensor | None = None
+        self._sampling_text_encoder: list = []  # (a list: a text encoder loaded only to sample is no submodule)
 
     @staticmethod
     def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig,
@@ -122,6 +137,8 @@ class LatentShiftModule(NonFiniteGuard):
         else:
             return
         for module, dtype in frozen.items():
+            if module is None:  # (cached text embeddings: no text encoder)
+                continue
             torch.nn.Module.to(module, dtype)  # (ModelMixin.to warns on dtype casts)
         self._empty_embedding = None
 
@@ -142,8 +159,17 @@ class LatentShiftModule(NonFiniteGuard):
         return self
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """``(B, L, D)`` text embeddings from the frozen encoder."""
-        return encode_prompts(list(captions), self.tokenizer, self.text_encoder)
+        """``(B, L, D)`` text embeddings from the frozen encoder (on this module's device)."""
+        return encode_prompts(list(captions), self.tokenizer, self.sampling_text_encoder()).to(self.device)
+
+    def sampling_text_encoder(self) -> torch.nn.Module:
+        """The text encoder; with cached text embeddings, loaded on first use on the CPU (to sample videos)."""
+        if self.text_encoder is not None:
+            return self.text_encoder
+        if not self._sampling_text_encoder:
+            self._sampling_text_encoder.append(load_text_encoder(self.hparams.pretrained_model_name_or_path,
+                                                                 self.hparams.revision))
+        return self._sampling_text_encoder[0]
 
     def empty_embedding(self) -> torch.Tensor:
         """``(1, L, D)`` embedding of the empty prompt (caption dropout target), cached."""
@@ -158,11 +184,19 @@ class LatentShiftModule(NonFiniteGuard):
         return torch.Generator(self.device).manual_seed(seed)
 
     def text_embeddings(self, batch: dict, drop: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Embeddings for the batch (precomputed ``text_embeds`` if present), with caption dropout ``drop``."""
-        embeds = batch["text_embeds"].to(self.device) if "text_embeds" in batch else self.encode_text(batch["captions"])
+        """Embeddings for the batch (cached ``text_embeds`` if present), with caption dropout ``drop`` (to the
+        batch's cached ``empty_text_embeds`` if present)."""
+        if "text_embeds" in batch:
+            embeds = batch["text_embeds"].to(self.device)
+        elif self.hparams.cached_text_embeddings:
+            raise UsageError("model.cached_text_embeddings is on but a batch has no text_embeds; preprocess its "
+                             "shards with --text-encoder")
+        else:
+            embeds = self.encode_text(batch["captions"])
         if drop <= 0:
             return embeds
-        return self.objective.drop_captions(embeds, self.empty_embedding(), generator, p=drop)
+        empty = batch["empty_text_embeds"].to(self.device) if "empty_text_embeds" in batch else self.empty_embedding()
+        return self.objective.drop_captions(embeds, empty, generator, p=drop)
 
     def diffusion_loss(self, latents: torch.Tensor, embeds: torch.Tensor, timesteps: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
@@ -241,7 +275,7 @@ class LatentShiftModule(NonFiniteGuard):
 
     def pipeline(self) -> LatentShiftPipeline:
         """A sampling pipeline sharing this module's components (no copies)."""
-        pipe = build_pipeline(Parts(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+        pipe = build_pipeline(Parts(vae=self.vae, text_encoder=self.sampling_text_encoder(), tokenizer=self.tokenizer,
                                     unet=self.unet, noise_scheduler=self.noise_scheduler))
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -146,7 +146,7 @@ class LatentShiftPipeline(DiffusionPipeline):
                 raise UsageError("negative_prompt must be one string or one per prompt")
             neg = encode_prompts(negatives, self.tokenizer, self.text_encoder)
             embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
-        return embeds.to(self.unet.dtype)
+        return embeds.to(self.unet.device, self.unet.dtype)  # (a text encoder may sit on another device)
 
     def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict) -> torch.Tensor:
         """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance."""
