@@ -5,7 +5,8 @@
 Rows run most important first and each is printed (and appended to ``OUT/memory.jsonl``) as soon as it is
 measured, so a short GPU window still yields the top of the table. Every row is ``train.py fit -c
 configs/sd15.yaml`` (every callback of the shipped config) on a base with random SD-1.5-sized weights (no
-download) and random latent shards that carry cached text embeddings (77 x 768 at SD-1.5 size), bf16-mixed on a GPU:
+download) and random latent shards that carry cached text embeddings (77 x 768 at SD-1.5 size; the text encoder is
+not loaded: ``model.cached_text_embeddings``), bf16-mixed on a GPU:
 
     full-16x256         full fine-tune, 16 frames x 256 px, gradient checkpointing off
     full-16x256-ckpt    the same, checkpointing on
@@ -97,7 +98,7 @@ def measure(out: Path, name: str, args: argparse.Namespace, base: str, text: tup
     frames, pixels, overlay = ROWS[name]
     latent = pixels // 8 if args.size == "sd15" else 8
     cfg = config(out, name, base, shards(out, frames, latent, text), frames, args.steps, args.precision)
-    cmd = [sys.executable, "train.py", "fit", "-c", str(cfg), *overlay]
+    cmd = [sys.executable, "train.py", "fit", "-c", str(cfg), "--model.cached_text_embeddings", "true", *overlay]
     start = time.perf_counter()
     status, rss_gib, _ = run_alone(cmd, out / f"{name}.log", args.limit_s)
     row = {"row": name, "frames": frames, "pixels": pixels, "wall_s": round(time.perf_counter() - start, 1),

@@ -8,14 +8,20 @@ import numpy as np
 import webdataset as wds
 
 from datamodules.shards import encode_sample
+from datamodules.text_cache import EMPTY_FILE
 
 
 def write_synthetic_shards(out: str | os.PathLike, num_shards: int, per_shard: int, shape=(16, 4, 32, 32),
                            seed: int = 0, text_embeds: tuple[int, int] | None = None) -> list[str]:
     """Write ``num_shards`` shards of ``per_shard`` samples; captions are ``"clip {index}"``; with ``text_embeds``
-    ``(L, D)``, random cached text-encoder states too."""
+    ``(L, D)``, random cached text-encoder states too (and an empty-prompt file, as ``preprocess --text-encoder``
+    writes them, from a text encoder named ``synthetic``)."""
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
+    meta = {}
+    if text_embeds is not None:
+        meta = {"text_encoder": "synthetic", "text_encoder_fingerprint": "synthetic", "text_shape": list(text_embeds)}
+        np.save(os.path.join(out, EMPTY_FILE), rng.standard_normal(text_embeds).astype(np.float16), allow_pickle=False)
     paths = []
     for k in range(num_shards):
         path = os.path.join(out, f"shard-{k:06d}.tar")
@@ -24,7 +30,7 @@ def write_synthetic_shards(out: str | os.PathLike, num_shards: int, per_shard: i
                 index = k * per_shard + i
                 latents = rng.standard_normal(shape).astype(np.float16)
                 embeds = None if text_embeds is None else rng.standard_normal(text_embeds).astype(np.float16)
-                writer.write(encode_sample(f"{index:09d}", latents, f"clip {index}", {"index": index},
+                writer.write(encode_sample(f"{index:09d}", latents, f"clip {index}", {"index": index, **meta},
                                            text_embeds=embeds))
         paths.append(path)
     return paths

@@ -128,7 +128,7 @@ def save_last_checkpoint(trainer: L.Trainer) -> str:
     path = os.path.join(folder, ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
     if callback is not None:
         callback.last_model_path = path
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # the whole state (said, so Lightning prints no note)
     return path
 
 
