@@ -33,7 +33,7 @@ USER_ERRORS = (UsageError, BadDataError, DivergedError, ArgumentError, FileNotFo
 EVERY_RANK = (BadDataError, DivergedError)
 # Raise sites not yet converted to UsageError: a ValueError or OSError raised by code in these modules stays one
 # line, as before. Remove an entry once its module raises UsageError.
-PENDING_MODULES = ("datamodules.", "callbacks.", "ls_video.ablation", "ls_video.metrics.")
+PENDING_MODULES = ("datamodules.", "callbacks.", "ls_video.commands.ablation", "ls_video.metrics.")
 
 
 def one_line(err: BaseException) -> str:

@@ -27,14 +27,13 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
-from ls_video.components import Parts, load_vae
+from ls_video.components import Parts, load_vae, save_sd_folder
 from ls_video.errors import command
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.text import encode_prompts
-from ls_video.tiny import TOY_WORDS, save_sd_folder, tiny_text_encoder
-from ls_video.tokenizer import build_tokenizer
 from ls_video.toy.loop import train_steps
-from ls_video.toy.world import COLORS, SHAPES, ToyWorld
+from ls_video.toy.tokenizer import build_tokenizer, text_encoder_for
+from ls_video.toy.world import COLORS, SHAPES, TOY_WORDS, ToyWorld
 
 
 @dataclass
@@ -103,7 +102,7 @@ def pretrain_text_encoder(tokenizer, cfg: ToyBaseConfig):
     """
     from ls_video.toy.world import all_prompts
 
-    text_encoder = tiny_text_encoder(tokenizer, hidden_size=cfg.text_dim)
+    text_encoder = text_encoder_for(tokenizer, hidden_size=cfg.text_dim)
     captions = all_prompts() + [f"a {c} {s}" for c in COLORS for s in SHAPES] + [""]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids

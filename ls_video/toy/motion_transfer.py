@@ -3,8 +3,8 @@
     python -m ls_video.toy.motion_transfer --video outputs/demo/model --base assets/toy-base \\
         --personal outputs/personal --out outputs/transfer [--ranks 4 16 64] [--scales 1.0 1.5] [--seeds 3]
 
-Every row is the commands a user would type, printed as they run (``ls_video.transfer extract|apply``,
-``sample.py``, ``ls_video.eval``); a row whose ``metrics.json`` exists is not sampled again. Writes
+Every row is the commands a user would type, printed as they run (``ls_video.commands.transfer extract|apply``,
+``sample.py``, ``ls_video.commands.eval``); a row whose ``metrics.json`` exists is not sampled again. Writes
 ``OUT/table.md`` and ``OUT/table.json``: per row the model, the prompt set and direction / steps right /
 colour / shape accuracy, plus the motion files' sizes.
 
@@ -22,8 +22,8 @@ import shlex
 import sys
 import time
 
+from ls_video.commands.stage import run_stage
 from ls_video.errors import command
-from ls_video.stage import run_stage
 from ls_video.toy.world import all_prompts, new_concept_prompts
 
 # which U-Net parameters a layer-subset row moves (``transfer apply --include``)
@@ -40,10 +40,10 @@ def sample_and_score(model: str, prompts_file: str, out: str, seeds: int, log: l
     metrics_path = os.path.join(out, "metrics.json")
     if not os.path.isfile(metrics_path):
         py = sys.executable
-        run([py, "-m", "ls_video.sample", "--model", model, "--prompts-file", prompts_file, "--num-videos-per-prompt",
-             str(seeds), "--num-frames", "6", "--num-inference-steps", "25", "--guidance-scale", "4.0", "--seed", "0",
-             "--batch-size", "32", "--out", out], log)
-        run([py, "-m", "ls_video.eval", out], log)
+        run([py, "-m", "ls_video.commands.sample", "--model", model, "--prompts-file", prompts_file,
+             "--num-videos-per-prompt", str(seeds), "--num-frames", "6", "--num-inference-steps", "25",
+             "--guidance-scale", "4.0", "--seed", "0", "--batch-size", "32", "--out", out], log)
+        run([py, "-m", "ls_video.commands.eval", out], log)
     else:
         log.append(f"# {out}/metrics.json exists: reused")
     with open(metrics_path) as f:
@@ -104,7 +104,8 @@ def motion_files(args: argparse.Namespace, out: str, log: list[str]) -> dict:
     for rank in [None, *args.ranks]:
         name = "motion.safetensors" if rank is None else f"motion_r{rank}.safetensors"
         path = os.path.join(out, name)
-        cmd = [py, "-m", "ls_video.transfer", "extract", "--video", args.video, "--base", args.base, "--out", path]
+        cmd = [py, "-m", "ls_video.commands.transfer", "extract", "--video", args.video, "--base", args.base,
+               "--out", path]
         if rank is not None:
             cmd += ["--rank", str(rank)]
         if not os.path.isfile(path):
@@ -124,7 +125,7 @@ def rows_to_sample(args: argparse.Namespace, out: str, files: dict, log: list[st
     def applied(tag: str, motion: str, scale: float, include: str | None = None) -> str:
         model = os.path.join(out, "models", tag)
         if not os.path.isfile(os.path.join(model, "model_index.json")):
-            cmd = [py, "-m", "ls_video.transfer", "apply", "--motion", motion, "--target", args.personal,
+            cmd = [py, "-m", "ls_video.commands.transfer", "apply", "--motion", motion, "--target", args.personal,
                    "--out", model, "--scale", f"{scale:g}"]
             if include:
                 cmd += ["--include", include]

@@ -3,7 +3,7 @@
     python -m ls_video.toy.personalise --base assets/toy-base --out outputs/personal [--steps 1500]
 
 The stand-in for a DreamBooth / textual-inversion fine-tune of Stable Diffusion that users want to
-animate with a motion file (``ls_video.transfer``). It fine-tunes the base on single-frame *images*
+animate with a motion file (``ls_video.commands.transfer``). It fine-tunes the base on single-frame *images*
 (``"a {color} {shape}"``) of every colour x shape of the extended world: purple (RGB 150, 60, 200)
 and an apex-up triangle are new, the 4 old colours and 2 old shapes come along (8 of the 15
 combinations) so nothing is forgotten (DreamBooth's prior preservation, here from the world itself).
@@ -39,10 +39,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ls_video.components import PART_NAMES, Parts, freeze, load_components
+from ls_video.components import PART_NAMES, Parts, freeze, load_components, save_sd_folder
 from ls_video.errors import UsageError
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
-from ls_video.tiny import save_sd_folder
 from ls_video.toy.loop import train_steps
 from ls_video.toy.world import ALL_COLORS, ALL_SHAPES, NEW_COLORS, NEW_SHAPES, ToyWorld
 

@@ -1,6 +1,6 @@
 """The ablation: train each temporal-mixing variant on the toy world, sample, score, write a table.
 
-    python -m ls_video.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--max-steps N]
+    python -m ls_video.commands.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--max-steps N]
 
 For every variant (and with ``--sweep`` the shift-fraction / placement sweep) it runs
 ``train.py fit -c <train_config> <overrides>`` into ``<out>/<variant>`` (skipped when that run already
@@ -57,7 +57,7 @@ def reach_table(base: str) -> str:
     """Temporal reach of the shift for the toy base's U-Net and the SD-1.5 U-Net (built on the meta device)."""
     from diffusers import UNet2DConditionModel
 
-    from ls_video.presets import sd15_unet
+    from ls_video.testing.presets import sd15_unet
 
     with torch.device("meta"):
         nets = {"toy": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base, subfolder="unet")),
@@ -90,7 +90,7 @@ def train(name: str, overrides: list[str], cfg: dict, steps: int) -> str:
 
 def toy_fvd(videos: list, toy_net: str) -> float:
     """FVD of the samples against as many rendered toy-world validation clips (toy feature net)."""
-    from ls_video.eval import load_reference
+    from ls_video.commands.eval import load_reference
     from ls_video.metrics.features import Extractor
     from ls_video.metrics.frechet import frechet_distance_of
 
@@ -103,7 +103,7 @@ def side_by_side_times(ckpts: dict[str, str], reps: int, frames: int = 6) -> dic
     """Median train-step and sampling seconds per variant, variants alternating in this process."""
     from ls_video.checkpoint import pipeline_from_checkpoint
     from ls_video.module import LatentShiftModule
-    from ls_video.timing import alternate
+    from ls_video.testing.timing import alternate
 
     modules, pipes = {}, {}
     for name, path in ckpts.items():

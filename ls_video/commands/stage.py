@@ -1,6 +1,6 @@
 """One stage of a recipe run as its own process: printed, run in the current folder, timed.
 
-The demo (``ls_video.demo``) and the motion-transfer table (``ls_video.toy.motion_transfer``) run their
+The demo (``ls_video.commands.demo``) and the motion-transfer table (``ls_video.toy.motion_transfer``) run their
 stages through ``python -m`` with this, so a clone and an installed wheel run them the same way.
 """
 

@@ -1,7 +1,7 @@
 """Export a training checkpoint as a diffusers folder that ``sample.py`` and
 ``LatentShiftPipeline.from_pretrained`` load.
 
-    ls-video export CKPT OUT [--raw] [--base PATH]        (or: python -m ls_video.export ...)
+    ls-video export CKPT OUT [--raw] [--base PATH]        (or: python -m ls_video.commands.export ...)
 
 OUT gets the base's ``vae/``, ``text_encoder/``, ``tokenizer/``, a DDIM ``scheduler/``, the trained
 ``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``) plus ``unet/latent_shift.json``, and

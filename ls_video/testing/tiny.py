@@ -11,12 +11,10 @@ import os
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ls_video.components import Parts, sampler
-from ls_video.tokenizer import build_tokenizer
-
-TOY_WORDS = "a red green blue yellow square circle moving left right up down".split()
+from ls_video.components import Parts, save_sd_folder
+from ls_video.toy.tokenizer import build_tokenizer, text_encoder_for
+from ls_video.toy.world import TOY_WORDS
 
 
 def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 8, **overrides) -> UNet2DConditionModel:
@@ -54,23 +52,6 @@ def tiny_vae(**overrides) -> AutoencoderKL:
     return AutoencoderKL(**config)
 
 
-def tiny_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 32, **overrides) -> CLIPTextModel:
-    """Two-layer CLIP text transformer sized to ``tokenizer``."""
-    config = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config.update(overrides)
-    return CLIPTextModel(CLIPTextConfig(**config))
-
-
 def tiny_scheduler(**overrides) -> DDIMScheduler:
     """SD's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
     config = dict(
@@ -85,7 +66,7 @@ def tiny_components(seed: int = 0) -> Parts:
     """The five parts with seeded random weights."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(TOY_WORDS)
-    text_encoder = tiny_text_encoder(tokenizer)
+    text_encoder = text_encoder_for(tokenizer)
     return Parts(
         vae=tiny_vae(),
         text_encoder=text_encoder,
@@ -93,19 +74,6 @@ def tiny_components(seed: int = 0) -> Parts:
         unet=tiny_unet(cross_attention_dim=text_encoder.config.hidden_size),
         noise_scheduler=tiny_scheduler(),
     )
-
-
-def save_sd_folder(out: str | os.PathLike, parts: Parts) -> str:
-    """Save ``parts`` as a Stable Diffusion 1.x folder (``StableDiffusionPipeline`` layout; the noise
-    scheduler's config as a DDIM ``scheduler/``)."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
-        scheduler=sampler(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
-    pipe.save_pretrained(out)
-    return str(out)
 
 
 def save_tiny_base(out: str | os.PathLike, seed: int = 0) -> str:
