@@ -35,6 +35,7 @@ from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
 from datamodules.sources import list_sources, shard_urls
 from ls_video.errors import command
+from ls_video.vae_space import pixels_to_vae
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -54,7 +55,7 @@ class VaeEncoder(L.LightningModule):
         if batch["frames"] is None:
             return {"latents": None, **batch}
         b, f = batch["frames"].shape[:2]
-        flat = batch["frames"].to(self.device).flatten(0, 1).permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1
+        flat = pixels_to_vae(batch["frames"].to(self.device).flatten(0, 1), self.vae.dtype)
         dtype = torch.bfloat16 if self.device.type == "cuda" else None
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             latents = self.vae.encode(flat).latent_dist.mean

@@ -6,7 +6,7 @@ base recipe (:mod:`ls_video.toy.make_base`), in the spirit of k-diffusion's deno
     objective = DiffusionObjective(noise_scheduler, ObjectiveConfig(x0_weight_cap=100), vae.config)
     loss = objective.loss(lambda noisy, t: video_unet_forward(unet, noisy, t, embeds), raw_latents, generator)
 
-It owns the latent scaling (``scaling_factor`` / ``shift_factor`` of the VAE), timestep and noise
+It applies the latent scaling (:class:`ls_video.vae_space.LatentScale` of the VAE's config), owns timestep and noise
 sampling, the target (``epsilon`` or ``v_prediction``), caption dropout and the per-sample loss
 weights (min-SNR-gamma via diffusers' ``compute_snr``, or a capped x0-space weight). Shapes are
 ``(B, ...)``: image batches ``(B, C, h, w)`` and video batches ``(B, F, C, h, w)`` alike, one
@@ -24,6 +24,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
 from ls_video.errors import UsageError
+from ls_video.vae_space import LatentScale
 
 
 @dataclass
@@ -81,8 +82,7 @@ class DiffusionObjective:
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise UsageError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
         self.scheduler = scheduler
-        self.scaling_factor = float(getattr(vae_config, "scaling_factor", None) or 1.0)
-        self.shift_factor = float(getattr(vae_config, "shift_factor", None) or 0.0)
+        self.latent_scale = LatentScale.of(vae_config)
 
     @property
     def num_timesteps(self) -> int:
@@ -90,7 +90,7 @@ class DiffusionObjective:
 
     def scale(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw VAE latents -> the diffusion model's space."""
-        return (raw.float() - self.shift_factor) * self.scaling_factor
+        return self.latent_scale.to_model(raw)
 
     def drop_captions(self, embeds: torch.Tensor, empty: torch.Tensor, generator: torch.Generator | None = None,
                       p: float | None = None) -> torch.Tensor:

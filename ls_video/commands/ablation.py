@@ -107,11 +107,12 @@ def side_by_side_times(ckpts: dict[str, str], reps: int, frames: int = 6) -> dic
 
     modules, pipes = {}, {}
     for name, path in ckpts.items():
-        hp = load_checkpoint(path)["hyper_parameters"]
+        checkpoint = load_checkpoint(path)
+        hp = checkpoint["hyper_parameters"]
         config = temporal_config_from_hparams(hp)
         modules[name] = LatentShiftModule(hp["pretrained_model_name_or_path"], temporal=config,
                                           objective=ObjectiveConfig(caption_dropout=0.0))
-        pipes[name] = pipeline_from_checkpoint(path)
+        pipes[name] = pipeline_from_checkpoint(checkpoint)
         pipes[name].set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
     batch = {"latents": torch.randn(16, frames, 4, 8, 8, generator=g), "captions": ["a red square moving left"] * 16}

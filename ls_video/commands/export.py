@@ -16,7 +16,7 @@ import dataclasses
 import os
 import sys
 
-from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
+from ls_video.checkpoint import load_checkpoint, pipeline_from_checkpoint, uses_ema
 from ls_video.errors import UsageError, command
 from ls_video.model_card import write_model_card
 from ls_video.single_file import save_unet_single_file
@@ -28,8 +28,7 @@ def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None
     """Write the folder (and, with ``single_file``, the U-Net as one original-layout safetensors file);
     returns whether EMA weights were used (default: when present)."""
     checkpoint = load_checkpoint(ckpt)  # once: the pipeline, the card and the single file read it
-    if ema is None:
-        ema = find_ema_state(checkpoint) is not None
+    ema = uses_ema(checkpoint, ema)
     pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base)
     pipe.save_pretrained(out)
     write_model_card(out, ckpt, checkpoint=checkpoint)
