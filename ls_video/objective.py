@@ -10,7 +10,7 @@ It applies the latent scaling (:class:`ls_video.vae_space.LatentScale` of the VA
 sampling, the target (``epsilon`` or ``v_prediction``), caption dropout and the per-sample loss
 weights (min-SNR-gamma via diffusers' ``compute_snr``, or a capped x0-space weight). Shapes are
 ``(B, ...)``: image batches ``(B, C, h, w)`` and video batches ``(B, F, C, h, w)`` alike, one
-timestep per sample (a clip's frames share it).
+timestep per sample (a clip's frames share it); whether a batch is one of images the caller says (``images``).
 """
 
 from __future__ import annotations
@@ -122,10 +122,12 @@ class DiffusionObjective:
         return weight
 
     def loss(self, denoiser: Denoiser, raw: torch.Tensor, generator: torch.Generator | None = None,
-             timesteps: torch.Tensor | None = None) -> torch.Tensor:
+             timesteps: torch.Tensor | None = None, images: bool = False) -> torch.Tensor:
         """Weighted MSE of ``denoiser(noisy, timesteps)`` against the target, for raw VAE latents ``raw``.
 
-        Timesteps (one per sample, unless given) and noise come from ``generator``.
+        Timesteps (one per sample, unless given) and noise come from ``generator``. ``images``: the caller's
+        word that ``raw`` is an image batch (:func:`ls_video.batch.is_image_batch`), weighted by
+        ``image_weight`` when that is set.
         """
         x0 = self.scale(raw)
         b = x0.shape[0]
@@ -135,7 +137,7 @@ class DiffusionObjective:
         pred = denoiser(self.scheduler.add_noise(x0, noise, timesteps), timesteps)
         target = self.target(x0, noise, timesteps)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-        if self.config.image_weight is not None and (x0.ndim == 4 or x0.shape[1] == 1):  # one-frame batch
+        if images and self.config.image_weight is not None:
             weight = torch.full((b,), self.config.image_weight, device=x0.device)
         else:
             weight = self.weights(timesteps)
