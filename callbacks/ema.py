@@ -36,9 +36,9 @@ class EMA(L.Callback):
     def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0
                  ) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
+            raise UsageError(f"decay must be in [0, 1), got {decay}")
         if update_every < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
+            raise UsageError(f"update_every must be >= 1, got {update_every}")
         self.decay, self.warmup, self.update_every = decay, warmup, update_every
         self.start_step = start_step
         self.shadow: dict[str, torch.Tensor] | None = None
@@ -68,7 +68,7 @@ class EMA(L.Callback):
         """Restored whole tensors laid out like the weights: on their device, a shard of each if sharded."""
         missing = set(params) - set(self.shadow)
         if missing:
-            raise ValueError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
+            raise UsageError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
         self.shadow = {n: like(self.shadow[n], p) for n, p in params.items()}
 
     @torch.no_grad()

@@ -75,21 +75,21 @@ class JointImageVideo(L.Callback):
                  num_workers: int = 1, shuffle_buffer: int = 500, start_step: int = 0,
                  caption_regex: str | None = None, seed: int = 0, mode: str = "replace") -> None:
         if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"probability must be in [0, 1], got {probability}")
+            raise UsageError(f"probability must be in [0, 1], got {probability}")
         if ratio is not None and not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+            raise UsageError(f"ratio must be in [0, 1], got {ratio}")
         if every_n_steps is not None:
             if every_n_steps < 1:
-                raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+                raise UsageError(f"every_n_steps must be >= 1, got {every_n_steps}")
             if ratio is not None:
-                raise ValueError("give ratio or every_n_steps, not both")
+                raise UsageError("give ratio or every_n_steps, not both")
             ratio = 1.0 / every_n_steps
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if num_workers < 1:
-            raise ValueError("the image stream reads in its own workers: num_workers must be >= 1")
+            raise UsageError("the image stream reads in its own workers: num_workers must be >= 1")
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.image_urls, self.probability = image_urls, probability
         self.ratio = None if ratio is None else Fraction(ratio).limit_denominator(10_000)
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer

@@ -34,7 +34,7 @@ from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_s
 from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
 from datamodules.sources import list_sources, shard_urls
-from ls_video.errors import command
+from ls_video.errors import UsageError, command
 from ls_video.vae_space import pixels_to_vae
 
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -152,7 +152,7 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     if frame_stride is not None:
         fps = None
     if shard_size < 1 or batch_size < 1:
-        raise ValueError("shard_size and batch_size must be >= 1")
+        raise UsageError("shard_size and batch_size must be >= 1")
     spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed)
     urls = shard_urls(videos)
     sources = list_sources(videos, video_dir) if urls is None else []

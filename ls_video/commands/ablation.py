@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from ls_video.checkpoint import load_checkpoint, temporal_config_from_hparams
-from ls_video.errors import command
+from ls_video.errors import UsageError, command
 from ls_video.objective import ObjectiveConfig
 from ls_video.temporal_layers import added_parameters
 from ls_video.toy.curve import evaluate_checkpoint
@@ -180,6 +180,27 @@ def write_results(path: str, text: str, marker: str = "ablation") -> None:
         f.write(doc)
 
 
+def score_variant(name: str, path: str, cfg: dict, steps: int, seeds: int, frames: int) -> dict:
+    """Toy scores of a variant's checkpoint (cached in ``OUT/NAME/scores.json`` for that many steps)."""
+    cache = os.path.join(cfg["out"], name, "scores.json")
+    if os.path.isfile(cache) and json.load(open(cache)).get("step") == steps:
+        return json.load(open(cache))
+    r = evaluate_checkpoint(path, seeds, 25, frames, 4.0, return_videos=True)
+    videos = r.pop("videos")
+    r.pop("rows", None)
+    if cfg.get("toy_net"):
+        r["toy_fvd"] = toy_fvd(videos, cfg["toy_net"])
+    if cfg.get("long_range"):
+        from ls_video.metrics.toy import score_long
+        from ls_video.toy.world import all_prompts
+
+        r.update(score_long(videos, [p for p in all_prompts() for _ in range(seeds)]))
+    with open(cache, "w") as f:
+        json.dump(r, f, indent=2)
+    print(f"[ablation] {name}: {json.dumps(r)}", flush=True)
+    return r
+
+
 @command("ls-video ablation")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ls-video ablation", description=__doc__.split("\n")[0])
@@ -198,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         unknown = set(args.only.split(",")) - set(variants)
         if unknown:
-            raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
+            raise UsageError(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     toy_net = cfg.get("toy_net")
     if toy_net and not os.path.isfile(os.path.join(toy_net, "model.safetensors")):
@@ -209,25 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, ckpts = {}, {}
     frames = cfg.get("num_frames", 6)
     for name, overrides in variants.items():  # each variant is scored as soon as it is trained
-        path = ckpts[name] = train(name, overrides, cfg, steps)
-        cache = os.path.join(cfg["out"], name, "scores.json")
-        if os.path.isfile(cache) and json.load(open(cache)).get("step") == steps:
-            rows[name] = json.load(open(cache))
-            continue
-        r = evaluate_checkpoint(path, seeds, 25, frames, 4.0, return_videos=True)
-        videos = r.pop("videos")
-        r.pop("rows", None)
-        if toy_net:
-            r["toy_fvd"] = toy_fvd(videos, toy_net)
-        if cfg.get("long_range"):
-            from ls_video.metrics.toy import score_long
-            from ls_video.toy.world import all_prompts
-
-            r.update(score_long(videos, [p for p in all_prompts() for _ in range(seeds)]))
-        rows[name] = r
-        with open(cache, "w") as f:
-            json.dump(r, f, indent=2)
-        print(f"[ablation] {name}: {json.dumps(r)}", flush=True)
+        ckpts[name] = train(name, overrides, cfg, steps)
+        rows[name] = score_variant(name, ckpts[name], cfg, steps, seeds, frames)
     for name, t in side_by_side_times(ckpts, cfg.get("timing_reps", 5), frames).items():
         rows[name].update(t)
     os.makedirs(cfg["out"], exist_ok=True)
