@@ -19,37 +19,19 @@ from ls_video.toy.world import TOY_WORDS
 
 def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 8, **overrides) -> UNet2DConditionModel:
     """Two-level SD-layout U-Net: cross-attention down/up blocks, a mid block, 4 latent channels."""
-    config = dict(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=32,
-        norm_num_groups=16,
-    )
-    config.update(overrides)
-    return UNet2DConditionModel(**config)
+    config = dict(sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                  layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+                  attention_head_dim=32, norm_num_groups=16)
+    return UNet2DConditionModel(**{**config, **overrides})
 
 
 def tiny_vae(**overrides) -> AutoencoderKL:
     """Two-level KL autoencoder: 3 -> 4 channels, spatial factor 2."""
-    config = dict(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=16,
-    )
-    config.update(overrides)
-    return AutoencoderKL(**config)
+    config = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(16, 32), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=16, sample_size=16)
+    return AutoencoderKL(**{**config, **overrides})
 
 
 def tiny_scheduler(**overrides) -> DDIMScheduler:
