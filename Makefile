@@ -23,7 +23,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 demo: setup
-	$(PY) -m ls_video.demo --out outputs/demo
+	$(PY) -m ls_video.commands.demo --out outputs/demo
 
 clean:
 	rm -rf outputs lightning_logs .pytest_cache

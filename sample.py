@@ -5,7 +5,7 @@
 
 import sys
 
-from ls_video.sample import main
+from ls_video.commands.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,9 +16,9 @@ import argparse
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ls_video.presets import sd15_unet
 from ls_video.temporal_layers import added_parameters
-from ls_video.timing import alternate, unet_pass
+from ls_video.testing.presets import sd15_unet
+from ls_video.testing.timing import alternate, unet_pass
 from ls_video.unet import (
     MIXINGS,
     TemporalConfig,

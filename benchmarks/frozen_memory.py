@@ -2,7 +2,7 @@
 
     python benchmarks/frozen_memory.py [--precision bf16-mixed]
 
-Builds SD-1.5-preset VAE and text encoder (random weights, ``ls_video/presets.py``) in a
+Builds SD-1.5-preset VAE and text encoder (random weights, ``ls_video/testing/presets.py``) in a
 ``LatentShiftModule`` (a tiny U-Net, which is not what is measured), reads the process's resident
 memory (Linux ``/proc/self/status``), runs the module's ``setup`` as ``fit`` would under
 ``--precision``, reads it again. Last line: ``frozen_rss_mib=<before> -> <after>``.
@@ -15,8 +15,8 @@ import gc
 import types
 
 from ls_video.module import LatentShiftModule
-from ls_video.presets import sd15_components
-from ls_video.tiny import tiny_unet
+from ls_video.testing.presets import sd15_components
+from ls_video.testing.tiny import tiny_unet
 
 
 def rss_mib() -> float:

@@ -1,4 +1,4 @@
-"""Render a gallery page (``python -m ls_video.eval DIR --html``) in headless Chromium and save a screenshot.
+"""Render a gallery page (``python -m ls_video.commands.eval DIR --html``) in headless Chromium and save a screenshot.
 
     python benchmarks/gallery_screenshot.py outputs/demo/index.html docs/demo_gallery.png [--size 1100,900]
 
@@ -19,7 +19,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("page", help="index.html written by ls_video.eval --html")
+    p.add_argument("page", help="index.html written by ls_video.commands.eval --html")
     p.add_argument("out", help="PNG to write")
     p.add_argument("--size", default="1100,900", help="window width,height in pixels")
     p.add_argument("--browser", help="browser executable (default: the first Chromium on PATH)")

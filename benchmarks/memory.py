@@ -51,11 +51,12 @@ ROWS = {  # name: (frames, pixels, overlay)
 
 def base_folder(out: Path, size: str) -> tuple[str, tuple[int, int]]:
     """(random-weight base folder, its text embeddings' shape ``(L, D)``), written once."""
-    from ls_video.tiny import save_sd_folder, tiny_components
+    from ls_video.components import save_sd_folder
+    from ls_video.testing.tiny import tiny_components
 
     base = out / f"base-{size}"
     if size == "sd15":
-        from ls_video.presets import sd15_components
+        from ls_video.testing.presets import sd15_components
 
         parts = None if (base / "model_index.json").exists() else sd15_components()
     else:

@@ -22,7 +22,7 @@ import torch
 
 from ls_video.components import build_pipeline
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.timing import alternate, timed
+from ls_video.testing.timing import alternate, timed
 from ls_video.unet import TemporalConfig, apply_temporal_mixing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def build(model: str, device: str) -> LatentShiftPipeline:
     if model == "toy":
         return LatentShiftPipeline.from_pretrained(str(ROOT / "assets" / "toy-base"))
-    from ls_video.presets import sd15_components
+    from ls_video.testing.presets import sd15_components
 
     with torch.device(device):  # random init where it runs: fast
         parts = sd15_components()

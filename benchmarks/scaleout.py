@@ -28,12 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def prepare(out: Path, size: str, frames: int, latent: int) -> tuple[str, str]:
     """(base folder, shard pattern), written once."""
     from datamodules.synthetic import write_synthetic_shards
-    from ls_video.tiny import save_sd_folder, tiny_components
+    from ls_video.components import save_sd_folder
+    from ls_video.testing.tiny import tiny_components
 
     base = out / f"base-{size}"
     if not (base / "model_index.json").exists():
         if size == "sd15":
-            from ls_video.presets import sd15_components
+            from ls_video.testing.presets import sd15_components
 
             parts = sd15_components()
         else:

@@ -21,8 +21,8 @@ import argparse
 import torch
 
 from ls_video.compile import compile_regions
-from ls_video.presets import sd15_unet
-from ls_video.timing import alternate, unet_pass
+from ls_video.testing.presets import sd15_unet
+from ls_video.testing.timing import alternate, unet_pass
 from ls_video.toy.make_base import toy_unet
 
 PASSES = ("fwd", "fwd_bwd")

@@ -32,7 +32,7 @@ import torch
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 from ls_video.performance import PerformanceConfig
-from ls_video.presets import sd15_components
+from ls_video.testing.presets import sd15_components
 from ls_video.unet import TemporalConfig
 
 NONE = TemporalConfig("none")

@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from ls_video.errors import BadDataError
+from ls_video.errors import BadDataError, UsageError
 from ls_video.preemption import save_last_checkpoint
 
 # Skip reasons that are the storage's fault, not the data's (datamodules.remote): a stalled read, a refused or
@@ -36,7 +36,7 @@ class DataHealth(L.Callback):
 
     def __init__(self, max_bad_fraction: float = 0.05, min_samples: int = 200, window: int = 5000) -> None:
         if not 0.0 <= max_bad_fraction <= 1.0 or min_samples < 1 or window < 1:
-            raise ValueError("need 0 <= max_bad_fraction <= 1, min_samples >= 1 and window >= 1")
+            raise UsageError("need 0 <= max_bad_fraction <= 1, min_samples >= 1 and window >= 1")
         self.max_bad_fraction, self.min_samples, self.window = max_bad_fraction, min_samples, window
         self._workers: dict[int, dict] = {}
         self._counted = torch.zeros(3)  # this rank's (good, corrupt, network) already in the window

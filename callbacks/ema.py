@@ -11,12 +11,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ls_video.checkpoint import EMA_KEY
+from ls_video.errors import UsageError
+from ls_video.module import LatentShiftModule
 from ls_video.sharding import full, like, reshard
 
 
 class EMA(L.Callback):
     """Keeps ``shadow = decay * shadow + (1 - decay) * weights`` of every trainable U-Net parameter.
 
+    It averages the trainable parameters of a :class:`~ls_video.module.LatentShiftModule`'s ``unet`` and skips
+    the steps the module drops (``skipping_step``, :class:`~ls_video.nonfinite.NonFiniteGuard`).
     The average is saved in and restored from checkpoints (a resumed run continues the same average),
     swapped in for validation, video logging and export, and swapped back afterwards. Under sharded
     training (FSDP2) each rank averages its own shard of every weight, and checkpoints hold the whole
@@ -32,17 +36,18 @@ class EMA(L.Callback):
     def __init__(self, decay: float = 0.999, warmup: bool = True, update_every: int = 1, start_step: int = 0
                  ) -> None:
         if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
+            raise UsageError(f"decay must be in [0, 1), got {decay}")
         if update_every < 1:
-            raise ValueError(f"update_every must be >= 1, got {update_every}")
+            raise UsageError(f"update_every must be >= 1, got {update_every}")
         self.decay, self.warmup, self.update_every = decay, warmup, update_every
         self.start_step = start_step
         self.shadow: dict[str, torch.Tensor] | None = None
         self.num_updates = 0
         self._backup: dict[str, torch.Tensor] | None = None
+        self._ctx: Any = None  # the swap around a validation run
 
     @staticmethod
-    def _params(pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
+    def _params(pl_module: LatentShiftModule) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in pl_module.unet.named_parameters() if p.requires_grad}
 
     def current_decay(self) -> float:
@@ -50,7 +55,9 @@ class EMA(L.Callback):
             return self.decay
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: LatentShiftModule) -> None:
+        if not isinstance(pl_module, LatentShiftModule):
+            raise UsageError(f"EMA averages the U-Net of a LatentShiftModule, not of a {type(pl_module).__name__}")
         params = self._params(pl_module)
         if self.shadow is None:
             self.shadow = {n: p.detach().clone() for n, p in params.items()}
@@ -61,16 +68,16 @@ class EMA(L.Callback):
         """Restored whole tensors laid out like the weights: on their device, a shard of each if sharded."""
         missing = set(params) - set(self.shadow)
         if missing:
-            raise ValueError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
+            raise UsageError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
         self.shadow = {n: like(self.shadow[n], p) for n, p in params.items()}
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: LatentShiftModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
         if step < self.start_step or step % self.update_every or self.shadow is None:
             return
-        if getattr(pl_module, "skipping_step", False):  # a non-finite step made no update: nothing to average
+        if pl_module.skipping_step:  # a non-finite step made no update: nothing to average
             return
         params = self._params(pl_module)
         decay = self.current_decay()
@@ -81,7 +88,7 @@ class EMA(L.Callback):
         self.num_updates += 1
 
     @contextmanager
-    def swapped(self, pl_module: L.LightningModule) -> Iterator[None]:
+    def swapped(self, pl_module: LatentShiftModule) -> Iterator[None]:
         """Run the body with the EMA weights in the U-Net; the raw weights come back after."""
         if self.shadow is None or self._backup is not None:
             yield
@@ -100,15 +107,14 @@ class EMA(L.Callback):
                     p.copy_(self._backup[n])
             self._backup = None
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_start(self, trainer: L.Trainer, pl_module: LatentShiftModule) -> None:
         if trainer.state.fn == "fit":
             self._ctx = self.swapped(pl_module)
             self._ctx.__enter__()
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        ctx = getattr(self, "_ctx", None)
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
+    def on_validation_end(self, trainer: L.Trainer, pl_module: LatentShiftModule) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
             self._ctx = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -118,13 +124,13 @@ class EMA(L.Callback):
         self.num_updates = int(state_dict["num_updates"])
         rank_zero_info(f"EMA: resumed after {self.num_updates} updates")
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: LatentShiftModule, checkpoint: dict[str, Any]) -> None:
         """The whole weights (gathered from the shards on every rank) go where
         :func:`ls_video.checkpoint.find_ema_state` (export, sampling) reads them."""
         if self.shadow:
             checkpoint[EMA_KEY] = {n: full(t.detach()).cpu() for n, t in self.shadow.items()}
 
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: LatentShiftModule, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get(EMA_KEY):
             self.shadow = dict(checkpoint[EMA_KEY])
             self._lay_out(self._params(pl_module))

@@ -26,8 +26,11 @@ from typing import Any
 import lightning as L
 import torch
 
+from datamodules.latent_video import LatentVideoDataModule
 from datamodules.stream import LatentClipStream, collate, ignore_stop_signals, resumed_seed
-from ls_video.module import IMAGE_BATCH
+from datamodules.toy import ToyDataModule
+from ls_video.batch import IMAGE_BATCH
+from ls_video.errors import UsageError
 
 MODES = ("replace", "add")
 
@@ -72,21 +75,21 @@ class JointImageVideo(L.Callback):
                  num_workers: int = 1, shuffle_buffer: int = 500, start_step: int = 0,
                  caption_regex: str | None = None, seed: int = 0, mode: str = "replace") -> None:
         if not 0.0 <= probability <= 1.0:
-            raise ValueError(f"probability must be in [0, 1], got {probability}")
+            raise UsageError(f"probability must be in [0, 1], got {probability}")
         if ratio is not None and not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+            raise UsageError(f"ratio must be in [0, 1], got {ratio}")
         if every_n_steps is not None:
             if every_n_steps < 1:
-                raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+                raise UsageError(f"every_n_steps must be >= 1, got {every_n_steps}")
             if ratio is not None:
-                raise ValueError("give ratio or every_n_steps, not both")
+                raise UsageError("give ratio or every_n_steps, not both")
             ratio = 1.0 / every_n_steps
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if num_workers < 1:
-            raise ValueError("the image stream reads in its own workers: num_workers must be >= 1")
+            raise UsageError("the image stream reads in its own workers: num_workers must be >= 1")
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         self.image_urls, self.probability = image_urls, probability
         self.ratio = None if ratio is None else Fraction(ratio).limit_denominator(10_000)
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
@@ -112,27 +115,39 @@ class JointImageVideo(L.Callback):
         return (self.ratio is not None and self.ratio > 0) or (self.ratio is None and self.probability > 0)
 
     # -- the image stream --------------------------------------------------------------------------
-    def resolve_urls(self, datamodule: Any) -> tuple[Any, str]:
+    # What the callback reads from the datamodule, when it is not told (``image_urls``, ``batch_size``): a
+    # LatentVideoDataModule's training shards, batch size, clip length and remote options, and a ToyDataModule's
+    # image shards. Any other datamodule works when both are given.
+    @staticmethod
+    def shard_datamodule(datamodule: L.LightningDataModule | None, missing: str) -> LatentVideoDataModule:
+        """``datamodule`` as the LatentVideoDataModule the callback reads ``missing`` from (a one-line error if not)."""
+        if not isinstance(datamodule, LatentVideoDataModule):
+            raise UsageError(f"JointImageVideo: set {missing} (the datamodule, {type(datamodule).__name__}, is not a "
+                             "LatentVideoDataModule, so the callback cannot read it from there)")
+        return datamodule
+
+    def resolve_urls(self, datamodule: L.LightningDataModule | None) -> tuple[Any, str]:
         """The image shards and where they came from (``"image_urls"``, ``"datamodule images"``, ``"video frames"``)."""
         if self.image_urls:
             return self.image_urls, "image_urls"
-        urls = datamodule.image_urls() if hasattr(datamodule, "image_urls") else None
+        shards = self.shard_datamodule(datamodule, "image_urls")
+        urls = shards.image_urls() if isinstance(shards, ToyDataModule) else None
         if urls:
             return urls, "datamodule images"
-        urls = getattr(datamodule, "train_urls", None)
-        if urls:
-            return urls, "video frames"
-        raise ValueError("JointImageVideo needs image_urls, a datamodule with image_urls(), or one with train_urls")
+        if shards.train_urls:
+            return shards.train_urls, "video frames"
+        raise UsageError("JointImageVideo needs image_urls, or a datamodule with image or training shards")
 
-    def frame_budget(self, datamodule: Any) -> int:
+    def frame_budget(self, datamodule: L.LightningDataModule | None) -> int:
         """Images per image batch: ``batch_size``, or the video batch's frames (batch size x frames)."""
         if self.batch_size is not None:
             return self.batch_size
-        frames = getattr(datamodule, "num_frames", None) or getattr(getattr(datamodule, "world", None),
-                                                                   "num_frames", None)
-        if not frames or not getattr(datamodule, "batch_size", None):
-            raise ValueError("JointImageVideo cannot tell the video batch's frames: set batch_size")
-        return int(datamodule.batch_size) * int(frames)
+        shards = self.shard_datamodule(datamodule, "batch_size")
+        frames = shards.world.num_frames if isinstance(shards, ToyDataModule) else shards.num_frames
+        if not frames:
+            raise UsageError("JointImageVideo cannot tell the video batch's frames (num_frames is not set): "
+                             "set batch_size")
+        return int(shards.batch_size) * int(frames)
 
     def make_loader(self, trainer: L.Trainer) -> torch.utils.data.DataLoader:
         datamodule = trainer.datamodule
@@ -141,7 +156,7 @@ class JointImageVideo(L.Callback):
             warnings.warn("JointImageVideo draws single frames from the video shards with their video captions; "
                           "set image_urls (image shards) or caption_regex to train on image captions", stacklevel=2)
         seed = resumed_seed(self.seed, int(trainer.global_step))
-        remote = getattr(datamodule, "remote", None)
+        remote = datamodule.remote if isinstance(datamodule, LatentVideoDataModule) else None
         stream = LatentClipStream(urls, trainer.global_rank, trainer.world_size, resampled=True,
                                   shuffle_buffer=self.shuffle_buffer, num_frames=1, seed=seed, remote=remote)
         return torch.utils.data.DataLoader(stream, batch_size=self.frame_budget(datamodule),

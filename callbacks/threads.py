@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from ls_video.errors import UsageError
+
 
 class CPUThreads(L.Callback):
     """``torch.set_num_threads(num_threads)`` as soon as the callback is built (the CLI builds callbacks
@@ -21,7 +23,7 @@ class CPUThreads(L.Callback):
 
     def __init__(self, num_threads: int = 1) -> None:
         if num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+            raise UsageError(f"num_threads must be >= 1, got {num_threads}")
         self.num_threads = num_threads
         torch.set_num_threads(num_threads)
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from callbacks.ema import find_ema
 from callbacks.tensorboard_video import add_video
+from ls_video.errors import UsageError
 from ls_video.video_io import contact_sheet, write_video
 
 
@@ -45,7 +46,7 @@ class VideoLogger(L.Callback):
                  num_inference_steps: int = 25, guidance_scale: float = 4.0, fps: float = 8, format: str = "mp4",
                  use_ema: bool = True, compare_raw: bool = False) -> None:
         if format not in ("mp4", "gif"):
-            raise ValueError(f"format must be 'mp4' or 'gif', got {format!r}")
+            raise UsageError(f"format must be 'mp4' or 'gif', got {format!r}")
         self.prompts = prompts or ["a red square moving left", "a blue circle moving up"]
         self.every_n_steps, self.on_validation, self.seed = every_n_steps, on_validation, seed
         self.num_frames, (self.height, self.width) = num_frames, size or (None, None)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from datamodules.decode import ShortVideoError, VideoReader
+from ls_video.errors import UsageError
 
 CLIP_STARTS = ("start", "middle", "random")
 
@@ -48,13 +49,13 @@ class ClipSpec:
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.size < 1:
-            raise ValueError("num_frames and size must be >= 1")
+            raise UsageError("num_frames and size must be >= 1")
         if self.frame_stride is not None and self.frame_stride < 1 or self.fps is not None and self.fps <= 0:
-            raise ValueError("frame_stride must be >= 1 and fps > 0")
+            raise UsageError("frame_stride must be >= 1 and fps > 0")
         if self.clip_start not in CLIP_STARTS:
-            raise ValueError(f"clip_start must be one of {CLIP_STARTS}, got {self.clip_start!r}")
+            raise UsageError(f"clip_start must be one of {CLIP_STARTS}, got {self.clip_start!r}")
         if self.clips_per_video < 0:
-            raise ValueError("clips_per_video must be >= 0 (0 = as many as fit)")
+            raise UsageError("clips_per_video must be >= 0 (0 = as many as fit)")
 
     @property
     def stride(self) -> int | None:

@@ -11,6 +11,7 @@ from datamodules.remote import RemoteOptions
 from datamodules.stream import LatentClipStream, collate, expand, ignore_stop_signals, resumed_seed
 from datamodules.text_cache import check_text, read_empty
 from datamodules.vae_check import check_vae, first_meta
+from ls_video.errors import UsageError
 
 
 class LatentVideoDataModule(L.LightningDataModule):
@@ -61,9 +62,9 @@ class LatentVideoDataModule(L.LightningDataModule):
         self.allow_vae_mismatch = allow_vae_mismatch
         self.remote = RemoteOptions(**remote) if isinstance(remote, dict) else remote
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if num_frames is not None and num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+            raise UsageError(f"num_frames must be >= 1, got {num_frames}")
         self.train_urls, self.val_urls = train_urls, val_urls
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.resampled, self.epoch_length = shuffle_buffer, resampled, epoch_length
@@ -157,5 +158,5 @@ class ImageLatentDataModule(LatentVideoDataModule):
 
     def __init__(self, train_urls: str | list[str], batch_size: int = 16, **kwargs: Any) -> None:
         if "num_frames" in kwargs:
-            raise ValueError("ImageLatentDataModule always yields one frame; drop num_frames")
+            raise UsageError("ImageLatentDataModule always yields one frame; drop num_frames")
         super().__init__(train_urls, batch_size=batch_size, num_frames=1, **kwargs)

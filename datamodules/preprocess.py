@@ -36,7 +36,8 @@ from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
 from datamodules.sources import list_sources, shard_urls
 from datamodules.text_cache import TextCache
-from ls_video.errors import command
+from ls_video.errors import UsageError, command
+from ls_video.vae_space import pixels_to_vae
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 
@@ -62,7 +63,7 @@ class VaeEncoder(L.LightningModule):
         if batch["frames"] is None:
             return {"latents": None, **batch}
         b, f = batch["frames"].shape[:2]
-        flat = batch["frames"].to(self.device).flatten(0, 1).permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1
+        flat = pixels_to_vae(batch["frames"].to(self.device).flatten(0, 1), self.vae.dtype)
         dtype = torch.bfloat16 if self.device.type == "cuda" else None
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             latents = self.vae.encode(flat).latent_dist.mean
@@ -163,7 +164,7 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     if frame_stride is not None:
         fps = None
     if shard_size < 1 or batch_size < 1:
-        raise ValueError("shard_size and batch_size must be >= 1")
+        raise UsageError("shard_size and batch_size must be >= 1")
     spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed)
     urls = shard_urls(videos)
     sources = list_sources(videos, video_dir) if urls is None else []

@@ -25,6 +25,8 @@ from urllib.parse import urljoin, urlsplit
 
 import webdataset as wds
 
+from ls_video.errors import UsageError
+
 
 class ShardReadError(OSError):
     """A shard could not be (fully) read; ``reason`` names why."""
@@ -45,7 +47,7 @@ class RemoteOptions:
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.retries < 0:
-            raise ValueError("connect_timeout and read_timeout must be > 0 and retries >= 0")
+            raise UsageError("connect_timeout and read_timeout must be > 0 and retries >= 0")
 
 
 class _HTTPStream(io.RawIOBase):

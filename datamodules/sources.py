@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from webdataset.shardlists import expand_urls
 
+from ls_video.errors import UsageError
+
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".png", ".jpg", ".jpeg")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
@@ -48,7 +50,7 @@ def _row_to_source(row: dict, root: str, video_dir: str | None) -> Source:
     elif "videoid" in row:  # WebVid: videoid,name[,page_dir,...]
         path, caption = f"{row['videoid']}.mp4", row.get("name", "")
     else:
-        raise ValueError(f"rows need 'path' (and 'caption') or WebVid's 'videoid' and 'name'; got {sorted(row)}")
+        raise UsageError(f"rows need 'path' (and 'caption') or WebVid's 'videoid' and 'name'; got {sorted(row)}")
     base = video_dir or root
     return Source(path if os.path.isabs(path) else os.path.join(base, path), str(caption))
 
@@ -66,7 +68,7 @@ def list_sources(src: str, video_dir: str | None = None) -> list[Source]:
         elif src.endswith(".csv"):
             rows = list(csv.DictReader(f))
         else:
-            raise ValueError(f"--videos must be a folder, .csv or .jsonl file, got {src}")
+            raise UsageError(f"--videos must be a folder, .csv or .jsonl file, got {src}")
     return [_row_to_source(row, root, video_dir) for row in rows]
 
 

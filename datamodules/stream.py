@@ -17,6 +17,7 @@ from webdataset.shardlists import expand_urls
 
 from datamodules.remote import RemoteOptions, ShardReadError, open_shard
 from datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
+from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,13 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.remote = remote or RemoteOptions()
         if split_by not in ("shard", "sample"):
-            raise ValueError(f"split_by must be 'shard' or 'sample', got {split_by!r}")
+            raise UsageError(f"split_by must be 'shard' or 'sample', got {split_by!r}")
         if split_by == "sample" and resampled:
-            raise ValueError("split_by='sample' reads every shard once; it cannot be resampled")
+            raise UsageError("split_by='sample' reads every shard once; it cannot be resampled")
         self.split_by = split_by
         self.urls = expand(urls)
         if not self.urls:
-            raise ValueError(f"no shards match {urls!r}")
+            raise UsageError(f"no shards match {urls!r}")
         self.rank, self.world_size = rank, world_size
         self.resampled, self.epoch_length = resampled, epoch_length
         self.shuffle_buffer, self.num_frames, self.seed = shuffle_buffer, num_frames, seed

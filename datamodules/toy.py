@@ -15,6 +15,7 @@ import shutil
 from typing import Any
 
 from datamodules.latent_video import LatentVideoDataModule
+from ls_video.errors import UsageError
 from ls_video.toy.world import ToyWorld
 
 
@@ -76,7 +77,7 @@ class ToyDataModule(LatentVideoDataModule):
             module = trainer.lightning_module if trainer is not None else None
             self.base = getattr(module, "hparams", {}).get("pretrained_model_name_or_path") if module else None
             if self.base is None:
-                raise ValueError("ToyDataModule needs `base` (or a model with pretrained_model_name_or_path)")
+                raise UsageError("ToyDataModule needs `base` (or a model with pretrained_model_name_or_path)")
         return self.base
 
     @functools.cached_property

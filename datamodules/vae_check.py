@@ -6,11 +6,12 @@ import json
 import logging
 
 from datamodules.remote import RemoteOptions, tar_samples
+from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 
-class VaeMismatchError(ValueError):
+class VaeMismatchError(UsageError):
     """The shards were made with a VAE other than the model's."""
 
 

@@ -36,9 +36,15 @@ def find_ema_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor] | None
     return checkpoint.get(EMA_KEY) or None
 
 
-def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) -> dict[str, torch.Tensor]:
-    """Trainable U-Net tensors from a checkpoint: the raw weights, or the EMA ones with ``ema``."""
-    if ema:
+def uses_ema(checkpoint: dict[str, Any], ema: bool | None) -> bool:
+    """Whether the EMA weights are read: as asked, or (``ema=None``) when the checkpoint holds them."""
+    return find_ema_state(checkpoint) is not None if ema is None else ema
+
+
+def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool | None = False) -> dict[str, torch.Tensor]:
+    """Trainable U-Net tensors from a checkpoint: the raw weights, the EMA ones with ``ema``, or with ``None``
+    the EMA ones when present (:func:`uses_ema`)."""
+    if uses_ema(checkpoint, ema):
         shadow = find_ema_state(checkpoint)
         if shadow is None:
             raise UsageError("--ema was asked for but the checkpoint holds no EMA state")
@@ -47,11 +53,11 @@ def unet_state_from_checkpoint(checkpoint: dict[str, Any], ema: bool = False) ->
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
 
 
-def pipeline_from_checkpoint(path: str | os.PathLike | dict[str, Any], ema: bool = False, base: str | None = None,
-                             merge: bool = True) -> LatentShiftPipeline:
+def pipeline_from_checkpoint(path: str | os.PathLike | dict[str, Any], ema: bool | None = False,
+                             base: str | None = None, merge: bool = True) -> LatentShiftPipeline:
     """Rebuild the sampling pipeline of a training checkpoint (a path, or one already loaded with
-    :func:`load_checkpoint`): base components + trained U-Net. A LoRA run's adapter is folded into the U-Net's
-    weights (``merge``) or kept as a PEFT adapter on it."""
+    :func:`load_checkpoint`): base components + trained U-Net (``ema`` as in :func:`unet_state_from_checkpoint`).
+    A LoRA run's adapter is folded into the U-Net's weights (``merge``) or kept as a PEFT adapter on it."""
     checkpoint = path if isinstance(path, dict) else load_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
     base = base or hparams.get("pretrained_model_name_or_path")

@@ -25,12 +25,12 @@ from ls_video.errors import command, take_debug_flag
 
 COMMANDS = {  # name: (module with main(argv), one-line help)
     "preprocess": ("datamodules.preprocess", "encode videos into latent shards"),
-    "sample": ("ls_video.sample", "turn prompts into videos"),
-    "export": ("ls_video.export", "export a checkpoint as a diffusers folder"),
-    "eval": ("ls_video.eval", "score a sample folder (motion, CLIP, FVD, FID) and write its gallery"),
-    "demo": ("ls_video.demo", "the toy world end to end: data, training, export, samples, scores"),
-    "ablation": ("ls_video.ablation", "train and compare temporal-mixing variants"),
-    "transfer": ("ls_video.transfer", "carry motion onto another fine-tune of the base"),
+    "sample": ("ls_video.commands.sample", "turn prompts into videos"),
+    "export": ("ls_video.commands.export", "export a checkpoint as a diffusers folder"),
+    "eval": ("ls_video.commands.eval", "score a sample folder (motion, CLIP, FVD, FID) and write its gallery"),
+    "demo": ("ls_video.commands.demo", "the toy world end to end: data, training, export, samples, scores"),
+    "ablation": ("ls_video.commands.ablation", "train and compare temporal-mixing variants"),
+    "transfer": ("ls_video.commands.transfer", "carry motion onto another fine-tune of the base"),
     "make-toy-base": ("ls_video.toy.make_base", "build the toy text-to-image base model"),
     "curve": ("ls_video.toy.curve", "toy accuracy of every checkpoint of a run"),
 }

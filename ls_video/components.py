@@ -5,7 +5,8 @@
   :func:`load_unet`: the U-Net of a local pipeline or U-Net folder (plain diffusers parts).
 * :func:`load_video_unet`: install the temporal mixing on a U-Net, then load the weights diffusers' loader
   does not (added temporal layers, a checkpoint's trained tensors). The only place that does.
-* :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler).
+* :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler);
+  :func:`save_sd_folder`: parts saved as a Stable Diffusion 1.x folder.
 * :func:`temporal_config_from_hparams`: the temporal settings a training checkpoint recorded.
 * :func:`vae_fingerprint`: the name latent shards give the VAE that made them.
 
@@ -183,6 +184,19 @@ def build_pipeline(parts: Parts) -> LatentShiftPipeline:
     check_parts(parts)
     return LatentShiftPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                                unet=parts["unet"], scheduler=sampler(parts))
+
+
+def save_sd_folder(out: str | os.PathLike, parts: Parts) -> str:
+    """Save ``parts`` as a Stable Diffusion 1.x folder (``StableDiffusionPipeline`` layout; the noise
+    scheduler's config as a DDIM ``scheduler/``)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=parts["unet"],
+        scheduler=sampler(parts), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(out)
+    return str(out)
 
 
 def temporal_config_from_hparams(hparams: dict) -> TemporalConfig:

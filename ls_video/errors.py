@@ -31,9 +31,6 @@ class DivergedError(FloatingPointError):
 USER_ERRORS = (UsageError, BadDataError, DivergedError, ArgumentError, FileNotFoundError, NotADirectoryError)
 # Raised by every rank at the same step (the decision is agreed first): only rank zero prints it.
 EVERY_RANK = (BadDataError, DivergedError)
-# Raise sites not yet converted to UsageError: a ValueError or OSError raised by code in these modules stays one
-# line, as before. Remove an entry once its module raises UsageError.
-PENDING_MODULES = ("datamodules.", "callbacks.", "ls_video.ablation", "ls_video.metrics.")
 
 
 def one_line(err: BaseException) -> str:
@@ -45,15 +42,8 @@ def one_line(err: BaseException) -> str:
 
 
 def is_user_error(err: BaseException) -> bool:
-    """Whether ``err`` is a user's mistake (one line) rather than a bug (traceback)."""
-    if isinstance(err, USER_ERRORS):
-        return True
-    if not isinstance(err, (ValueError, OSError)) or err.__traceback__ is None:
-        return False
-    tb = err.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith(PENDING_MODULES)
+    """Whether ``err`` is a user's mistake (one line) rather than a bug (traceback): by its type only."""
+    return isinstance(err, USER_ERRORS)
 
 
 def global_rank() -> int:

@@ -1,7 +1,7 @@
 """The model card (``README.md`` with Hub metadata) of an exported Latent-Shift folder.
 
     ls-video export CKPT OUT                      writes OUT/README.md (recipe; metrics/samples beside OUT)
-    python -m ls_video.model_card OUT --ckpt CKPT [--metrics metrics.json] [--samples DIR]   (rewrite it)
+    python -m ls_video.commands.model_card OUT --ckpt CKPT [--metrics metrics.json] [--samples DIR]   (rewrite it)
 
 The card says what the folder is (base model, shift settings, training recipe), the scores when a
 ``metrics.json`` is given or lies beside the folder, up to four sample GIFs when sample videos are given
@@ -10,17 +10,14 @@ or lie beside it, and how to load and upload it.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
-import sys
 from typing import Any
 
 import yaml
 
 from ls_video.checkpoint import load_checkpoint
-from ls_video.errors import command
 
 METRICS = ("direction_acc", "step_acc", "color_acc", "shape_acc", "image_color_acc", "image_shape_acc",
            "consistency", "clipsim", "fvd", "fid")
@@ -109,18 +106,3 @@ def write_model_card(out: str, ckpt: str, metrics: str | None = None, samples: s
         f.write(render(recipe(ckpt, checkpoint), scores, gifs, os.path.basename(os.path.abspath(out))))
     return path
 
-
-@command("python -m ls_video.model_card")
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.model_card", description=__doc__.split("\n")[0])
-    p.add_argument("out", help="exported folder")
-    p.add_argument("--ckpt", required=True, help="the training checkpoint it was exported from")
-    p.add_argument("--metrics", default=None, help="metrics.json (default: in or beside the folder)")
-    p.add_argument("--samples", default=None, help="folder of sample mp4s (default: beside the folder)")
-    args = p.parse_args(argv)
-    print(f"wrote {write_model_card(args.out, args.ckpt, args.metrics, args.samples)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

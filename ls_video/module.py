@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ls_video.batch import IMAGE_BATCH, is_image_batch
 from ls_video.components import (
     PART_NAMES,
     Parts,
@@ -37,7 +38,6 @@ from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, video_unet_forward
 
 FROZEN = ("vae.", "text_encoder.")
-IMAGE_BATCH = "image_batch"  # a batch's extra image latents (F = 1), trained with it (JointImageVideo mode "add")
 T = TypeVar("T")
 
 
@@ -199,35 +199,34 @@ class LatentShiftModule(NonFiniteGuard):
         return self.objective.drop_captions(embeds, empty, generator, p=drop)
 
     def diffusion_loss(self, latents: torch.Tensor, embeds: torch.Tensor, timesteps: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """The objective's loss for unscaled VAE latents ``(B, F, C, h, w)``; one timestep per clip."""
+                       generator: torch.Generator | None = None, images: bool = False) -> torch.Tensor:
+        """The objective's loss for unscaled VAE latents ``(B, F, C, h, w)``; one timestep per clip (``images``:
+        an image batch, :func:`ls_video.batch.is_image_batch`)."""
 
         def denoiser(noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return video_unet_forward(self.unet, noisy, t, embeds.to(noisy.dtype))
 
-        return self.objective.loss(denoiser, latents, generator, timesteps)
+        return self.objective.loss(denoiser, latents, generator, timesteps, images)
 
     # ----------------------------------------------------------------------------- Lightning
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """The diffusion loss of the batch; plus that of ``batch[IMAGE_BATCH]`` when a callback added one."""
+        """The diffusion loss of the batch; plus that of ``batch[IMAGE_BATCH]`` when a callback added one. Each
+        is logged as ``train/loss_image`` if it is an image batch, else as ``train/loss`` (:mod:`ls_video.batch`)."""
         generator = self.step_generator()
-        loss = self.batch_loss(batch, generator)
-        images = batch.get(IMAGE_BATCH)
-        image_loss = None if images is None else self.batch_loss(images, generator)
-        total = loss if image_loss is None else loss + image_loss
+        parts = [part for part in (batch, batch.get(IMAGE_BATCH)) if part is not None]
+        losses = [self.batch_loss(part, generator) for part in parts]
+        total = sum(losses[1:], losses[0])
         if self.guard_nonfinite(total):
             return total  # backward still runs on every rank (DDP stays in step); the update is dropped
-        latents = batch["latents"]
-        name = "train/loss_image" if latents.shape[1] == 1 else "train/loss"
-        self.log(name, loss, prog_bar=True, batch_size=latents.shape[0])
-        if image_loss is not None:
-            self.log("train/loss_image", image_loss, prog_bar=True, batch_size=images["latents"].shape[0])
+        for part, loss in zip(parts, losses, strict=True):
+            name = "train/loss_image" if is_image_batch(part) else "train/loss"
+            self.log(name, loss, prog_bar=True, batch_size=part["latents"].shape[0])
         return total
 
     def batch_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Training loss of one batch (``latents`` and ``captions`` or ``text_embeds``), caption dropout on."""
         embeds = self.text_embeddings(batch, self.objective.config.caption_dropout, generator)
-        return self.diffusion_loss(batch["latents"], embeds, generator=generator)
+        return self.diffusion_loss(batch["latents"], embeds, generator=generator, images=is_image_batch(batch))
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents = batch["latents"]
@@ -236,7 +235,7 @@ class LatentShiftModule(NonFiniteGuard):
         losses = []
         for t in self.objective.validation_timesteps():
             ts = torch.full((latents.shape[0],), t, device=latents.device, dtype=torch.long)
-            losses.append(self.diffusion_loss(latents, embeds, ts, generator))
+            losses.append(self.diffusion_loss(latents, embeds, ts, generator, is_image_batch(batch)))
         loss = torch.stack(losses).mean()
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=latents.shape[0])
         return loss

@@ -6,11 +6,11 @@ base recipe (:mod:`ls_video.toy.make_base`), in the spirit of k-diffusion's deno
     objective = DiffusionObjective(noise_scheduler, ObjectiveConfig(x0_weight_cap=100), vae.config)
     loss = objective.loss(lambda noisy, t: video_unet_forward(unet, noisy, t, embeds), raw_latents, generator)
 
-It owns the latent scaling (``scaling_factor`` / ``shift_factor`` of the VAE), timestep and noise
+It applies the latent scaling (:class:`ls_video.vae_space.LatentScale` of the VAE's config), owns timestep and noise
 sampling, the target (``epsilon`` or ``v_prediction``), caption dropout and the per-sample loss
 weights (min-SNR-gamma via diffusers' ``compute_snr``, or a capped x0-space weight). Shapes are
 ``(B, ...)``: image batches ``(B, C, h, w)`` and video batches ``(B, F, C, h, w)`` alike, one
-timestep per sample (a clip's frames share it).
+timestep per sample (a clip's frames share it); whether a batch is one of images the caller says (``images``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
 from ls_video.errors import UsageError
+from ls_video.vae_space import LatentScale
 
 
 @dataclass
@@ -81,8 +82,7 @@ class DiffusionObjective:
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise UsageError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
         self.scheduler = scheduler
-        self.scaling_factor = float(getattr(vae_config, "scaling_factor", None) or 1.0)
-        self.shift_factor = float(getattr(vae_config, "shift_factor", None) or 0.0)
+        self.latent_scale = LatentScale.of(vae_config)
 
     @property
     def num_timesteps(self) -> int:
@@ -90,7 +90,7 @@ class DiffusionObjective:
 
     def scale(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw VAE latents -> the diffusion model's space."""
-        return (raw.float() - self.shift_factor) * self.scaling_factor
+        return self.latent_scale.to_model(raw)
 
     def drop_captions(self, embeds: torch.Tensor, empty: torch.Tensor, generator: torch.Generator | None = None,
                       p: float | None = None) -> torch.Tensor:
@@ -122,10 +122,12 @@ class DiffusionObjective:
         return weight
 
     def loss(self, denoiser: Denoiser, raw: torch.Tensor, generator: torch.Generator | None = None,
-             timesteps: torch.Tensor | None = None) -> torch.Tensor:
+             timesteps: torch.Tensor | None = None, images: bool = False) -> torch.Tensor:
         """Weighted MSE of ``denoiser(noisy, timesteps)`` against the target, for raw VAE latents ``raw``.
 
-        Timesteps (one per sample, unless given) and noise come from ``generator``.
+        Timesteps (one per sample, unless given) and noise come from ``generator``. ``images``: the caller's
+        word that ``raw`` is an image batch (:func:`ls_video.batch.is_image_batch`), weighted by
+        ``image_weight`` when that is set.
         """
         x0 = self.scale(raw)
         b = x0.shape[0]
@@ -135,7 +137,7 @@ class DiffusionObjective:
         pred = denoiser(self.scheduler.add_noise(x0, noise, timesteps), timesteps)
         target = self.target(x0, noise, timesteps)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-        if self.config.image_weight is not None and (x0.ndim == 4 or x0.shape[1] == 1):  # one-frame batch
+        if images and self.config.image_weight is not None:
             weight = torch.full((b,), self.config.image_weight, device=x0.device)
         else:
             weight = self.weights(timesteps)

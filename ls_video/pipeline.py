@@ -24,6 +24,7 @@ from ls_video.compile import compile_whole
 from ls_video.errors import UsageError
 from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
+from ls_video.vae_space import LatentScale
 
 
 @dataclass
@@ -32,12 +33,6 @@ class LatentShiftPipelineOutput(BaseOutput):
     ``pil`` -> a list (per video) of lists of ``PIL.Image``."""
 
     frames: np.ndarray | torch.Tensor | list
-
-
-def latents_to_vae_space(latents: torch.Tensor, vae: AutoencoderKL) -> torch.Tensor:
-    """Undo the training-time latent scaling (``scaling_factor`` and optional ``shift_factor``)."""
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return latents / vae.config.scaling_factor + shift
 
 
 class LatentShiftPipeline(DiffusionPipeline):
@@ -116,7 +111,7 @@ class LatentShiftPipeline(DiffusionPipeline):
         """``(B, F, C, h, w)`` scaled latents -> ``(B, F, 3, H, W)`` frames in [0, 1], ``chunk_size``
         frames through the VAE at a time."""
         b = latents.shape[0]
-        flat = latents_to_vae_space(rearrange(latents, "b f c h w -> (b f) c h w"), self.vae)
+        flat = LatentScale.of(self.vae.config).to_vae(rearrange(latents, "b f c h w -> (b f) c h w"))
         flat = flat.to(self.vae.dtype)
         frames = [self.vae.decode(chunk).sample.float() for chunk in flat.split(chunk_size)]
         video = (torch.cat(frames) / 2 + 0.5).clamp(0, 1)

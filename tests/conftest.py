@@ -24,13 +24,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> str:
     """A tiny random Stable-Diffusion-1.x-layout folder written with ``save_pretrained``."""
-    from ls_video.tiny import save_tiny_base
+    from ls_video.testing.tiny import save_tiny_base
 
     return save_tiny_base(tmp_path_factory.mktemp("tiny_base") / "base")
 
 
 @pytest.fixture()
 def components():
-    from ls_video.tiny import tiny_components
+    from ls_video.testing.tiny import tiny_components
 
     return tiny_components(seed=0)

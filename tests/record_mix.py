@@ -6,7 +6,7 @@ import os
 
 import lightning as L
 
-from ls_video.module import IMAGE_BATCH
+from ls_video.batch import IMAGE_BATCH
 
 
 class RecordMix(L.Callback):

@@ -4,7 +4,7 @@ import os
 import pytest
 import yaml
 
-from ls_video.ablation import END, START, main, table, write_results
+from ls_video.commands.ablation import END, START, main, table, write_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -28,6 +28,15 @@ def trainer(tmp_path, callbacks, steps=3, logger=False):
                      num_sanity_val_steps=0)
 
 
+def test_ema_needs_a_latent_shift_module():
+    """EMA reads the module's ``unet`` and ``skipping_step`` (LatentShiftModule): another module is a one-line
+    UsageError at the start of fit, not an AttributeError mid-step. Fails if the check is dropped."""
+    from ls_video.errors import UsageError
+
+    with pytest.raises(UsageError, match="LatentShiftModule"):
+        EMA().on_fit_start(None, L.LightningModule())
+
+
 def test_ema_math_and_swap(tiny_base, toy_data, tmp_path):
     module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0, learning_rate=1e-2))
     start = {n: p.detach().clone() for n, p in module.unet.named_parameters()}

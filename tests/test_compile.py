@@ -7,7 +7,7 @@ import torch
 
 from ls_video import compile as lsc
 from ls_video.components import build_pipeline
-from ls_video.tiny import tiny_components, tiny_unet
+from ls_video.testing.tiny import tiny_components, tiny_unet
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

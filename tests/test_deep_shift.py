@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ls_video.tiny import tiny_unet
+from ls_video.testing.tiny import tiny_unet
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
 
 

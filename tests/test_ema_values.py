@@ -4,8 +4,8 @@ import lightning as L
 import torch
 
 from callbacks import EMA
+from ls_video.commands.export import export
 from ls_video.components import load_unet
-from ls_video.export import export
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 

@@ -66,3 +66,40 @@ def test_ls_video_debug_prints_the_traceback(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "checkpoint not found" in plain.stderr
     debug = subprocess.run(cmd[:3] + ["--debug"] + cmd[3:], cwd=ROOT, capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "checkpoint not found" in debug.stderr
+
+
+def _mistakes():
+    from callbacks import EMA, JointImageVideo
+    from callbacks.threads import CPUThreads
+    from datamodules import LatentVideoDataModule
+    from datamodules.clips import ClipSpec
+    from ls_video.metrics.frechet import feature_stats
+    from ls_video.metrics.toy import parse_prompt
+
+    return [(lambda: EMA(decay=1.5), "decay"), (lambda: JointImageVideo(mode="concat"), "mode"),
+            (lambda: CPUThreads(num_threads=0), "num_threads"),
+            (lambda: LatentVideoDataModule("x.tar", batch_size=0), "batch_size"),
+            (lambda: ClipSpec(clip_start="middle-ish"), "clip_start"),
+            (lambda: feature_stats(np.zeros((1, 3))), "features"), (lambda: parse_prompt("a dog"), "toy prompt")]
+
+
+def test_user_mistakes_in_callbacks_datamodules_and_metrics_are_usage_errors():
+    """Fails if one of these raise sites falls back to a plain ValueError: since the interim rule that made every
+    ValueError of these packages one line is gone, the user would get a traceback."""
+    for make, text in _mistakes():
+        with pytest.raises(UsageError, match=text):
+            make()
+
+
+def test_a_plain_value_error_in_a_datamodule_keeps_its_traceback():
+    """Fails if errors are told apart by the module that raised them again (a bug in datamodules/ would print
+    one line and exit 2, and could not be debugged)."""
+    from datamodules.synthetic_videos import synthetic_frames
+
+    @command("prog")
+    def run(argv: list[str] | None) -> int:
+        next(synthetic_frames(2, 8, 8, pattern="plaid"))  # a caller bug, not a user's input
+        return 0
+
+    with pytest.raises(ValueError, match="pattern"):
+        run([])

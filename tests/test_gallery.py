@@ -3,7 +3,7 @@ import json
 import numpy as np
 from lightning.fabric.loggers import TensorBoardLogger
 
-from ls_video.eval import main
+from ls_video.commands.eval import main
 from ls_video.toy.world import ToyWorld
 from ls_video.video_io import write_video
 

@@ -12,8 +12,10 @@ import torch
 import yaml
 
 from callbacks import JointImageVideo
-from datamodules import ImageLatentDataModule, ToyDataModule
-from ls_video.module import IMAGE_BATCH, LatentShiftModule
+from datamodules import ImageLatentDataModule, LatentVideoDataModule, ToyDataModule
+from ls_video.batch import IMAGE_BATCH
+from ls_video.errors import UsageError
+from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 from ls_video.toy.world import ToyWorld
 
@@ -71,6 +73,26 @@ def test_the_choice_of_image_steps_is_a_function_of_the_step():
                 dict(batch_size=0)):
         with pytest.raises(ValueError):
             JointImageVideo(**bad)
+
+
+def test_what_the_callback_reads_from_the_datamodule(tmp_path):
+    """Unless told (image_urls, batch_size), the callback reads a LatentVideoDataModule: its training shards,
+    batch size and clip length (a ToyDataModule's from its world). Fails if it goes back to probing attributes:
+    another datamodule with look-alike attributes must get a one-line UsageError naming what to set."""
+    video = LatentVideoDataModule(["a.tar", "b.tar"], batch_size=3, num_frames=5)
+    assert JointImageVideo().resolve_urls(video) == (["a.tar", "b.tar"], "video frames")
+    assert JointImageVideo().frame_budget(video) == 15 and JointImageVideo(batch_size=7).frame_budget(video) == 7
+    data = ToyDataModule(cache_dir=str(tmp_path), world=ToyWorld(size=16, num_frames=4, object_size=4), batch_size=2)
+    assert JointImageVideo().frame_budget(data) == 8
+    with pytest.raises(UsageError, match="set batch_size"):
+        JointImageVideo().frame_budget(LatentVideoDataModule(["a.tar"], batch_size=3))  # clips as stored: unknown
+    other = L.LightningDataModule()
+    other.train_urls, other.batch_size, other.num_frames = ["a.tar"], 3, 5
+    with pytest.raises(UsageError, match="set image_urls"):
+        JointImageVideo().resolve_urls(other)
+    with pytest.raises(UsageError, match="set batch_size"):
+        JointImageVideo().frame_budget(other)
+    assert JointImageVideo(image_urls="i.tar", batch_size=4).resolve_urls(other) == ("i.tar", "image_urls")
 
 
 def test_image_batches_arrive_at_the_ratio_from_their_own_workers(tiny_base, tmp_path):

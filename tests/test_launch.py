@@ -232,8 +232,9 @@ def test_sharded_fit_resume_export_gives_the_ddp_runs_ema(tiny_base, tmp_path):
     for key, value in ddp["state_dict"].items():
         torch.testing.assert_close(fsdp["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
     out = tmp_path / "exported"
-    r = subprocess.run([sys.executable, "-m", "ls_video.export", str(tmp_path / "fsdp/run/checkpoints/last.ckpt"),
-                        str(out)], cwd=ROOT, capture_output=True, text=True)
+    last = str(tmp_path / "fsdp/run/checkpoints/last.ckpt")
+    r = subprocess.run([sys.executable, "-m", "ls_video.commands.export", last, str(out)], cwd=ROOT,
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     from diffusers import UNet2DConditionModel
 

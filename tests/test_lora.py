@@ -13,10 +13,10 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from shipped import ROOT, run, shipped_toy, write
 
 from ls_video.checkpoint import EMA_KEY, load_checkpoint
+from ls_video.commands.export import export
 from ls_video.errors import UsageError
-from ls_video.export import export
 from ls_video.lora import KOHYA_FILE, PEFT_FILE, LoraSettings, add_lora, merge_lora
-from ls_video.tiny import tiny_unet
+from ls_video.testing.tiny import tiny_unet
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ls_video.eval import main as eval_main
+from ls_video.commands.eval import main as eval_main
 from ls_video.metrics.clipsim import clipsim
 from ls_video.metrics.features import Extractor
 from ls_video.metrics.toy_net import ToyVideoNet
@@ -18,7 +18,7 @@ from ls_video.video_io import write_video
 def tiny_clip(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from ls_video.tokenizer import build_tokenizer
+    from ls_video.toy.tokenizer import build_tokenizer
 
     out = tmp_path_factory.mktemp("clip")
     tok = build_tokenizer(["a", "red", "blue", "square", "circle", "moving", "left", "right"], model_max_length=16)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from ls_video.eval import evaluate
+from ls_video.commands.eval import evaluate
 from ls_video.metrics.toy import analyze_video, score, step_accuracy
 from ls_video.toy.world import ToyWorld, all_prompts
 from ls_video.video_io import write_video

@@ -65,8 +65,9 @@ def test_caption_dropout_and_bad_config():
 
 
 def test_image_weight_weights_every_timestep_alike_for_images_only():
-    """image_weight: one-frame batches get that constant weight at every timestep (low noise included,
-    where the capped x0 weight is nearly 0); video batches keep their weights."""
+    """image_weight: image batches get that constant weight at every timestep (low noise included, where the
+    capped x0 weight is nearly 0); video batches keep their weights. Whether a batch is one of images is the
+    caller's word (``images``): fails if the objective decides it again from the shape."""
     obj = DiffusionObjective(scheduler(), ObjectiveConfig(x0_weight_cap=100, image_weight=4.0))
     assert 1 < obj.weights(torch.arange(1000)).mean() < 100 and obj.weights(torch.tensor([1]))[0] < 1e-3
     t = torch.tensor([1, 500, 999])
@@ -80,9 +81,12 @@ def test_image_weight_weights_every_timestep_alike_for_images_only():
     torch.testing.assert_close(clip, (noise * obj.weights(t)).mean())
     for image in (raw[:, :1], raw[:, 0]):  # (B, 1, C, h, w) and (B, C, h, w)
         per_image = torch.randn(image.shape, generator=torch.Generator().manual_seed(0)).pow(2).flatten(1).mean(1)
-        torch.testing.assert_close(obj.loss(zero, image, torch.Generator().manual_seed(0), t), per_image.mean() * 4.0)
+        torch.testing.assert_close(obj.loss(zero, image, torch.Generator().manual_seed(0), t, images=True),
+                                   per_image.mean() * 4.0)
+        torch.testing.assert_close(obj.loss(zero, image, torch.Generator().manual_seed(0), t),
+                                   (per_image * obj.weights(t)).mean())  # not said to be images: a video's weights
     same = DiffusionObjective(scheduler(), ObjectiveConfig(x0_weight_cap=100))
-    torch.testing.assert_close(same.loss(zero, raw[:, :1], torch.Generator().manual_seed(0), t),
+    torch.testing.assert_close(same.loss(zero, raw[:, :1], torch.Generator().manual_seed(0), t, images=True),
                                (per_image * same.weights(t)).mean())  # None: images weighted as videos
     assert DiffusionObjective(scheduler()).weights(t) is None
     with pytest.raises(ValueError, match="image_weight"):

@@ -33,12 +33,13 @@ def sd2_base(out: Path, vae_from: str) -> str:
     head counts and a wider text encoder (SD-2's OpenCLIP-H layout in miniature); SD's VAE."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
-    from ls_video.tiny import TOY_WORDS, tiny_text_encoder, tiny_unet
-    from ls_video.tokenizer import build_tokenizer
+    from ls_video.testing.tiny import tiny_unet
+    from ls_video.toy.tokenizer import build_tokenizer, text_encoder_for
+    from ls_video.toy.world import TOY_WORDS
 
     torch.manual_seed(1)
     tokenizer = build_tokenizer(TOY_WORDS)
-    text_encoder = tiny_text_encoder(tokenizer, hidden_size=64, hidden_act="gelu")
+    text_encoder = text_encoder_for(tokenizer, hidden_size=64, hidden_act="gelu")
     unet = tiny_unet(cross_attention_dim=64, use_linear_projection=True, attention_head_dim=(2, 4),
                      upcast_attention=True)
     scheduler = DDIMScheduler.from_pretrained(vae_from, subfolder="scheduler", prediction_type="v_prediction")
@@ -102,7 +103,7 @@ def test_shipped_sd_config_trains_exports_and_samples(tiny_base, shards, tmp_pat
     videos = list((tmp_path / "run").rglob("videos/step_000002/*.mp4"))
     assert len(videos) == 3  # the config's three prompts, sampled by VideoLogger at step 2
     out = tmp_path / "exported"
-    r = subprocess.run([sys.executable, "-m", "ls_video.export", str(tmp_path / "run/checkpoints/last.ckpt"),
+    r = subprocess.run([sys.executable, "-m", "ls_video.commands.export", str(tmp_path / "run/checkpoints/last.ckpt"),
                         str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())

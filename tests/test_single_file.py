@@ -7,9 +7,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 
-from ls_video.presets import sd15_unet
 from ls_video.single_file import save_unet_single_file
-from ls_video.tiny import tiny_unet
+from ls_video.testing.presets import sd15_unet
+from ls_video.testing.tiny import tiny_unet
 
 
 @pytest.mark.parametrize("make", [tiny_unet, pytest.param(sd15_unet, marks=pytest.mark.slow)], ids=["tiny", "sd15"])

@@ -7,7 +7,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from ls_video.components import build_pipeline
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.temporal_layers import added_parameters
-from ls_video.tiny import tiny_components, tiny_unet
+from ls_video.testing.tiny import tiny_components, tiny_unet
 from ls_video.unet import (
     TemporalConfig,
     apply_temporal_mixing,

@@ -21,8 +21,8 @@ from ls_video.errors import UsageError
 from ls_video.module import LatentShiftModule
 from ls_video.objective import ObjectiveConfig
 from ls_video.optim import OptimConfig
+from ls_video.testing.tiny import tiny_components
 from ls_video.text import encode_prompts
-from ls_video.tiny import tiny_components
 from ls_video.toy.world import ToyWorld
 
 

@@ -47,9 +47,10 @@ def test_demo_steps_on_a_tiny_budget(tiny_base, tmp_path):
              "--data.init_args.num_val_clips", "2", "--data.init_args.batch_size", "2",
              "--data.init_args.shard_size", "4", "--trainer.val_check_interval", "2",
              "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
-    r = subprocess.run([sys.executable, "-m", "ls_video.demo", "--out", str(out), "--base", tiny_base, "--max-steps",
-                        "2", "--num-videos-per-prompt", "1", "--num-inference-steps", "1", "--extra", *extra], cwd=ROOT,
-                       capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    r = subprocess.run([sys.executable, "-m", "ls_video.commands.demo", "--out", str(out), "--base", tiny_base,
+                        "--max-steps", "2", "--num-videos-per-prompt", "1", "--num-inference-steps", "1",
+                        "--extra", *extra],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())["samples"]
     assert len(manifest) == 32 and all((out / s["file"]).exists() for s in manifest)

@@ -140,7 +140,7 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
     assert r.returncode == 0 and "val/loss" in r.stdout, r.stderr[-2000:]
 
     out = tmp_path / "exported"
-    r = subprocess.run([sys.executable, "-m", "ls_video.export", str(tmp_path / "run/checkpoints/last.ckpt"),
+    r = subprocess.run([sys.executable, "-m", "ls_video.commands.export", str(tmp_path / "run/checkpoints/last.ckpt"),
                         str(out)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "EMA" in r.stdout, r.stderr
     unet, info = UNet2DConditionModel.from_pretrained(out / "unet", output_loading_info=True)
@@ -260,7 +260,7 @@ def test_shards_from_another_vae_stop_before_step_one(tiny_base, tmp_path):
 
     from datamodules.shards import encode_sample
     from ls_video.components import vae_fingerprint
-    from ls_video.tiny import tiny_vae
+    from ls_video.testing.tiny import tiny_vae
 
     torch.manual_seed(123)
     other = tiny_vae()  # same architecture, other weights: only the fingerprint tells them apart

@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-from ls_video.components import load_unet
+from ls_video.commands.transfer import extract, main
+from ls_video.components import load_unet, save_sd_folder
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.tiny import save_sd_folder, tiny_components
-from ls_video.transfer import extract, main
+from ls_video.testing.tiny import tiny_components
 from ls_video.unet import TemporalConfig, get_temporal_config
 
 
@@ -83,7 +83,7 @@ def test_architecture_mismatch_is_one_line(models, tmp_path):
     other["unet"] = type(other["unet"])(**{**other["unet"].config, "block_out_channels": (16, 32),
                                            "norm_num_groups": 8, "attention_head_dim": 8})
     save_sd_folder(tmp_path / "wide", other)
-    command = [sys.executable, "-m", "ls_video.transfer", "apply", "--motion", str(tmp_path / "m.safetensors"),
+    command = [sys.executable, "-m", "ls_video.commands.transfer", "apply", "--motion", str(tmp_path / "m.safetensors"),
                "--target", str(tmp_path / "wide"), "--out", str(tmp_path / "x")]
     r = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in r.stderr.splitlines() if "error" in line]

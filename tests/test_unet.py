@@ -3,7 +3,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.resnet import ResnetBlock2D
 
-from ls_video.tiny import tiny_unet
+from ls_video.testing.tiny import tiny_unet
 from ls_video.unet import (
     TemporalConfig,
     apply_temporal_mixing,
@@ -98,7 +98,7 @@ def test_deepcopy_keeps_its_own_frame_state():
 
 
 def test_sd15_sized_unet_gains_no_parameters():
-    from ls_video.presets import sd15_unet
+    from ls_video.testing.presets import sd15_unet
 
     with torch.device("meta"):
         plain, shifted = sd15_unet(), apply_temporal_mixing(sd15_unet())

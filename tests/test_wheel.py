@@ -46,6 +46,7 @@ def test_installed_wheel_runs_the_demo_from_an_empty_folder(tmp_path):
     where = subprocess.run([sys.executable, "-c", "import ls_video, configs, assets; print(ls_video.__file__)"],
                            cwd=work, env=env, capture_output=True, text=True)
     assert where.stdout.startswith(str(site)), where.stdout + where.stderr  # the wheel, not the checkout
+    assert all((site / "ls_video" / sub / "__init__.py").is_file() for sub in ("commands", "testing", "toy"))
     r = subprocess.run([str(site / "bin" / "ls-video"), "demo", "--out", "demo", "--max-steps", "10",
                         "--num-videos-per-prompt", "1", "--num-images-per-prompt", "1", "--num-inference-steps", "5",
                         "--extra", "--data.init_args.num_train_clips", "64", "--data.init_args.num_val_clips", "8"],

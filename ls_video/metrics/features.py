@@ -22,6 +22,8 @@ import os
 import numpy as np
 import torch
 
+from ls_video.errors import UsageError
+
 
 def weights_hash(path: str) -> str:
     """SHA-256 over a model folder's weight files (first 16 hex digits); ``"hub"`` for remote ids."""
@@ -75,7 +77,7 @@ class Extractor:
             self.processor = AutoImageProcessor.from_pretrained(path)
             value_range = "uint8 -> processor (resize, centre crop, /255, CLIP mean/std)"
         else:
-            raise ValueError(f"unsupported feature extractor {path!r} (model_type {self.kind!r}); "
+            raise UsageError(f"unsupported feature extractor {path!r} (model_type {self.kind!r}); "
                              "use a CLIP, VideoMAE or ls_video toy-net folder")
         self.protocol = dict(extractor=path, model_type=self.kind, weights_sha256=weights_hash(path),
                              value_range=value_range)
@@ -83,7 +85,7 @@ class Extractor:
     @torch.no_grad()
     def frame_features(self, videos: list[np.ndarray]) -> np.ndarray:
         if self.kind not in ("clip", "clip_vision_model"):
-            raise ValueError(f"{self.path} gives clip features, not frame features (use a CLIP model for FID)")
+            raise UsageError(f"{self.path} gives clip features, not frame features (use a CLIP model for FID)")
         frames = [f for v in videos for f in v]
         out = []
         for i in range(0, len(frames), self.batch_size):

@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ls_video.errors import UsageError
+
 
 def feature_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (unbiased) of ``(N, D)`` features."""
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"need (N >= 2, D) features, got {tuple(x.shape)}")
+        raise UsageError(f"need (N >= 2, D) features, got {tuple(x.shape)}")
     return x.mean(0).numpy(), torch.cov(x.T).reshape(x.shape[1], x.shape[1]).numpy()
 
 

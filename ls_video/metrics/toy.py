@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from ls_video.errors import UsageError
 from ls_video.toy.world import ALL_COLORS, DIRECTIONS
 
 PROMPT = re.compile(r"a (\w+) (\w+)(?: moving (\w+))?")
@@ -26,7 +27,7 @@ def parse_prompt(prompt: str) -> dict:
     """``"a red square moving left"`` -> ``{"color": "red", "shape": "square", "direction": "left"}``."""
     m = PROMPT.fullmatch(prompt.strip())
     if not m:
-        raise ValueError(f"not a toy prompt: {prompt!r}")
+        raise UsageError(f"not a toy prompt: {prompt!r}")
     return {"color": m.group(1), "shape": m.group(2), "direction": m.group(3)}
 
 

@@ -18,23 +18,21 @@ import time
 
 import torch
 
-from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
+from ls_video.checkpoint import load_checkpoint, pipeline_from_checkpoint
 from ls_video.errors import command
-from ls_video.metrics.toy import score
+from ls_video.toy.check import sample_and_score
 from ls_video.toy.world import all_prompts
 
 
 def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance: float, seed0: int = 1000,
                         device: str = "cpu", return_videos: bool = False) -> dict:
     ckpt = load_checkpoint(path)
-    pipe = pipeline_from_checkpoint(ckpt, ema=find_ema_state(ckpt) is not None).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = pipeline_from_checkpoint(ckpt, ema=None).to(device)  # EMA weights when present
     prompts = [p for p in all_prompts() for _ in range(seeds)]
-    generators = [torch.Generator().manual_seed(seed0 + i % seeds) for i in range(len(prompts))]
     start = time.perf_counter()
-    videos = pipe(prompts, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance,
-                  generator=generators).frames
-    result = {k: v for k, v in score(list(videos), prompts).items() if k != "rows"}
+    scores, videos = sample_and_score(pipe, prompts, [seed0 + i % seeds for i in range(len(prompts))], frames, steps,
+                                      guidance)
+    result = {k: v for k, v in scores.items() if k != "rows"}
     result.update(step=int(ckpt["global_step"]), sample_seconds=round(time.perf_counter() - start, 1))
     if return_videos:
         result["videos"] = [(v * 255).round().astype("uint8") for v in videos]

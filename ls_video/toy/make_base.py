@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
-from ls_video.components import Parts, load_vae
+from ls_video.components import Parts, load_vae, save_sd_folder
 from ls_video.errors import command
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.text import encode_prompts
-from ls_video.tiny import TOY_WORDS, save_sd_folder, tiny_text_encoder
-from ls_video.tokenizer import build_tokenizer
 from ls_video.toy.loop import train_steps
-from ls_video.toy.world import COLORS, SHAPES, ToyWorld
+from ls_video.toy.tokenizer import build_tokenizer, text_encoder_for
+from ls_video.toy.world import COLORS, SHAPES, TOY_WORDS, ToyWorld
+from ls_video.vae_space import pixels_to_vae
 
 
 @dataclass
@@ -103,7 +103,7 @@ def pretrain_text_encoder(tokenizer, cfg: ToyBaseConfig):
     """
     from ls_video.toy.world import all_prompts
 
-    text_encoder = tiny_text_encoder(tokenizer, hidden_size=cfg.text_dim)
+    text_encoder = text_encoder_for(tokenizer, hidden_size=cfg.text_dim)
     captions = all_prompts() + [f"a {c} {s}" for c in COLORS for s in SHAPES] + [""]
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
@@ -149,15 +149,12 @@ def train_unet(latents: torch.Tensor, captions: list[str], tokenizer, text_encod
 
 def check_base(path: str, seeds: int = 4, steps: int = 25) -> dict:
     """Sample every ``"a {color} {shape}"`` prompt ``seeds`` times; colour and shape accuracy."""
-    from ls_video.metrics.toy import score
     from ls_video.pipeline import LatentShiftPipeline
+    from ls_video.toy.check import sample_and_score
 
-    pipe = LatentShiftPipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
     prompts = [f"a {c} {s}" for c in COLORS for s in SHAPES] * seeds
-    frames = pipe(prompts, num_frames=1, num_inference_steps=steps, guidance_scale=4.0,
-                  generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).frames
-    result = score(list(frames), prompts)
+    result, _ = sample_and_score(LatentShiftPipeline.from_pretrained(path), prompts, range(len(prompts)),
+                                 num_inference_steps=steps)
     return {k: result[k] for k in ("n", "color_acc", "shape_acc", "consistency")}
 
 
@@ -167,7 +164,7 @@ def make_base(out: str, cfg: ToyBaseConfig, vae_from: str | None = None) -> dict
     start = time.perf_counter()
     world = ToyWorld(size=cfg.size, num_frames=2, object_size=cfg.object_size, min_travel=0.0)
     frames, captions = world.images(cfg.num_images, "train", seed=cfg.seed)
-    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = pixels_to_vae(torch.from_numpy(frames))
     if vae_from:
         vae = load_vae(vae_from)
     else:

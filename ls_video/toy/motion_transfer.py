@@ -3,8 +3,8 @@
     python -m ls_video.toy.motion_transfer --video outputs/demo/model --base assets/toy-base \\
         --personal outputs/personal --out outputs/transfer [--ranks 4 16 64] [--scales 1.0 1.5] [--seeds 3]
 
-Every row is the commands a user would type, printed as they run (``ls_video.transfer extract|apply``,
-``sample.py``, ``ls_video.eval``); a row whose ``metrics.json`` exists is not sampled again. Writes
+Every row is the commands a user would type, printed as they run (``ls_video.commands.transfer extract|apply``,
+``sample.py``, ``ls_video.commands.eval``); a row whose ``metrics.json`` exists is not sampled again. Writes
 ``OUT/table.md`` and ``OUT/table.json``: per row the model, the prompt set and direction / steps right /
 colour / shape accuracy, plus the motion files' sizes.
 
@@ -18,12 +18,11 @@ import argparse
 import json
 import os
 import re
-import shlex
 import sys
 import time
 
+from ls_video.commands.stage import Stages
 from ls_video.errors import command
-from ls_video.stage import run_stage
 from ls_video.toy.world import all_prompts, new_concept_prompts
 
 # which U-Net parameters a layer-subset row moves (``transfer apply --include``)
@@ -31,21 +30,15 @@ LAYER_SETS = {"resnets": r"resnets\.", "attentions": r"attentions\.", "cross-att
               "all but cross-attn k/v": r"^(?!.*attn2\.to_[kv]\.)"}
 
 
-def run(cmd: list[str], log: list[str]) -> float:
-    log.append(shlex.join(cmd))
-    return run_stage(cmd)
-
-
-def sample_and_score(model: str, prompts_file: str, out: str, seeds: int, log: list[str]) -> dict:
+def sample_and_score(model: str, prompts_file: str, out: str, seeds: int, stages: Stages) -> dict:
     metrics_path = os.path.join(out, "metrics.json")
     if not os.path.isfile(metrics_path):
-        py = sys.executable
-        run([py, "-m", "ls_video.sample", "--model", model, "--prompts-file", prompts_file, "--num-videos-per-prompt",
-             str(seeds), "--num-frames", "6", "--num-inference-steps", "25", "--guidance-scale", "4.0", "--seed", "0",
-             "--batch-size", "32", "--out", out], log)
-        run([py, "-m", "ls_video.eval", out], log)
+        stages.run("ls_video.commands.sample", "--model", model, "--prompts-file", prompts_file,
+                   "--num-videos-per-prompt", str(seeds), "--num-frames", "6", "--num-inference-steps", "25",
+                   "--guidance-scale", "4.0", "--seed", "0", "--batch-size", "32", "--out", out)
+        stages.run("ls_video.commands.eval", out)
     else:
-        log.append(f"# {out}/metrics.json exists: reused")
+        stages.log.append(f"# {out}/metrics.json exists: reused")
     with open(metrics_path) as f:
         m = json.load(f)
     return {k: m.get(k) for k in ("direction_acc", "step_acc", "color_acc", "shape_acc", "consistency")} | {
@@ -97,18 +90,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def motion_files(args: argparse.Namespace, out: str, log: list[str]) -> dict:
+def motion_files(args: argparse.Namespace, out: str, stages: Stages) -> dict:
     """Extract the full and the rank-R motion files (once); their sizes."""
-    py = sys.executable
     files = {}
     for rank in [None, *args.ranks]:
         name = "motion.safetensors" if rank is None else f"motion_r{rank}.safetensors"
         path = os.path.join(out, name)
-        cmd = [py, "-m", "ls_video.transfer", "extract", "--video", args.video, "--base", args.base, "--out", path]
+        cmd = ["extract", "--video", args.video, "--base", args.base, "--out", path]
         if rank is not None:
             cmd += ["--rank", str(rank)]
         if not os.path.isfile(path):
-            run(cmd, log)
+            stages.run("ls_video.commands.transfer", *cmd)
         from safetensors.torch import load_file
 
         files[rank] = {"file": path, "bytes": os.path.getsize(path),
@@ -117,18 +109,16 @@ def motion_files(args: argparse.Namespace, out: str, log: list[str]) -> dict:
     return files
 
 
-def rows_to_sample(args: argparse.Namespace, out: str, files: dict, log: list[str]) -> list[tuple[str, str, str]]:
+def rows_to_sample(args: argparse.Namespace, out: str, files: dict, stages: Stages) -> list[tuple[str, str, str]]:
     """``(label, model folder, prompt set)`` per table row, applying the motion files as needed."""
-    py = sys.executable
 
     def applied(tag: str, motion: str, scale: float, include: str | None = None) -> str:
         model = os.path.join(out, "models", tag)
         if not os.path.isfile(os.path.join(model, "model_index.json")):
-            cmd = [py, "-m", "ls_video.transfer", "apply", "--motion", motion, "--target", args.personal,
-                   "--out", model, "--scale", f"{scale:g}"]
+            cmd = ["apply", "--motion", motion, "--target", args.personal, "--out", model, "--scale", f"{scale:g}"]
             if include:
                 cmd += ["--include", include]
-            run(cmd, log)
+            stages.run("ls_video.commands.transfer", *cmd)
         return model
 
     full = files[None]["file"]
@@ -176,24 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    log: list[str] = []
+    stages = Stages()
     prompts = {"new": os.path.join(out, "prompts_new.txt"), "old": os.path.join(out, "prompts_old.txt")}
     for key, items in (("new", new_concept_prompts()), ("old", all_prompts())):
         with open(prompts[key], "w") as f:
             f.write("\n".join(items) + "\n")
 
-    files = motion_files(args, out, log)
-    rows = rows_to_sample(args, out, files, log)
+    files = motion_files(args, out, stages)
+    rows = rows_to_sample(args, out, files, stages)
     results = []
     for label, model, prompt_set in rows:
         sample_dir = os.path.join(out, "samples", f"{os.path.basename(model.rstrip('/'))}_{prompt_set}")
         start = time.perf_counter()
-        metrics = sample_and_score(model, prompts[prompt_set], sample_dir, args.seeds, log)
+        metrics = sample_and_score(model, prompts[prompt_set], sample_dir, args.seeds, stages)
         results.append({"model": label, "path": model, "prompts": prompt_set, "samples": sample_dir, **metrics,
                         "seconds": round(time.perf_counter() - start, 1)})
         print(json.dumps(results[-1]), flush=True)
 
-    write_tables(out, results, files, delta_stats(args.base, args.video, args.personal), log)
+    write_tables(out, results, files, delta_stats(args.base, args.video, args.personal), stages.log)
     return 0
 
 

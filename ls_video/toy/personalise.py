@@ -3,7 +3,7 @@
     python -m ls_video.toy.personalise --base assets/toy-base --out outputs/personal [--steps 1500]
 
 The stand-in for a DreamBooth / textual-inversion fine-tune of Stable Diffusion that users want to
-animate with a motion file (``ls_video.transfer``). It fine-tunes the base on single-frame *images*
+animate with a motion file (``ls_video.commands.transfer``). It fine-tunes the base on single-frame *images*
 (``"a {color} {shape}"``) of every colour x shape of the extended world: purple (RGB 150, 60, 200)
 and an apex-up triangle are new, the 4 old colours and 2 old shapes come along (8 of the 15
 combinations) so nothing is forgotten (DreamBooth's prior preservation, here from the world itself).
@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ls_video.components import PART_NAMES, Parts, freeze, load_components
+from ls_video.components import PART_NAMES, Parts, freeze, load_components, save_sd_folder
 from ls_video.errors import UsageError
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
-from ls_video.tiny import save_sd_folder
 from ls_video.toy.loop import train_steps
 from ls_video.toy.world import ALL_COLORS, ALL_SHAPES, NEW_COLORS, NEW_SHAPES, ToyWorld
+from ls_video.vae_space import pixels_to_vae
 
 # new word -> old words whose embeddings' mean starts it
 NEW_WORDS = {"purple": ("red", "blue"), "triangle": ("square",)}
@@ -109,7 +109,7 @@ def personalise(base: str, out: str, cfg: PersonaliseConfig, check_seeds: int = 
     world = ToyWorld(size=cfg.size, num_frames=2, object_size=cfg.object_size, min_travel=0.0)
     frames, captions = world.images(cfg.num_images, "train", seed=cfg.seed + 19, colors=list(ALL_COLORS),
                                     shapes=ALL_SHAPES)
-    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    images = pixels_to_vae(torch.from_numpy(frames))
     with torch.no_grad():  # raw latents: the objective scales them
         latents = torch.cat([vae.encode(c).latent_dist.mean for c in images.split(512)])
     report: dict = {"base": base, "config": asdict(cfg)}
@@ -188,7 +188,7 @@ def reconstruction_accuracy(vae: AutoencoderKL, world: ToyWorld, seed: int, n: i
     from ls_video.metrics.toy import analyze_video
 
     frames, captions = world.images(n, "val", seed=seed, colors=list(ALL_COLORS), shapes=ALL_SHAPES)
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = pixels_to_vae(torch.from_numpy(frames))
     with torch.no_grad():
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
     rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
@@ -208,17 +208,14 @@ def image_prompts(new: bool) -> list[str]:
 
 def check_images(path: str, seeds: int = 4, steps: int = 25) -> dict:
     """Sample every ``"a {color} {shape}"`` image prompt ``seeds`` times: colour / shape accuracy, new and old."""
-    from ls_video.metrics.toy import score
     from ls_video.pipeline import LatentShiftPipeline
+    from ls_video.toy.check import sample_and_score
 
     pipe = LatentShiftPipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
     out = {}
     for name, new in (("new", True), ("old", False)):
         prompts = image_prompts(new) * seeds
-        frames = pipe(prompts, num_frames=1, num_inference_steps=steps, guidance_scale=4.0,
-                      generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))]).frames
-        result = score(list(frames), prompts)
+        result, _ = sample_and_score(pipe, prompts, range(len(prompts)), num_inference_steps=steps)
         out[name] = {k: result[k] for k in ("n", "color_acc", "shape_acc")}
     return out
 

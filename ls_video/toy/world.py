@@ -29,6 +29,8 @@ SHAPES = ("square", "circle")
 # unit step (dx, dy) in image coordinates (y grows downwards)
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SPLITS = ("train", "val")
+# The words of the toy captions: the vocabulary of the toy tokenizer (ls_video/toy/tokenizer.py).
+TOY_WORDS = "a red green blue yellow square circle moving left right up down".split()
 # Concepts the base and the video fine-tuning never see (issue #19's personalisation, ls_video/toy/personalise.py).
 # Kept out of COLORS / SHAPES so the default world, its clips and its caches are unchanged.
 NEW_COLORS: dict[str, tuple[int, int, int]] = {"purple": (150, 60, 200)}

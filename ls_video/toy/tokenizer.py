@@ -14,7 +14,7 @@ import string
 import tempfile
 from collections.abc import Iterable
 
-from transformers import CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -54,3 +54,20 @@ def build_tokenizer(words: Iterable[str], model_max_length: int = 16) -> CLIPTok
             vocab_file, merges_file, model_max_length=model_max_length, pad_token=EOS,
             bos_token=BOS, eos_token=EOS, unk_token=EOS,
         )
+
+
+def text_encoder_for(tokenizer: CLIPTokenizer, hidden_size: int = 32, **overrides) -> CLIPTextModel:
+    """Two-layer CLIP text transformer (random init) sized to ``tokenizer``: the toy base's and the tests'."""
+    config = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.update(overrides)
+    return CLIPTextModel(CLIPTextConfig(**config))

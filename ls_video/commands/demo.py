@@ -1,19 +1,19 @@
 """``make demo``: the whole Latent-Shift path on the embedded toy world, end to end.
 
-    python -m ls_video.demo --out outputs/demo [--max-steps N] [--base assets/toy-base]
+    python -m ls_video.commands.demo --out outputs/demo [--max-steps N] [--base assets/toy-base]
     ls-video demo --out demo --max-steps 50        (the same, from any folder, also from an installed wheel)
 
 1. toy base (``assets/toy-base``, committed; rebuilt with ``ls_video.toy.make_base`` if missing),
 2. toy videos -> latent shards (``ToyDataModule``, through ``datamodules.preprocess``),
 3. Latent-Shift fine-tuning: ``ls-video fit -c configs/toy.yaml`` (run as ``python -m ls_video.cli fit``),
-4. export: ``python -m ls_video.export last.ckpt OUT/model``,
+4. export: ``python -m ls_video.commands.export last.ckpt OUT/model``,
 5. samples for the 32 prompts x 2 seeds: ``ls-video sample --model OUT/model ...``, and one-frame samples
    (images) of the 8 image prompts x 8 seeds from the fine-tuned model (``OUT/images``) and from the base
    (``OUT/base_images``): with one frame the shift is the identity, so the model should still be the base's
    text-to-image model,
 6. motion / colour / shape accuracy of the videos, colour / shape accuracy of the images and the gallery page
-   ``OUT/index.html``: ``python -m ls_video.eval OUT --images OUT/images --html --run RUN``; the base's image
-   figures (``python -m ls_video.eval OUT/base_images``) are added to ``OUT/metrics.json`` as ``base_image_*``.
+   ``OUT/index.html``: ``python -m ls_video.commands.eval OUT --images OUT/images --html --run RUN``; the base's image
+   figures (``python -m ls_video.commands.eval OUT/base_images``) are added to ``OUT/metrics.json`` as ``base_image_*``.
 Each step is the command a user would type; the demo prints them as it goes, and at the end the
 elapsed time of each stage, the training speed (steps/s) and the accuracy. Every stage runs through
 ``python -m``, in the current folder: a clone and an installed wheel run the same (``ls_video.shipped``
@@ -28,15 +28,9 @@ import json
 import os
 import sys
 
+from ls_video.commands.stage import Stages
 from ls_video.shipped import shipped_path
-from ls_video.stage import run_stage
 from ls_video.toy.world import all_prompts, image_prompts
-
-
-def run(cmd: list[str], stage: str, times: dict[str, float], env: dict[str, str] | None = None) -> None:
-    """Run one stage's command (:func:`ls_video.stage.run_stage`) and record its seconds under ``stage``."""
-    print(f"\n== {stage}", flush=True)
-    times[stage] = run_stage(cmd, env)
 
 
 def summary(times: dict[str, float], run_dir: str, out: str) -> str:
@@ -79,7 +73,7 @@ def _read_json(path: str) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ls_video.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ls_video.commands.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--base", default="assets/toy-base", help="toy base model folder (built if missing)")
     p.add_argument("--config", default="configs/toy.yaml", help="training config")
@@ -91,39 +85,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more train.py arguments")
     args = p.parse_args(argv)
     args.base, args.config = shipped_path(args.base), shipped_path(args.config)  # a clone's or the wheel's copy
-    py = sys.executable
-    times: dict[str, float] = {}
+    stages = Stages()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
 
     if not os.path.isfile(os.path.join(args.base, "model_index.json")):
-        run([py, "-m", "ls_video.toy.make_base", "--out", args.base], "base", times)
+        stages.run("ls_video.toy.make_base", "--out", args.base, name="base")
 
     run_dir = os.path.join(out, "run")
-    train = [py, "-m", "ls_video.cli", "fit", "-c", args.config, "--model.pretrained_model_name_or_path", args.base,
-             "--trainer.default_root_dir", run_dir,
-             "--trainer.logger.init_args.save_dir", run_dir]
+    train = ["fit", "-c", args.config, "--model.pretrained_model_name_or_path", args.base,
+             "--trainer.default_root_dir", run_dir, "--trainer.logger.init_args.save_dir", run_dir]
     if args.max_steps is not None:
         train += ["--trainer.max_steps", str(args.max_steps)]
-    run(train + args.extra, "train", times)
+    stages.run("ls_video.cli", *train, *args.extra, name="train")
 
     model = os.path.join(out, "model")
-    run([py, "-m", "ls_video.export", os.path.join(run_dir, "checkpoints", "last.ckpt"), model], "export", times)
+    last = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    stages.run("ls_video.commands.export", last, model, name="export")
 
     prompts = os.path.join(out, "prompts.txt")
     with open(prompts, "w") as f:
         f.write("\n".join(all_prompts()) + "\n")
     frames = _config_frames(args.config)
     sampling = ["--num-inference-steps", str(args.num_inference_steps), "--guidance-scale", "4.0", "--seed", "0"]
-    run([py, "-m", "ls_video.sample", "--model", model, "--prompts-file", prompts,
-         "--num-videos-per-prompt", str(args.num_videos_per_prompt), "--num-frames", str(frames), *sampling,
-         "--batch-size", "32", "--out", out], "sample", times)
-    images = sample_images(model, args.base, out, args.num_images_per_prompt, sampling, times)
-    run([py, "-m", "ls_video.eval", out, *images, "--html", "--run", run_dir], "eval", times)
+    stages.run("ls_video.commands.sample", "--model", model, "--prompts-file", prompts,
+               "--num-videos-per-prompt", str(args.num_videos_per_prompt), "--num-frames", str(frames), *sampling,
+               "--batch-size", "32", "--out", out, name="sample")
+    images = sample_images(model, args.base, out, args.num_images_per_prompt, sampling, stages)
+    stages.run("ls_video.commands.eval", out, *images, "--html", "--run", run_dir, name="eval")
     add_base_figures(out)
-    run([py, "-m", "ls_video.model_card", model, "--ckpt", os.path.join(run_dir, "checkpoints", "last.ckpt")],
-        "model card", times)  # again, now with the scores and sample GIFs
-    print(summary(times, run_dir, out))
+    stages.run("ls_video.commands.model_card", model, "--ckpt", last,
+               name="model card")  # again, now with the scores and sample GIFs
+    print(summary(stages.seconds, run_dir, out))
     print(f"open {os.path.join(out, 'index.html')} (videos, scores, learning curves); mp4s, manifest.json, "
           f"contact_sheet.png and metrics.json in {out}, model in {model}; tensorboard --logdir {run_dir}", flush=True)
     return 0
@@ -142,24 +135,23 @@ def add_base_figures(out: str) -> None:
 
 
 def sample_images(model: str, base: str, out: str, per_prompt: int, sampling: list[str],
-                  times: dict[str, float]) -> list[str]:
+                  stages: Stages) -> list[str]:
     """One-frame samples of the 8 image prompts from the fine-tuned model and from the base, the base's
     scored at once; returns the eval arguments that add the model's images to the report."""
     if per_prompt <= 0:
         return []
-    py = sys.executable
     image_file = os.path.join(out, "image_prompts.txt")
     with open(image_file, "w") as f:
         f.write("\n".join(image_prompts()) + "\n")
     one_frame = ["--prompts-file", image_file, "--num-videos-per-prompt", str(per_prompt), "--num-frames", "1",
                  *sampling, "--batch-size", "64"]
-    run([py, "-m", "ls_video.sample", "--model", model, *one_frame, "--out", os.path.join(out, "images")],
-        "images", times)
+    stages.run("ls_video.commands.sample", "--model", model, *one_frame, "--out", os.path.join(out, "images"),
+               name="images")
     # A plain diffusers folder makes diffusers import StableDiffusionPipeline, whose image processors make
     # transformers warn that torchvision is missing; nothing here uses them, so that stage runs quietly.
-    run([py, "-m", "ls_video.sample", "--model", base, *one_frame, "--out", os.path.join(out, "base_images")],
-        "base images", times, env={"TRANSFORMERS_VERBOSITY": "error"})
-    run([py, "-m", "ls_video.eval", os.path.join(out, "base_images")], "base eval", times)
+    stages.run("ls_video.commands.sample", "--model", base, *one_frame, "--out", os.path.join(out, "base_images"),
+               name="base images", env={"TRANSFORMERS_VERBOSITY": "error"})
+    stages.run("ls_video.commands.eval", os.path.join(out, "base_images"), name="base eval")
     return ["--images", os.path.join(out, "images")]
 
 

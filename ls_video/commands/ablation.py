@@ -1,6 +1,6 @@
 """The ablation: train each temporal-mixing variant on the toy world, sample, score, write a table.
 
-    python -m ls_video.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--max-steps N]
+    python -m ls_video.commands.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--max-steps N]
 
 For every variant (and with ``--sweep`` the shift-fraction / placement sweep) it runs
 ``train.py fit -c <train_config> <overrides>`` into ``<out>/<variant>`` (skipped when that run already
@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from ls_video.checkpoint import load_checkpoint, temporal_config_from_hparams
-from ls_video.errors import command
+from ls_video.errors import UsageError, command
 from ls_video.objective import ObjectiveConfig
 from ls_video.temporal_layers import added_parameters
 from ls_video.toy.curve import evaluate_checkpoint
@@ -57,7 +57,7 @@ def reach_table(base: str) -> str:
     """Temporal reach of the shift for the toy base's U-Net and the SD-1.5 U-Net (built on the meta device)."""
     from diffusers import UNet2DConditionModel
 
-    from ls_video.presets import sd15_unet
+    from ls_video.testing.presets import sd15_unet
 
     with torch.device("meta"):
         nets = {"toy": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(base, subfolder="unet")),
@@ -90,7 +90,7 @@ def train(name: str, overrides: list[str], cfg: dict, steps: int) -> str:
 
 def toy_fvd(videos: list, toy_net: str) -> float:
     """FVD of the samples against as many rendered toy-world validation clips (toy feature net)."""
-    from ls_video.eval import load_reference
+    from ls_video.commands.eval import load_reference
     from ls_video.metrics.features import Extractor
     from ls_video.metrics.frechet import frechet_distance_of
 
@@ -103,15 +103,16 @@ def side_by_side_times(ckpts: dict[str, str], reps: int, frames: int = 6) -> dic
     """Median train-step and sampling seconds per variant, variants alternating in this process."""
     from ls_video.checkpoint import pipeline_from_checkpoint
     from ls_video.module import LatentShiftModule
-    from ls_video.timing import alternate
+    from ls_video.testing.timing import alternate
 
     modules, pipes = {}, {}
     for name, path in ckpts.items():
-        hp = load_checkpoint(path)["hyper_parameters"]
+        checkpoint = load_checkpoint(path)
+        hp = checkpoint["hyper_parameters"]
         config = temporal_config_from_hparams(hp)
         modules[name] = LatentShiftModule(hp["pretrained_model_name_or_path"], temporal=config,
                                           objective=ObjectiveConfig(caption_dropout=0.0))
-        pipes[name] = pipeline_from_checkpoint(path)
+        pipes[name] = pipeline_from_checkpoint(checkpoint)
         pipes[name].set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(0)
     batch = {"latents": torch.randn(16, frames, 4, 8, 8, generator=g), "captions": ["a red square moving left"] * 16}
@@ -179,6 +180,27 @@ def write_results(path: str, text: str, marker: str = "ablation") -> None:
         f.write(doc)
 
 
+def score_variant(name: str, path: str, cfg: dict, steps: int, seeds: int, frames: int) -> dict:
+    """Toy scores of a variant's checkpoint (cached in ``OUT/NAME/scores.json`` for that many steps)."""
+    cache = os.path.join(cfg["out"], name, "scores.json")
+    if os.path.isfile(cache) and json.load(open(cache)).get("step") == steps:
+        return json.load(open(cache))
+    r = evaluate_checkpoint(path, seeds, 25, frames, 4.0, return_videos=True)
+    videos = r.pop("videos")
+    r.pop("rows", None)
+    if cfg.get("toy_net"):
+        r["toy_fvd"] = toy_fvd(videos, cfg["toy_net"])
+    if cfg.get("long_range"):
+        from ls_video.metrics.toy import score_long
+        from ls_video.toy.world import all_prompts
+
+        r.update(score_long(videos, [p for p in all_prompts() for _ in range(seeds)]))
+    with open(cache, "w") as f:
+        json.dump(r, f, indent=2)
+    print(f"[ablation] {name}: {json.dumps(r)}", flush=True)
+    return r
+
+
 @command("ls-video ablation")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ls-video ablation", description=__doc__.split("\n")[0])
@@ -197,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         unknown = set(args.only.split(",")) - set(variants)
         if unknown:
-            raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
+            raise UsageError(f"unknown variants {sorted(unknown)}; known: {sorted(variants)}")
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     toy_net = cfg.get("toy_net")
     if toy_net and not os.path.isfile(os.path.join(toy_net, "model.safetensors")):
@@ -208,25 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, ckpts = {}, {}
     frames = cfg.get("num_frames", 6)
     for name, overrides in variants.items():  # each variant is scored as soon as it is trained
-        path = ckpts[name] = train(name, overrides, cfg, steps)
-        cache = os.path.join(cfg["out"], name, "scores.json")
-        if os.path.isfile(cache) and json.load(open(cache)).get("step") == steps:
-            rows[name] = json.load(open(cache))
-            continue
-        r = evaluate_checkpoint(path, seeds, 25, frames, 4.0, return_videos=True)
-        videos = r.pop("videos")
-        r.pop("rows", None)
-        if toy_net:
-            r["toy_fvd"] = toy_fvd(videos, toy_net)
-        if cfg.get("long_range"):
-            from ls_video.metrics.toy import score_long
-            from ls_video.toy.world import all_prompts
-
-            r.update(score_long(videos, [p for p in all_prompts() for _ in range(seeds)]))
-        rows[name] = r
-        with open(cache, "w") as f:
-            json.dump(r, f, indent=2)
-        print(f"[ablation] {name}: {json.dumps(r)}", flush=True)
+        ckpts[name] = train(name, overrides, cfg, steps)
+        rows[name] = score_variant(name, ckpts[name], cfg, steps, seeds, frames)
     for name, t in side_by_side_times(ckpts, cfg.get("timing_reps", 5), frames).items():
         rows[name].update(t)
     os.makedirs(cfg["out"], exist_ok=True)

@@ -1,7 +1,7 @@
 """Motion as a file: what video fine-tuning changed in a U-Net, carried onto another fine-tune of its base.
 
-    python -m ls_video.transfer extract --video VIDEO_MODEL --base BASE --out motion.safetensors [--rank R]
-    python -m ls_video.transfer apply --motion motion.safetensors --target OTHER_MODEL --out OUT [--scale S]
+    python -m ls_video.commands.transfer extract --video VIDEO_MODEL --base BASE --out motion.safetensors [--rank R]
+    python -m ls_video.commands.transfer apply --motion motion.safetensors --target OTHER_MODEL --out OUT [--scale S]
 
 (also ``ls-video transfer extract|apply ...``). Latent-Shift adds no layers, so its "motion" is the
 weight delta ``video U-Net - base U-Net``. ``extract`` stores it whole (float32) or, with ``--rank``,

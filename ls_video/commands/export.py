@@ -18,7 +18,7 @@ import dataclasses
 import os
 import sys
 
-from ls_video.checkpoint import find_ema_state, load_checkpoint, pipeline_from_checkpoint
+from ls_video.checkpoint import load_checkpoint, pipeline_from_checkpoint, uses_ema
 from ls_video.errors import UsageError, command
 from ls_video.lora import save_adapter, settings_from_hparams
 from ls_video.model_card import write_model_card
@@ -31,8 +31,7 @@ def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None
     """Write the folder (and, with ``single_file``, the U-Net as one original-layout safetensors file; with
     ``adapter_only``, a LoRA run's adapter alone); returns whether EMA weights were used (default: when present)."""
     checkpoint = load_checkpoint(ckpt)  # once: the pipeline, the card and the single file read it
-    if ema is None:
-        ema = find_ema_state(checkpoint) is not None
+    ema = uses_ema(checkpoint, ema)
     if adapter_only:
         lora = settings_from_hparams(checkpoint.get("hyper_parameters", {}))
         if not lora.enabled:

@@ -32,7 +32,7 @@ def sd15_components(words: tuple[str, ...] = ("a", "red", "square", "moving", "l
     """Every SD-1.5-sized component with random weights (VAE 84M, CLIP ViT-L text encoder 123M,
     U-Net 860M), a 77-token tokenizer over ``words``, and the SD-1.5 noise schedule (DDPM; samplers are made
     from its config)."""
-    from ls_video.tokenizer import build_tokenizer
+    from ls_video.toy.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(words, model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(

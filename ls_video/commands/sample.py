@@ -4,7 +4,7 @@
     (or: python sample.py ...)
 
 ``--model`` takes a diffusers folder (a plain Stable Diffusion 1.x/2.x folder gets the shift added
-to its U-Net), a folder exported by ``python -m ls_video.export``, or a Lightning ``.ckpt``.
+to its U-Net), a folder exported by ``python -m ls_video.commands.export``, or a Lightning ``.ckpt``.
 Writes one video per (prompt, seed), ``manifest.json`` and ``contact_sheet.png`` to ``--out``.
 """
 

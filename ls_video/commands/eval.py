@@ -1,6 +1,6 @@
 """Evaluate a ``sample.py`` output folder (``manifest.json`` + videos).
 
-    python -m ls_video.eval DIR [--metrics motion,clipsim,fvd,fid] [--clip-model PATH]
+    python -m ls_video.commands.eval DIR [--metrics motion,clipsim,fvd,fid] [--clip-model PATH]
         [--fvd-model PATH] [--fid-model PATH] [--reference DIR|toy] [--device cpu] [--html [--run RUN]]
         [--images DIR2]
 
@@ -22,7 +22,7 @@ and the reference set.
 ``--reference`` is a folder of real videos (mp4/gif/webm, or a ``sample.py`` folder) or ``toy``:
 clips of the toy world's validation split rendered at the samples' resolution and frame count.
 
-``--html`` also writes ``DIR/index.html`` (``ls_video.gallery``): every sample as an animated GIF with its
+``--html`` also writes ``DIR/index.html`` (``ls_video.commands.gallery``): every sample as an animated GIF with its
 prompt, seed and scores, the metrics, and with ``--run`` the training run's loss curves.
 """
 
@@ -182,7 +182,7 @@ def evaluate(folder: str, metrics: tuple[str, ...] = ("motion",), clip_model: st
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     if html:
-        from ls_video.gallery import write_gallery
+        from ls_video.commands.gallery import write_gallery
 
         write_gallery(folder, everything + extra, result, run_dir)
     return result
