@@ -37,7 +37,11 @@ class LoraSettings:
 
     Args:
         rank: LoRA rank ``r``; 0 disables LoRA.
-        alpha: scale numerator (the update is ``alpha / rank * B @ A``); ``None`` uses ``rank`` (scale 1).
+        alpha: scale numerator; ``None`` uses ``rank``.
+        rank_stabilized: scale the update by ``alpha / sqrt(rank)`` (rsLoRA, Kalajdzievski 2023) instead of
+            ``alpha / rank``: with ``alpha = rank`` the weight change per step then matches a full fine-tune's at the
+            same learning rate, whatever the rank, so the recipe's learning rate carries over (docs/RESULTS.md:
+            at ``alpha / rank`` a rank-16 adapter had not learned motion after the full fine-tune's 1500 steps).
         dropout: dropout on the adapter's input.
         target_modules: ``"resnet+attention"`` (every ResNet block's ``conv1``/``conv2`` and the attention
             ``to_q/to_k/to_v/to_out.0``: what the shift needs), ``"attention"`` (diffusers' default; cannot
@@ -46,6 +50,7 @@ class LoraSettings:
 
     rank: int = 0
     alpha: float | None = None
+    rank_stabilized: bool = True
     dropout: float = 0.0
     target_modules: str | list[str] = "resnet+attention"
 
@@ -71,7 +76,12 @@ class LoraSettings:
         except ImportError:
             raise UsageError("LoRA needs peft, which is not installed: pip install peft") from None
         return LoraConfig(r=self.rank, lora_alpha=self.alpha or self.rank, lora_dropout=self.dropout,
-                          init_lora_weights="gaussian", target_modules=self.targets())
+                          use_rslora=self.rank_stabilized, init_lora_weights="gaussian", target_modules=self.targets())
+
+    @property
+    def scale(self) -> float:
+        """What multiplies ``B @ A``."""
+        return (self.alpha or self.rank) / (self.rank ** 0.5 if self.rank_stabilized else self.rank)
 
 
 def settings_from_hparams(hparams: dict) -> LoraSettings:
@@ -120,7 +130,7 @@ def kohya_state(state: dict[str, torch.Tensor], settings: LoraSettings) -> dict[
     """The adapter in Kohya's key format (``lora_unet_<module path with _>.lora_down/.lora_up/.alpha``), which
     A1111, ComfyUI and diffusers' ``load_lora_weights`` read for SD-1.x U-Nets."""
     out: dict[str, torch.Tensor] = {}
-    alpha = torch.tensor(float(settings.alpha or settings.rank))
+    alpha = torch.tensor(settings.scale * settings.rank)  # Kohya scales by alpha / rank
     for key, value in state.items():
         module, kind = key.rsplit(".lora_", 1)
         name = "lora_unet_" + module.replace(".", "_")
@@ -149,7 +159,7 @@ def save_adapter(unet: UNet2DConditionModel, settings: LoraSettings, out: str) -
         out, unet_lora_layers=state, weight_name=PEFT_FILE,
         unet_lora_adapter_metadata=unet.peft_config[ADAPTER].to_dict())
     temporal = get_temporal_config(unet)
-    meta = {"ss_network_dim": str(settings.rank), "ss_network_alpha": str(settings.alpha or settings.rank),
+    meta = {"ss_network_dim": str(settings.rank), "ss_network_alpha": str(settings.scale * settings.rank),
             "ss_network_module": "networks.lora",
             "latent_shift": json.dumps(dataclasses.asdict(temporal) if temporal else None)}
     save_file(kohya_state(state, settings), os.path.join(out, KOHYA_FILE), metadata=meta)
