@@ -25,10 +25,10 @@ from urllib.parse import urljoin, urlsplit
 
 import webdataset as wds
 
-from ls_video.errors import UsageError
+from ls_video.errors import UnreachableError, UsageError
 
 
-class ShardReadError(OSError):
+class ShardReadError(UnreachableError):
     """A shard could not be (fully) read; ``reason`` names why."""
 
     def __init__(self, reason: str, message: str, retryable: bool = True) -> None:

@@ -24,11 +24,16 @@ class BadDataError(RuntimeError):
     """Too much of the training data could not be read (raised by ``callbacks.DataHealth``)."""
 
 
+class UnreachableError(OSError):
+    """Data the run needs could not be read from its storage (network, object store): the environment, not a bug."""
+
+
 class DivergedError(FloatingPointError):
     """Training stopped after too many non-finite losses in a row (raised by ``ls_video.nonfinite``)."""
 
 
-USER_ERRORS = (UsageError, BadDataError, DivergedError, ArgumentError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (UsageError, BadDataError, DivergedError, UnreachableError, ArgumentError, FileNotFoundError,
+               NotADirectoryError)
 # Raised by every rank at the same step (the decision is agreed first): only rank zero prints it.
 EVERY_RANK = (BadDataError, DivergedError)
 

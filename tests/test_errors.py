@@ -103,3 +103,17 @@ def test_a_plain_value_error_in_a_datamodule_keeps_its_traceback():
 
     with pytest.raises(ValueError, match="pattern"):
         run([])
+
+
+def test_storage_that_cannot_be_reached_is_one_line(capsys):
+    """Fails if a shard that cannot be read from its storage (after the retries) prints a traceback like a bug: it
+    is the network's doing, and the message names the URL and the reason."""
+    from datamodules.remote import ShardReadError
+
+    @command("prog")
+    def run(argv: list[str] | None) -> int:
+        raise ShardReadError("timeout", "http://127.0.0.1:9/shard-000000.tar: no bytes for 30 s (3 tries)")
+
+    assert run([]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "shard-000000.tar" in err and len(err.strip().splitlines()) == 1
