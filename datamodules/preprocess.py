@@ -30,6 +30,7 @@ import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm import tqdm
 
+from datamodules.buckets import Bucket, add_bucket_args, bucket_report, bucket_settings, bucket_summary, count_bucket
 from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_shard, tar_units
 from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
@@ -51,15 +52,32 @@ class VaeEncoder(L.LightningModule):
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        if batch["frames"] is None:
+        """``latents``: ``(B, F, C, h, w)`` float16, or a list of ``(F, C, h, w)`` for a list of clips."""
+        frames = batch["frames"]
+        if frames is None:
             return {"latents": None, **batch}
-        b, f = batch["frames"].shape[:2]
-        flat = batch["frames"].to(self.device).flatten(0, 1).permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1
+        if torch.is_tensor(frames):
+            return {**batch, "latents": self.encode(frames)}
+        return {**batch, "latents": encode_by_shape(self.encode, frames)}
+
+    def encode(self, frames: torch.Tensor) -> np.ndarray:
+        """``(B, F, H, W, 3)`` uint8 -> ``(B, F, C, h, w)`` float16 unscaled latent means."""
+        b, f = frames.shape[:2]
+        flat = frames.to(self.device).flatten(0, 1).permute(0, 3, 1, 2).to(self.vae.dtype) / 127.5 - 1
         dtype = torch.bfloat16 if self.device.type == "cuda" else None
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             latents = self.vae.encode(flat).latent_dist.mean
-        latents = latents.float().unflatten(0, (b, f)).cpu().numpy().astype(np.float16)
-        return {"latents": latents, **batch}
+        return latents.float().unflatten(0, (b, f)).cpu().numpy().astype(np.float16)
+
+
+def encode_by_shape(encode, clips: list[torch.Tensor]) -> list[np.ndarray]:
+    """Encode clips of mixed shapes (bucketed preprocessing): each shape as one batch, order kept."""
+    out: list[np.ndarray | None] = [None] * len(clips)
+    for shape in dict.fromkeys(c.shape for c in clips):
+        idx = [i for i, c in enumerate(clips) if c.shape == shape]
+        for i, latents in zip(idx, encode(torch.stack([clips[i] for i in idx])), strict=True):
+            out[i] = latents
+    return out
 
 
 class ShardWriterCallback(BasePredictionWriter):
@@ -100,10 +118,13 @@ class ShardWriterCallback(BasePredictionWriter):
                             disable=self.total == 0)
         for i, g in enumerate(prediction["good"]):
             writer, stats = self._shard(g["shard"])
-            meta = {**self.settings, **g["meta"], "num_frames": int(prediction["latents"].shape[1]),
-                    "latent_shape": list(prediction["latents"][i].shape)}
-            writer.write(encode_sample(g["key"], prediction["latents"][i], g["caption"], meta))
+            latents = prediction["latents"][i]
+            meta = {**self.settings, **g["meta"], "num_frames": int(latents.shape[0]),
+                    "latent_shape": list(latents.shape)}
+            writer.write(encode_sample(g["key"], latents, g["caption"], meta))
             stats["samples"] += 1
+            if "bucket" in meta:
+                count_bucket(stats, meta["bucket"], meta["latent_shape"])
             self.clips += 1
         for b in prediction["bad"]:
             self._shard(b["shard"])[1]["skipped"].append({"source": b["source"], "reason": b["error"],
@@ -130,6 +151,8 @@ def write_index(out: str, settings: dict, write: bool = True) -> dict:
               "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped_files": skipped}
     index = {"shards": [{"name": st["shard"], "samples": st["samples"]} for st in stats],
              "num_samples": report["written"], "settings": settings}
+    report.update(bucket_report(stats, settings))  # bucketed jobs: clips per bucket, empty buckets
+    index.update({k: v for k, v in report.items() if k == "buckets"})
     if write:
         with open(os.path.join(out, "index.json"), "w") as f:
             json.dump(index, f, indent=2)
@@ -142,8 +165,12 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
                frame_stride: int | None = None, size: int = 256, shard_size: int = 1000,
                batch_size: int = 8, num_workers: int = 2, devices: int | str = 1, num_nodes: int = 1,
                accelerator: str = "auto", video_dir: str | None = None, in_process: bool = False,
-               clip_start: str = "start", clips_per_video: int = 1, seed: int = 0) -> dict:
+               clip_start: str = "start", clips_per_video: int = 1, seed: int = 0,
+               buckets: tuple[Bucket, ...] = (), frame_buckets: tuple[int, ...] = ()) -> dict:
     """Run the job (see the module docstring) and return the merged report.
+
+    ``buckets`` / ``frame_buckets`` (:mod:`datamodules.buckets`) replace the ``size`` square and the
+    ``num_frames`` length by the nearest aspect-ratio bucket and the longest clip length each video fills.
 
     ``in_process`` runs the same predict step and writer in a plain loop on this process's device,
     without a ``Trainer`` (for callers that already run inside one, e.g. ``ToyDataModule.prepare_data``).
@@ -152,7 +179,8 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
         fps = None
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
-    spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed)
+    spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed, tuple(buckets),
+                    tuple(frame_buckets))
     urls = shard_urls(videos)
     sources = list_sources(videos, video_dir) if urls is None else []
     units = file_units(sources, shard_size, batch_size) if urls is None else tar_units(urls)
@@ -192,12 +220,13 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
 def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
     from ls_video.components import vae_fingerprint
 
-    return dict(vae=model.vae_path, vae_fingerprint=vae_fingerprint(model.vae),
+    return {**dict(vae=model.vae_path, vae_fingerprint=vae_fingerprint(model.vae),
                 latent_channels=int(model.vae.config.latent_channels),
                 scaling_factor=float(model.vae.config.scaling_factor),
                 shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=spec.size,
                 fps=spec.fps if spec.stride is None else None, frame_stride=spec.frame_stride,
-                clip_start=spec.clip_start, clips_per_video=spec.clips_per_video, seed=spec.seed)
+                clip_start=spec.clip_start, clips_per_video=spec.clips_per_video, seed=spec.seed),
+            **bucket_settings(spec)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -220,6 +249,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="K non-overlapping clips spread over each video, each its own sample (0: as many as fit)")
     p.add_argument("--seed", type=int, default=0, help="seed of --clip-start random")
     p.add_argument("--size", type=int, default=256, help="square side in pixels after resize + center crop")
+    add_bucket_args(p)
     p.add_argument("--shard-size", type=int, default=1000,
                    help="source videos per output shard (= clips with one clip per video); tar shards in: "
                         "one output shard per input shard")
@@ -241,11 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
                         args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
                         args.accelerator, args.video_dir, clip_start=args.clip_start,
-                        clips_per_video=args.clips_per_video, seed=args.seed)
+                        clips_per_video=args.clips_per_video, seed=args.seed, buckets=args.buckets,
+                        frame_buckets=args.frame_buckets)
     if report["rank"] == 0:
         rate = report["clips_per_s_rank0"]
         print(f"wrote {report['written']} clips, skipped {report['skipped']} {report['skipped_by_reason']}"
               + (f", {rate:.1f} clips/s" if rate else "") + f" -> {args.out}")
+        if "buckets" in report:
+            print(bucket_summary(report))
     return 0
 
 
