@@ -1,0 +1,132 @@
+"""Bucketed batches (issue #27): homogeneous, budget-scaled, proportional, tiny buckets kept, workers, ranks,
+resume."""
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from datamodules import LatentVideoDataModule
+from datamodules.bucket_batches import BucketOptions, BucketTable
+from datamodules.synthetic import write_bucketed_shards
+
+# name: ((F, C, h, w), clips); with batch_size 4 the budget is 4 x 8*4*8 = 1024 latent pixels x frames
+BUCKETS = {
+    "64x32x8": ((8, 4, 4, 8), 120),  # the largest: batch 4
+    "32x32x8": ((8, 4, 4, 4), 80),  # half the volume: batch 8
+    "32x32x4": ((4, 4, 4, 4), 40),  # a quarter: batch 16
+    "32x64x8": ((8, 4, 8, 4), 3),  # tiny: 3 clips, fewer than its batch of 4
+}
+SIZES = {"64x32x8": 4, "32x32x8": 8, "32x32x4": 16, "32x64x8": 3}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bucketed")
+    keys = write_bucketed_shards(out, BUCKETS, num_shards=8)
+    return str(out / "shard-{000000..000007}.tar"), keys
+
+
+def datamodule(urls, rank=0, world=2, **kw):
+    dm = LatentVideoDataModule(urls, **{"batch_size": 4, "num_workers": 2, "shuffle_buffer": 50,
+                                        "buckets": BucketOptions(), **kw})
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, global_step=0, lightning_module=None)
+    return dm
+
+
+def check_homogeneous(batches, keys):
+    """Every batch: one bucket, named right, of that bucket's batch size (or a smaller leftover)."""
+    for b in batches:
+        assert {keys[k] for k in b["keys"]} == {b["bucket"]}
+        assert tuple(b["latents"].shape[1:]) == BUCKETS[b["bucket"]][0]
+        assert len(b["keys"]) <= SIZES[b["bucket"]]
+
+
+def test_batch_sizes_follow_the_budget_and_tiny_buckets_are_named():
+    """A budget bug (e.g. scaling by h*w without frames) gives 32x32x4 a batch of 8, not 16."""
+    table = BucketTable({n: {"samples": c, "latent_shape": list(s)} for n, (s, c) in BUCKETS.items()}, 4,
+                        BucketOptions())
+    assert table.budget == 1024 and table.sizes == SIZES and table.tiny == ["32x64x8"]
+    warned = []
+    table.warn_tiny(warned.append)
+    assert "32x64x8 (3 clips, batch 3)" in warned[0]
+    assert table.batch_size((2, 4, 4, 4)) == 32 and table.name((2, 4, 4, 4)) == "latent_2x4x4x4"  # not indexed
+    over = BucketTable({n: {"samples": c, "latent_shape": list(s)} for n, (s, c) in BUCKETS.items()}, 4,
+                       BucketOptions(budget=512, batch_sizes={"32x32x8": 3}))
+    assert over.sizes == {"64x32x8": 2, "32x32x8": 3, "32x32x4": 8, "32x64x8": 2}
+    with pytest.raises(ValueError, match="does not list"):
+        BucketTable({}, 4, BucketOptions(batch_sizes={"9x9x9": 1}))
+
+
+def test_resampled_batches_are_homogeneous_and_proportional_with_two_workers(shards):
+    """2 workers, 300 batches: each bucket's share of the clips within 5 points of its share of the data
+    (greedy filling that favoured large buckets, or a worker that read only some shards, fails here)."""
+    urls, keys = shards
+    dm = datamodule(urls, epoch_length=1200)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 300  # epoch_length // batch_size, split over the 2 workers
+    check_homogeneous(batches, keys)
+    assert {b["data_stats"]["worker"] for b in batches} == {0, 1}
+    seen = Counter()
+    for b in batches:
+        seen[b["bucket"]] += len(b["keys"])
+        assert len(b["keys"]) == SIZES[b["bucket"]]  # an infinite stream never yields a partial batch
+    total, data = sum(seen.values()), sum(c for _, c in BUCKETS.values())
+    for name, (_, count) in BUCKETS.items():
+        assert abs(seen[name] / total - count / data) < 0.05, (name, seen)
+    assert seen["32x64x8"] > 0  # the tiny bucket is trained, not starved
+
+
+def test_two_ranks_one_pass_read_every_clip_once(shards):
+    """``resampled: false``, 2 ranks x 2 workers: disjoint, together every clip once; unfilled groups at the end
+    come as smaller batches (nothing dropped)."""
+    urls, keys = shards
+    per_rank = []
+    for rank in range(2):
+        batches = list(datamodule(urls, rank=rank, resampled=False, shuffle_buffer=0).train_dataloader())
+        check_homogeneous(batches, keys)
+        per_rank.append([k for b in batches for k in b["keys"]])
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(keys)
+
+
+def test_ranks_get_equal_batch_counts_and_their_own_draws(shards):
+    """Under DDP every rank must run the same number of steps: equal counts, different samples."""
+    urls, keys = shards
+    runs = [list(datamodule(urls, rank=r, epoch_length=200).train_dataloader()) for r in range(2)]
+    assert len(runs[0]) == len(runs[1]) == 50
+    assert [b["keys"] for b in runs[0]] != [b["keys"] for b in runs[1]]
+
+
+def test_a_resumed_stream_continues_with_new_reproducible_draws(shards):
+    """The checkpoint's step seeds the resumed stream, as for unbucketed data: not a replay of the start."""
+    urls, _ = shards
+
+    def keys_of(step):
+        dm = datamodule(urls, world=1, num_workers=1, epoch_length=80)
+        if step:
+            dm.load_state_dict({"saved_at_step": step})
+        return [b["keys"] for b in dm.train_dataloader()]
+
+    fresh, resumed, again = keys_of(0), keys_of(10), keys_of(10)
+    assert resumed == again and resumed != fresh
+
+
+def test_buckets_refuse_num_frames_and_need_a_table(shards, tmp_path):
+    urls, _ = shards
+    with pytest.raises(ValueError, match="drop num_frames"):
+        LatentVideoDataModule(urls, num_frames=4, buckets=BucketOptions())
+    dm = datamodule(urls, buckets=BucketOptions(index=str(tmp_path / "index.json")))
+    (tmp_path / "index.json").write_text('{"shards": []}')
+    with pytest.raises(ValueError, match="no bucket table"):
+        dm.train_dataloader()
+
+
+def test_unbucketed_streams_still_skip_other_shapes(shards):
+    """Without ``buckets`` mixed shards are not silently mixed: other shapes are skipped as ``bad_shape``."""
+    urls, _ = shards
+    dm = LatentVideoDataModule(urls, batch_size=2, num_workers=0, epoch_length=20)
+    stream = dm.train_stream()
+    assert len(list(stream)) == 20 and stream.skipped["bad_shape"] > 0
+    assert torch.is_tensor(next(iter(dm.train_dataloader()))["latents"])
