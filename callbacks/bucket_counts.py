@@ -28,7 +28,7 @@ class BucketCounts(L.Callback):
 
     def totals(self, trainer: L.Trainer) -> dict[str, int]:
         """Clips per bucket over all ranks (a collective under DDP: every rank calls it at the same step)."""
-        counts = self.counts
+        counts = self.counts.clone()  # all-reduce works in place: this rank's own counts must stay its own
         if trainer.world_size > 1:
             counts = trainer.strategy.reduce(counts.to(trainer.strategy.root_device), reduce_op="sum").cpu()
         return {name: int(c) for name, c in zip(self.names, counts.tolist(), strict=True)}

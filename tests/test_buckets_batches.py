@@ -130,3 +130,57 @@ def test_unbucketed_streams_still_skip_other_shapes(shards):
     stream = dm.train_stream()
     assert len(list(stream)) == 20 and stream.skipped["bad_shape"] > 0
     assert torch.is_tensor(next(iter(dm.train_dataloader()))["latents"])
+
+
+@pytest.mark.slow
+def test_bucketed_fit_in_two_processes_resumes_with_joint_images_and_the_nan_guard(shards, tiny_base, tmp_path):
+    """configs/toy.yaml's callbacks (JointImageVideo adding image batches from step 2, EMA, DataHealth, videos at
+    validation) on bucketed shards, 2 gloo processes, rank 1's batch NaN at step 1, 4 steps, then resumed to 8:
+    every step's batch is one bucket at its batch size, both ranks run every step (a rank with fewer batches
+    would hang DDP), the NaN step is skipped on both, clips per bucket are logged summed over ranks, and the
+    resumed steps draw other clips than the first ones."""
+    import json
+
+    from shipped import add_callback, run, shipped_toy, write
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from datamodules.synthetic import write_synthetic_shards
+
+    urls, keys = shards
+    write_synthetic_shards(tmp_path / "images", num_shards=2, per_shard=8, shape=(1, 4, 4, 4))
+    cfg = shipped_toy(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=4, val_check_interval=2,
+                      limit_val_batches=1, log_every_n_steps=1)
+    cfg["data"] = {"class_path": "datamodules.LatentVideoDataModule",
+                   "init_args": {"train_urls": urls, "val_urls": urls, "batch_size": 4, "num_workers": 2,
+                                 "shuffle_buffer": 20, "buckets": {}}}
+    for cb in cfg["trainer"]["callbacks"]:
+        if cb["class_path"] == "callbacks.JointImageVideo":
+            cb["init_args"]["image_urls"] = str(tmp_path / "images" / "shard-{000000..000001}.tar")
+    add_callback(cfg, "callbacks.BucketCounts")
+    records, states = {}, {}
+    for name, extra in (("first", []), ("resumed", ["--trainer.max_steps", "8", "--ckpt_path", "last"])):
+        add_callback(cfg, "record_buckets.RecordBuckets", out=str(tmp_path / name))
+        add_callback(cfg, "nonfinite_on_rank.NonFiniteOnRank", out=str(tmp_path / name / "state"), rank=1, step=1)
+        r = run("fit", "-c", str(write(cfg, tmp_path / f"{name}.yaml")), *extra, timeout=600)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        records[name] = [json.loads((tmp_path / name / f"rank{k}.json").read_text()) for k in range(2)]
+        states[name] = [json.loads((tmp_path / name / "state" / f"rank{k}.json").read_text()) for k in range(2)]
+        del cfg["trainer"]["callbacks"][-2:]
+    for ranks in records.values():
+        for steps in ranks:
+            assert len(steps) == 4
+            for step, bucket, batch_keys, image_frames in steps:
+                assert {keys[k] for k in batch_keys} == {bucket} and len(batch_keys) == SIZES[bucket]
+                assert image_frames == (1 if step >= 2 else 0)  # JointImageVideo adds its images from step 2
+        assert ranks[0] != ranks[1]
+    assert [s[2] for s in records["resumed"][0]] != [s[2] for s in records["first"][0]]
+    first, resumed = states["first"], states["resumed"]
+    assert first[0] == first[1] and first[0]["global_step"] == 4 and first[0]["nonfinite_steps"] == 1
+    assert resumed[0]["global_step"] == 8 and resumed[0]["weights"] == resumed[1]["weights"]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "version_0"))
+    events.Reload()
+    logged = {t[len("data/bucket_"):]: events.Scalars(t)[-1].value for t in events.Tags()["scalars"]
+              if t.startswith("data/bucket_")}
+    trained = Counter(bucket for steps in records["first"] for _, bucket, batch_keys, _ in steps
+                      for _ in batch_keys)
+    assert {k: v for k, v in logged.items() if v} == trained  # both ranks' clips, at step 4 (not summed twice)
