@@ -54,6 +54,14 @@ def parse_frame_buckets(text: str) -> tuple[int, ...]:
     return tuple(frames)
 
 
+def check_multiples(buckets: tuple[Bucket, ...], factor: int) -> None:
+    """Bucket sides must be multiples of the VAE's downsampling ``factor`` (one-line :class:`UsageError`)."""
+    bad = [f"{b.width}x{b.height}" for b in buckets if b.width % factor or b.height % factor]
+    if bad:
+        raise UsageError(f"--buckets {', '.join(bad)}: width and height must be multiples of {factor} (the VAE's "
+                         "downsampling); to sample them too, of the VAE's x U-Net's stride (Stable Diffusion: 64)")
+
+
 def nearest_bucket(height: int, width: int, buckets: tuple[Bucket, ...]) -> Bucket:
     """The bucket nearest the frame's aspect ratio (log distance; a tie goes to the one listed first)."""
     aspect = math.log(width / height)

@@ -30,7 +30,15 @@ import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm import tqdm
 
-from datamodules.buckets import Bucket, add_bucket_args, bucket_report, bucket_settings, bucket_summary, count_bucket
+from datamodules.buckets import (
+    Bucket,
+    add_bucket_args,
+    bucket_report,
+    bucket_settings,
+    bucket_summary,
+    check_multiples,
+    count_bucket,
+)
 from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_shard, tar_units
 from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
@@ -186,6 +194,7 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     units = file_units(sources, shard_size, batch_size) if urls is None else tar_units(urls)
     os.makedirs(out, exist_ok=True)
     model = VaeEncoder(vae)
+    check_multiples(spec.buckets, 2 ** (len(model.vae.config.block_out_channels) - 1))
     settings = {**_settings(model, spec), "shard_size": shard_size if urls is None else None}
     trainer = None
     if not in_process:

@@ -184,3 +184,19 @@ def test_bucketed_fit_in_two_processes_resumes_with_joint_images_and_the_nan_gua
     trained = Counter(bucket for steps in records["first"] for _, bucket, batch_keys, _ in steps
                       for _ in batch_keys)
     assert {k: v for k, v in logged.items() if v} == trained  # both ranks' clips, at step 4 (not summed twice)
+
+
+def test_the_shipped_bucketed_data_config_builds():
+    """configs/data/webvid_buckets.yaml parses into a bucketed LatentVideoDataModule (a renamed option fails)."""
+    from pathlib import Path
+
+    import lightning as L
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(L.LightningDataModule, "data")
+    path = Path(__file__).resolve().parents[1] / "configs" / "data" / "webvid_buckets.yaml"
+    cfg = parser.parse_object({"data": yaml.safe_load(path.read_text())})
+    dm = parser.instantiate_classes(cfg).data
+    assert isinstance(dm, LatentVideoDataModule) and dm.buckets == BucketOptions() and dm.num_frames is None

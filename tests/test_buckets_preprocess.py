@@ -105,3 +105,10 @@ def test_cli_prints_clips_per_bucket_and_names_the_drops(mixed, tiny_base, tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert "48x32x8: 3 clips, latents (8, 4, 16, 24)" in r.stdout and "no clip in: 64x16" in r.stdout
     assert "tiny.mp4: too_short" in r.stdout and "broken.mp4: unreadable" in r.stdout
+
+
+def test_buckets_the_vae_cannot_encode_are_one_line(mixed, tiny_base, tmp_path):
+    """The tiny VAE halves the frame: a 33-pixel side would give a latent that decodes to 34 pixels."""
+    with pytest.raises(UsageError, match="33x32: width and height must be multiples of 2"):
+        preprocess(str(mixed), tiny_base, str(tmp_path / "o"), buckets=parse_buckets("32x32,33x32"), num_workers=0,
+                   accelerator="cpu")
