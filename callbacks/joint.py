@@ -120,6 +120,9 @@ class JointImageVideo(L.Callback):
         if urls:
             return urls, "datamodule images"
         urls = getattr(datamodule, "train_urls", None)
+        if urls and getattr(datamodule, "buckets", None) is not None:  # frames of many shapes: no one batch
+            raise ValueError("JointImageVideo cannot draw frames from bucketed shards (their shapes differ): "
+                             "set image_urls to image shards of one shape")
         if urls:
             return urls, "video frames"
         raise ValueError("JointImageVideo needs image_urls, a datamodule with image_urls(), or one with train_urls")

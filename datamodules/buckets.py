@@ -109,11 +109,13 @@ def empty_buckets(buckets: dict, settings: dict) -> list[str]:
 
 def bucket_summary(report: dict) -> str:
     """Lines for the end of a bucketed job: clips per bucket, empty buckets, each skipped source and why."""
-    lines = [f"  {name:>14}: {e['samples']} clips, latents {tuple(e['latent_shape'])}"
+    lines = [f"  {name:>14}: {e['samples']} clip{'s' * (e['samples'] != 1)}, latents {tuple(e['latent_shape'])}"
              for name, e in report["buckets"].items()]
     if report.get("empty_buckets"):
         lines.append(f"  no clip in: {', '.join(report['empty_buckets'])}")
-    lines += [f"  skipped {s['source']}: {s['reason']} ({s['detail']})" for s in report["skipped_files"]]
+    for s in report["skipped_files"]:
+        why = s["detail"] if s["detail"].startswith(s["reason"]) else f"{s['reason']}: {s['detail']}"
+        lines.append(f"  skipped {s['source']}: {why}")
     return "\n".join(lines)
 
 

@@ -200,3 +200,12 @@ def test_the_shipped_bucketed_data_config_builds():
     cfg = parser.parse_object({"data": yaml.safe_load(path.read_text())})
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, LatentVideoDataModule) and dm.buckets == BucketOptions() and dm.num_frames is None
+
+
+def test_joint_images_refuse_frames_of_bucketed_shards(shards):
+    """Frames drawn from mixed shards would be skipped as bad_shape and read as corrupt data by DataHealth."""
+    from callbacks import JointImageVideo
+
+    with pytest.raises(ValueError, match="set image_urls"):
+        JointImageVideo(ratio=0.5).resolve_urls(datamodule(shards[0]))
+    assert JointImageVideo(ratio=0.5, image_urls="i.tar").resolve_urls(datamodule(shards[0])) == ("i.tar", "image_urls")
