@@ -127,10 +127,12 @@ def bucket_report(stats: list[dict], settings: dict) -> dict:
     return {"buckets": buckets, "empty_buckets": empty_buckets(buckets, settings)}
 
 
-def bucket_settings(spec) -> dict:
-    """Job settings of a bucketed :class:`~datamodules.clips.ClipSpec` (``{}`` unbucketed: shards unchanged)."""
+def bucket_settings(spec, vae_factor: int) -> dict:
+    """Job settings of a bucketed :class:`~datamodules.clips.ClipSpec` (``{}`` unbucketed: shards unchanged);
+    checks the buckets against the VAE's downsampling ``vae_factor``."""
     if not spec.bucketed:
         return {}
+    check_multiples(spec.buckets, vae_factor)
     return dict(buckets=[f"{b.width}x{b.height}" for b in spec.buckets] or None,
                 frame_buckets=list(spec.frame_buckets) or None, size=None if spec.buckets else spec.size)
 

@@ -65,6 +65,7 @@ class ClipSpec:
         if any(f < 1 for f in self.frame_buckets):
             raise ValueError("frame_buckets must be >= 1")
         object.__setattr__(self, "frame_buckets", tuple(sorted(set(self.frame_buckets), reverse=True)))
+        object.__setattr__(self, "buckets", tuple(self.buckets))
 
     @property
     def bucketed(self) -> bool:

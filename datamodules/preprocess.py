@@ -36,7 +36,6 @@ from datamodules.buckets import (
     bucket_report,
     bucket_settings,
     bucket_summary,
-    check_multiples,
     count_bucket,
 )
 from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_shard, tar_units
@@ -175,26 +174,20 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
                accelerator: str = "auto", video_dir: str | None = None, in_process: bool = False,
                clip_start: str = "start", clips_per_video: int = 1, seed: int = 0,
                buckets: tuple[Bucket, ...] = (), frame_buckets: tuple[int, ...] = ()) -> dict:
-    """Run the job (see the module docstring) and return the merged report.
-
-    ``buckets`` / ``frame_buckets`` (:mod:`datamodules.buckets`) replace the ``size`` square and the
-    ``num_frames`` length by the nearest aspect-ratio bucket and the longest clip length each video fills.
-
-    ``in_process`` runs the same predict step and writer in a plain loop on this process's device,
-    without a ``Trainer`` (for callers that already run inside one, e.g. ``ToyDataModule.prepare_data``).
-    """
+    """Run the job (see the module docstring) and return the merged report; ``buckets`` / ``frame_buckets``:
+    :mod:`datamodules.buckets`. ``in_process`` runs the same predict step and writer in a plain loop on this
+    process's device, without a ``Trainer`` (for callers that already run inside one, e.g.
+    ``ToyDataModule.prepare_data``)."""
     if frame_stride is not None:
         fps = None
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
-    spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed, tuple(buckets),
-                    tuple(frame_buckets))
+    spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed, buckets, frame_buckets)
     urls = shard_urls(videos)
     sources = list_sources(videos, video_dir) if urls is None else []
     units = file_units(sources, shard_size, batch_size) if urls is None else tar_units(urls)
     os.makedirs(out, exist_ok=True)
     model = VaeEncoder(vae)
-    check_multiples(spec.buckets, 2 ** (len(model.vae.config.block_out_channels) - 1))
     settings = {**_settings(model, spec), "shard_size": shard_size if urls is None else None}
     trainer = None
     if not in_process:
@@ -235,7 +228,7 @@ def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
                 shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=spec.size,
                 fps=spec.fps if spec.stride is None else None, frame_stride=spec.frame_stride,
                 clip_start=spec.clip_start, clips_per_video=spec.clips_per_video, seed=spec.seed),
-            **bucket_settings(spec)}
+            **bucket_settings(spec, 2 ** (len(model.vae.config.block_out_channels) - 1))}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,7 @@
 """Bucketed batches (issue #27): homogeneous, budget-scaled, proportional, tiny buckets kept, workers, ranks,
 resume."""
 
+import json
 from collections import Counter
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ import torch
 
 from datamodules import LatentVideoDataModule
 from datamodules.bucket_batches import BucketOptions, BucketTable
-from datamodules.synthetic import write_bucketed_shards
+from datamodules.synthetic import write_bucketed_shards, write_synthetic_shards
 
 # name: ((F, C, h, w), clips); with batch_size 4 the budget is 4 x 8*4*8 = 1024 latent pixels x frames
 BUCKETS = {
@@ -139,12 +140,8 @@ def test_bucketed_fit_in_two_processes_resumes_with_joint_images_and_the_nan_gua
     every step's batch is one bucket at its batch size, both ranks run every step (a rank with fewer batches
     would hang DDP), the NaN step is skipped on both, clips per bucket are logged summed over ranks, and the
     resumed steps draw other clips than the first ones."""
-    import json
-
     from shipped import add_callback, run, shipped_toy, write
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from datamodules.synthetic import write_synthetic_shards
 
     urls, keys = shards
     write_synthetic_shards(tmp_path / "images", num_shards=2, per_shard=8, shape=(1, 4, 4, 4))
