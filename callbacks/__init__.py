@@ -1,5 +1,6 @@
 """Training callbacks: EMA weights, video logging, image-video joint batches, data health, CPU threads, speed."""
 
+from callbacks.bucket_counts import BucketCounts
 from callbacks.data_health import DataHealth
 from callbacks.ema import EMA
 from callbacks.joint import JointImageVideo
@@ -7,4 +8,4 @@ from callbacks.speed import StepSpeed
 from callbacks.threads import CPUThreads
 from callbacks.video_logger import VideoLogger
 
-__all__ = ["CPUThreads", "DataHealth", "EMA", "JointImageVideo", "StepSpeed", "VideoLogger"]
+__all__ = ["BucketCounts", "CPUThreads", "DataHealth", "EMA", "JointImageVideo", "StepSpeed", "VideoLogger"]

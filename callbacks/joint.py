@@ -134,6 +134,9 @@ class JointImageVideo(L.Callback):
         urls = shards.image_urls() if isinstance(shards, ToyDataModule) else None
         if urls:
             return urls, "datamodule images"
+        if shards.train_urls and getattr(shards, "buckets", None) is not None:  # frames of many shapes: no one batch
+            raise UsageError("JointImageVideo cannot draw frames from bucketed shards (their shapes differ): "
+                             "set image_urls to image shards of one shape")
         if shards.train_urls:
             return shards.train_urls, "video frames"
         raise UsageError("JointImageVideo needs image_urls, or a datamodule with image or training shards")

@@ -54,7 +54,7 @@ def _bad(shard: int, source: str, reason: str, detail: str) -> dict:
 
 
 class ClipStream(torch.utils.data.IterableDataset):
-    """Yields ``{"shard", "key", "frames": (F, S, S, 3) uint8, "caption", "meta"}`` clips, error records and
+    """Yields ``{"shard", "key", "frames": (F, H, W, 3) uint8, "caption", "meta"}`` clips, error records and
     ``{"done": shard}`` markers for this worker's share of ``units``. ``threads``: decoder threads per video
     (default: 1 inside DataLoader workers, FFmpeg's choice in the main process)."""
 
@@ -120,9 +120,13 @@ class ClipStream(torch.utils.data.IterableDataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """-> ``{"frames": (B, F, S, S, 3) uint8 or None, "good": [...], "bad": [...], "done": [shards]}``."""
+    """-> ``{"frames": (B, F, H, W, 3) uint8 or None, "good": [...], "bad": [...], "done": [shards]}``;
+    clips of different shapes (bucketed preprocessing) come as a list of ``(F, H, W, 3)`` tensors."""
     good = [it for it in items if "frames" in it]
-    return {"frames": torch.stack([it["frames"] for it in good]) if good else None,
+    shapes = {it["frames"].shape for it in good}
+    frames = [it["frames"] for it in good]
+    frames = None if not good else frames if len(shapes) > 1 else torch.stack(frames)
+    return {"frames": frames,
             "good": [{k: it[k] for k in ("shard", "key", "caption", "meta")} for it in good],
             "bad": [it for it in items if "error" in it],
             "done": [it["done"] for it in items if "done" in it]}

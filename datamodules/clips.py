@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from datamodules.buckets import Bucket, crop_fraction, longest_fitting, nearest_bucket
 from datamodules.decode import ShortVideoError, VideoReader
 from ls_video.errors import UsageError
 
@@ -37,6 +38,10 @@ class ClipSpec:
         clips_per_video: ``K`` non-overlapping windows spread over the video, each its own sample
             (fewer if the video is too short); ``0`` = as many as fit.
         seed: base seed of ``random``.
+        buckets: aspect-ratio buckets (``--buckets``): each video's frames cover the nearest one and are
+            centre-cropped to it, instead of the ``size`` square (:mod:`datamodules.buckets`).
+        frame_buckets: clip lengths, longest first (``--frame-buckets``): each video's clips get the longest
+            one it can fill, instead of ``num_frames``.
     """
 
     num_frames: int = 16
@@ -46,6 +51,8 @@ class ClipSpec:
     clip_start: str = "start"
     clips_per_video: int = 1
     seed: int = 0
+    buckets: tuple[Bucket, ...] = ()
+    frame_buckets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.size < 1:
@@ -56,6 +63,14 @@ class ClipSpec:
             raise UsageError(f"clip_start must be one of {CLIP_STARTS}, got {self.clip_start!r}")
         if self.clips_per_video < 0:
             raise UsageError("clips_per_video must be >= 0 (0 = as many as fit)")
+        if any(f < 1 for f in self.frame_buckets):
+            raise UsageError("frame_buckets must be >= 1")
+        object.__setattr__(self, "frame_buckets", tuple(sorted(set(self.frame_buckets), reverse=True)))
+        object.__setattr__(self, "buckets", tuple(self.buckets))
+
+    @property
+    def bucketed(self) -> bool:
+        return bool(self.buckets or self.frame_buckets)
 
     @property
     def stride(self) -> int | None:
@@ -90,9 +105,32 @@ class ClipSpec:
         return [round(s, 6) for s in starts]
 
 
+def choose_bucket(reader: VideoReader, spec: ClipSpec) -> tuple[ClipSpec, dict]:
+    """This video's bucket: sets the reader's output size, returns the spec with the chosen clip length and
+    the bucket's metadata (``bucket`` ``WxHxF``, ``crop_fraction``); :class:`ClipError` ``too_short`` when
+    the video cannot fill the shortest frame bucket."""
+    height, width = reader.frame_shape
+    if not height or not width:
+        raise ClipError("unreadable", "the stream has no frame size")
+    bucket = nearest_bucket(height, width, spec.buckets) if spec.buckets else Bucket(spec.size, spec.size)
+    reader.size = (bucket.height, bucket.width)
+    frames = spec.num_frames
+    if spec.frame_buckets:
+        duration = reader.duration()
+        last = duration - 1 / reader.fps if duration else None
+        step = spec.step(reader.fps)
+        frames = longest_fitting(spec.frame_buckets, last, step, 0.5 / reader.fps)
+        if frames is None:
+            shortest = spec.frame_buckets[-1]
+            raise ClipError("too_short", f"the video lasts {duration:.2f}s; the shortest frame bucket ({shortest} "
+                                         f"frames) spans {(shortest - 1) * step:.2f}s")
+    meta = dict(bucket=bucket.name(frames), crop_fraction=crop_fraction(height, width, bucket))
+    return replace(spec, num_frames=frames), meta
+
+
 def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None = None, threads: int = 0,
                seed_key: str | None = None) -> tuple[list[tuple[np.ndarray, dict]], list[ClipError]]:
-    """Decode the clips of one video: ``([(frames (F, S, S, 3) uint8, meta), ...], [errors of later clips])``.
+    """Decode the clips of one video: ``([(frames (F, H, W, 3) uint8, meta), ...], [errors of later clips])``.
 
     ``name`` names the video in metadata and errors; ``seed_key`` (default: the file name) seeds
     ``clip_start="random"``, so the clips stay the same when the data moves. Only the frames the clips
@@ -111,6 +149,7 @@ def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None
     errors: list[ClipError] = []
     with reader:
         try:
+            spec, bucket = choose_bucket(reader, spec) if spec.bucketed else (spec, {})
             duration = None if spec.clip_start == "start" and spec.clips_per_video == 1 else reader.duration()
             starts = spec.window_starts(duration, reader.fps, seed_key)
         except ClipError:
@@ -128,7 +167,7 @@ def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None
             else:
                 meta = dict(source=name, clip=c, start=start, timestamps=clip.times, frame_indices=clip.indices,
                             native_fps=reader.fps, fps=spec.fps if fps else reader.fps / spec.stride,
-                            original_size=reader.original_size)
+                            original_size=reader.original_size, **bucket)
                 clips.append((clip.frames, meta))
                 continue
             if not clips:

@@ -38,7 +38,8 @@ class Frame:
 
 @dataclass
 class DecodedClip:
-    """``frames``: ``(F, size, size, 3)`` uint8; ``times`` in seconds; ``decoded``: frames decoded for it."""
+    """``frames``: ``(F, H, W, 3)`` uint8 (the reader's output size); ``times`` in seconds; ``decoded``: frames
+    decoded for it."""
 
     frames: np.ndarray
     times: list[float]
@@ -46,10 +47,12 @@ class DecodedClip:
     decoded: int
 
 
-def output_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """Resize target ``(h, w)``: the short side becomes ``size`` (then a center crop to ``size x size``)."""
-    scale = size / min(height, width)
-    return max(size, round(height * scale)), max(size, round(width * scale))
+def output_size(height: int, width: int, size: int | tuple[int, int]) -> tuple[int, int]:
+    """Resize target ``(h, w)`` covering ``size`` (a square side, or ``(out_h, out_w)``) at the frame's
+    aspect ratio; a centre crop to ``size`` follows. For a square: the short side becomes ``size``."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+    scale = max(out_h / height, out_w / width)
+    return max(out_h, round(height * scale)), max(out_w, round(width * scale))
 
 
 class VideoReader:
@@ -57,11 +60,13 @@ class VideoReader:
 
     Args:
         file: a path, raw bytes of a video file, or a binary file object.
-        size: frames are resized (short side, area filter) and center-cropped to ``size x size`` RGB.
+        size: frames are resized (area filter) to cover ``size x size`` (or ``(height, width)``) and
+            center-cropped to it, as RGB; may be changed before the first :meth:`clip`.
         threads: decoder threads (``0``: FFmpeg picks; ``1``: none).
     """
 
-    def __init__(self, file: str | os.PathLike | bytes | io.IOBase, size: int, threads: int = 0) -> None:
+    def __init__(self, file: str | os.PathLike | bytes | io.IOBase, size: int | tuple[int, int],
+                 threads: int = 0) -> None:
         import av
         from av.video.reformatter import VideoReformatter
 
@@ -87,6 +92,12 @@ class VideoReader:
 
     def close(self) -> None:
         self.container.close()
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the stream's frames, as its header gives them (before any decoding)."""
+        ctx = self.stream.codec_context
+        return int(ctx.height or self.stream.height), int(ctx.width or self.stream.width)
 
     def __enter__(self) -> VideoReader:
         return self
@@ -185,8 +196,9 @@ class VideoReader:
         else:  # downscale and convert in one swscale pass; the area filter averages like an antialiased resize
             rgb = self._scaler.reformat(av_frame, width=w, height=h, format="rgb24", interpolation="AREA",
                                         threads=1).to_ndarray()
-        top, left = (h - self.size) // 2, (w - self.size) // 2
-        return rgb[top : top + self.size, left : left + self.size]
+        out_h, out_w = (self.size, self.size) if isinstance(self.size, int) else self.size
+        top, left = (h - out_h) // 2, (w - out_w) // 2
+        return rgb[top : top + out_h, left : left + out_w]
 
     def clip(self, start: float, num_frames: int, fps: float | None = None, stride: int | None = None) -> DecodedClip:
         """Decode one clip starting at ``start`` seconds: ``num_frames`` frames at ``fps`` or every ``stride``-th."""

@@ -6,7 +6,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from datamodules.bucket_batches import BucketBatches, BucketOptions, BucketTable, index_path, read_index, unbatched
 from datamodules.remote import RemoteOptions
 from datamodules.stream import LatentClipStream, collate, expand, ignore_stop_signals, resumed_seed
 from datamodules.text_cache import check_text, read_empty
@@ -41,6 +43,10 @@ class LatentVideoDataModule(L.LightningDataModule):
             ``backoff`` seconds, before it is skipped and counted in ``data/skipped_{reason}``).
         allow_vae_mismatch: train even when the shards record another VAE than the model's (by default
             ``fit`` stops before the first step with one line naming both).
+        buckets: bucket-homogeneous batches from shards of mixed shapes (``preprocess --buckets``;
+            :class:`~datamodules.bucket_batches.BucketOptions`: ``index``, ``budget``, ``batch_sizes``);
+            ``batch_size`` is then the batch of the largest bucket, smaller buckets get proportionally more
+            clips, and an epoch is ``epoch_length // batch_size`` batches per device. ``None``: one shape.
     """
 
     def __init__(
@@ -57,8 +63,14 @@ class LatentVideoDataModule(L.LightningDataModule):
         prefetch_factor: int = 2,
         remote: RemoteOptions = RemoteOptions(),
         allow_vae_mismatch: bool = False,
+        buckets: BucketOptions | None = None,
     ) -> None:
         super().__init__()
+        self.buckets = BucketOptions(**buckets) if isinstance(buckets, dict) else buckets
+        if self.buckets is not None and num_frames is not None:
+            raise ValueError("num_frames crops every clip to one length; with buckets, clip lengths are the shards' "
+                             "frame buckets: drop num_frames")
+        self._table: BucketTable | None = None
         self.allow_vae_mismatch = allow_vae_mismatch
         self.remote = RemoteOptions(**remote) if isinstance(remote, dict) else remote
         if batch_size < 1:
@@ -121,22 +133,42 @@ class LatentVideoDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def train_stream(self) -> LatentClipStream:
-        rank, world = self._rank()
-        return LatentClipStream(self.train_urls, rank, world, resampled=self.resampled,
-                                epoch_length=self.epoch_length if self.resampled else None,
-                                shuffle_buffer=self.shuffle_buffer, num_frames=self.num_frames,
-                                seed=self.train_seed(), remote=self.remote)
+    def bucket_table(self) -> BucketTable | None:
+        """Batch size per bucket (``buckets`` set), read from the shards' index once; logs the table."""
+        if self.buckets is None or self._table is not None:
+            return self._table
+        path = index_path(self.buckets, expand(self.train_urls))
+        self._table = BucketTable(read_index(path, self.remote), self.batch_size, self.buckets)
+        rank_zero_info(f"bucketed batches (budget {self._table.budget} latent pixels x frames):\n"
+                       + self._table.describe())
+        self._table.warn_tiny(rank_zero_warn)
+        return self._table
 
-    def val_stream(self) -> LatentClipStream:
+    def train_stream(self) -> LatentClipStream | BucketBatches:
         rank, world = self._rank()
-        return LatentClipStream(self.val_urls, rank, world, num_frames=self.num_frames, seed=self.seed,
-                                split_by="sample", remote=self.remote)
+        bucketed = self.bucket_table() is not None
+        stream = LatentClipStream(self.train_urls, rank, world, resampled=self.resampled,
+                                  epoch_length=self.epoch_length if self.resampled and not bucketed else None,
+                                  shuffle_buffer=self.shuffle_buffer, num_frames=self.num_frames,
+                                  seed=self.train_seed(), remote=self.remote, mixed_shapes=bucketed)
+        if not bucketed:
+            return stream
+        batches = max(1, self.epoch_length // self.batch_size) if self.resampled and self.epoch_length else None
+        return BucketBatches(stream, self._table, batches)
 
-    def _loader(self, stream: LatentClipStream, workers: int) -> torch.utils.data.DataLoader:
+    def val_stream(self) -> LatentClipStream | BucketBatches:
+        rank, world = self._rank()
+        table = self.bucket_table()
+        stream = LatentClipStream(self.val_urls, rank, world, num_frames=self.num_frames, seed=self.seed,
+                                  split_by="sample", remote=self.remote, mixed_shapes=table is not None)
+        return stream if table is None else BucketBatches(stream, table)
+
+    def _loader(self, stream: LatentClipStream | BucketBatches, workers: int) -> torch.utils.data.DataLoader:
         use_cuda = torch.cuda.is_available()
+        whole = isinstance(stream, BucketBatches)  # the dataset yields whole batches
         return torch.utils.data.DataLoader(
-            stream, batch_size=self.batch_size, num_workers=workers, collate_fn=collate,
+            stream, batch_size=None if whole else self.batch_size, num_workers=workers,
+            collate_fn=unbatched if whole else collate,
             pin_memory=use_cuda, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
         )

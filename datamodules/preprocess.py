@@ -31,6 +31,14 @@ import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm import tqdm
 
+from datamodules.buckets import (
+    Bucket,
+    add_bucket_args,
+    bucket_report,
+    bucket_settings,
+    bucket_summary,
+    count_bucket,
+)
 from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_shard, tar_units
 from datamodules.clips import CLIP_STARTS, ClipSpec
 from datamodules.shards import encode_sample
@@ -60,17 +68,36 @@ class VaeEncoder(L.LightningModule):
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        if batch["frames"] is None:
+        """``latents``: ``(B, F, C, h, w)`` float16, or a list of ``(F, C, h, w)`` for a list of clips."""
+        frames = batch["frames"]
+        if frames is None:
             return {"latents": None, **batch}
-        b, f = batch["frames"].shape[:2]
-        flat = pixels_to_vae(batch["frames"].to(self.device).flatten(0, 1), self.vae.dtype)
+        if torch.is_tensor(frames):
+            latents = self.encode(frames)
+        else:
+            latents = encode_by_shape(self.encode, frames)
+        if self.text is not None:
+            batch = {**batch, "text_embeds": self.text([g["caption"] for g in batch["good"]])}
+        return {**batch, "latents": latents}
+
+    def encode(self, frames: torch.Tensor) -> np.ndarray:
+        """``(B, F, H, W, 3)`` uint8 -> ``(B, F, C, h, w)`` float16 unscaled latent means."""
+        b, f = frames.shape[:2]
+        flat = pixels_to_vae(frames.to(self.device).flatten(0, 1), self.vae.dtype)
         dtype = torch.bfloat16 if self.device.type == "cuda" else None
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             latents = self.vae.encode(flat).latent_dist.mean
-        latents = latents.float().unflatten(0, (b, f)).cpu().numpy().astype(np.float16)
-        if self.text is not None:
-            batch = {**batch, "text_embeds": self.text([g["caption"] for g in batch["good"]])}
-        return {"latents": latents, **batch}
+        return latents.float().unflatten(0, (b, f)).cpu().numpy().astype(np.float16)
+
+
+def encode_by_shape(encode, clips: list[torch.Tensor]) -> list[np.ndarray]:
+    """Encode clips of mixed shapes (bucketed preprocessing): each shape as one batch, order kept."""
+    out: list[np.ndarray | None] = [None] * len(clips)
+    for shape in dict.fromkeys(c.shape for c in clips):
+        idx = [i for i, c in enumerate(clips) if c.shape == shape]
+        for i, latents in zip(idx, encode(torch.stack([clips[i] for i in idx])), strict=True):
+            out[i] = latents
+    return out
 
 
 class ShardWriterCallback(BasePredictionWriter):
@@ -111,11 +138,14 @@ class ShardWriterCallback(BasePredictionWriter):
                             disable=self.total == 0)
         for i, g in enumerate(prediction["good"]):
             writer, stats = self._shard(g["shard"])
-            meta = {**self.settings, **g["meta"], "num_frames": int(prediction["latents"].shape[1]),
-                    "latent_shape": list(prediction["latents"][i].shape)}
+            latents = prediction["latents"][i]
+            meta = {**self.settings, **g["meta"], "num_frames": int(latents.shape[0]),
+                    "latent_shape": list(latents.shape)}
             embeds = prediction["text_embeds"][i] if "text_embeds" in prediction else None
-            writer.write(encode_sample(g["key"], prediction["latents"][i], g["caption"], meta, text_embeds=embeds))
+            writer.write(encode_sample(g["key"], latents, g["caption"], meta, text_embeds=embeds))
             stats["samples"] += 1
+            if "bucket" in meta:
+                count_bucket(stats, meta["bucket"], meta["latent_shape"])
             self.clips += 1
         for b in prediction["bad"]:
             self._shard(b["shard"])[1]["skipped"].append({"source": b["source"], "reason": b["error"],
@@ -142,6 +172,8 @@ def write_index(out: str, settings: dict, write: bool = True) -> dict:
               "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped_files": skipped}
     index = {"shards": [{"name": st["shard"], "samples": st["samples"]} for st in stats],
              "num_samples": report["written"], "settings": settings}
+    report.update(bucket_report(stats, settings))  # bucketed jobs: clips per bucket, empty buckets
+    index.update({k: v for k, v in report.items() if k == "buckets"})
     if write:
         with open(os.path.join(out, "index.json"), "w") as f:
             json.dump(index, f, indent=2)
@@ -155,17 +187,18 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
                batch_size: int = 8, num_workers: int = 2, devices: int | str = 1, num_nodes: int = 1,
                accelerator: str = "auto", video_dir: str | None = None, in_process: bool = False,
                clip_start: str = "start", clips_per_video: int = 1, seed: int = 0,
+               buckets: tuple[Bucket, ...] = (), frame_buckets: tuple[int, ...] = (),
                text_encoder: str | None = None) -> dict:
-    """Run the job (see the module docstring) and return the merged report.
-
-    ``in_process`` runs the same predict step and writer in a plain loop on this process's device,
-    without a ``Trainer`` (for callers that already run inside one, e.g. ``ToyDataModule.prepare_data``).
-    """
+    """Run the job (see the module docstring) and return the merged report; ``buckets`` / ``frame_buckets``:
+    :mod:`datamodules.buckets`; ``text_encoder``: cache each caption's text embeddings too
+    (:mod:`datamodules.text_cache`). ``in_process`` runs the same predict step and writer in a plain loop on this
+    process's device, without a ``Trainer`` (for callers that already run inside one, e.g.
+    ``ToyDataModule.prepare_data``)."""
     if frame_stride is not None:
         fps = None
     if shard_size < 1 or batch_size < 1:
         raise UsageError("shard_size and batch_size must be >= 1")
-    spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed)
+    spec = ClipSpec(num_frames, size, fps, frame_stride, clip_start, clips_per_video, seed, buckets, frame_buckets)
     urls = shard_urls(videos)
     sources = list_sources(videos, video_dir) if urls is None else []
     units = file_units(sources, shard_size, batch_size) if urls is None else tar_units(urls)
@@ -185,6 +218,18 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     loader = torch.utils.data.DataLoader(ClipStream(pending, spec), batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=collate)
     writer = ShardWriterCallback(out, parts_per_shard(pending), settings, total, rank)
+    elapsed = _encode_all(model, loader, writer, trainer)
+    if text is not None and rank == 0:
+        text.write_empty(out)  # caption dropout's target when training from these shards
+    report = write_index(out, settings, write=rank == 0)
+    report["rank"] = rank
+    report["clips_per_s_rank0"] = writer.clips / elapsed if writer.clips and elapsed > 0 else None
+    return report
+
+
+def _encode_all(model: VaeEncoder, loader: torch.utils.data.DataLoader, writer: ShardWriterCallback,
+                trainer: L.Trainer | None) -> float:
+    """Encode and write every pending clip, in this process or as the trainer's predict loop; the seconds taken."""
     start = time.perf_counter()
     if trainer is None:
         for i, batch in enumerate(loader):
@@ -198,23 +243,19 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
     elapsed = time.perf_counter() - start
     if trainer is not None:
         trainer.strategy.barrier()
-    if text is not None and rank == 0:
-        text.write_empty(out)  # caption dropout's target when training from these shards
-    report = write_index(out, settings, write=rank == 0)
-    report["rank"] = rank
-    report["clips_per_s_rank0"] = writer.clips / elapsed if writer.clips and elapsed > 0 else None
-    return report
+    return elapsed
 
 
 def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
     from ls_video.components import vae_fingerprint
 
-    return dict(vae=model.vae_path, vae_fingerprint=vae_fingerprint(model.vae),
+    return {**dict(vae=model.vae_path, vae_fingerprint=vae_fingerprint(model.vae),
                 latent_channels=int(model.vae.config.latent_channels),
                 scaling_factor=float(model.vae.config.scaling_factor),
                 shift_factor=getattr(model.vae.config, "shift_factor", None), scaled=False, size=spec.size,
                 fps=spec.fps if spec.stride is None else None, frame_stride=spec.frame_stride,
-                clip_start=spec.clip_start, clips_per_video=spec.clips_per_video, seed=spec.seed)
+                clip_start=spec.clip_start, clips_per_video=spec.clips_per_video, seed=spec.seed),
+            **bucket_settings(spec, 2 ** (len(model.vae.config.block_out_channels) - 1))}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -237,6 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="K non-overlapping clips spread over each video, each its own sample (0: as many as fit)")
     p.add_argument("--seed", type=int, default=0, help="seed of --clip-start random")
     p.add_argument("--size", type=int, default=256, help="square side in pixels after resize + center crop")
+    add_bucket_args(p)
     p.add_argument("--shard-size", type=int, default=1000,
                    help="source videos per output shard (= clips with one clip per video); tar shards in: "
                         "one output shard per input shard")
@@ -262,11 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
                         args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,
                         args.accelerator, args.video_dir, clip_start=args.clip_start,
-                        clips_per_video=args.clips_per_video, seed=args.seed, text_encoder=args.text_encoder)
+                        clips_per_video=args.clips_per_video, seed=args.seed, buckets=args.buckets,
+                        frame_buckets=args.frame_buckets, text_encoder=args.text_encoder)
     if report["rank"] == 0:
         rate = report["clips_per_s_rank0"]
         print(f"wrote {report['written']} clips, skipped {report['skipped']} {report['skipped_by_reason']}"
               + (f", {rate:.1f} clips/s" if rate else "") + f" -> {args.out}")
+        if "buckets" in report:
+            print(bucket_summary(report))
     return 0
 
 

@@ -45,18 +45,22 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             even with fewer shards than ranks (validation sets are small).
         remote: timeouts and retries for http(s) and ``pipe:`` shards (:mod:`datamodules.remote`);
             a shard that cannot be read is skipped and counted by reason.
+        mixed_shapes: let samples differ in shape (bucketed shards, batched by
+            :class:`~datamodules.bucket_batches.BucketBatches`); by default a sample whose ``(C, h, w)``
+            differs from the stream's first is skipped as ``bad_shape``.
     """
 
     def __init__(self, urls: str | list[str], rank: int = 0, world_size: int = 1, resampled: bool = False,
                  epoch_length: int | None = None, shuffle_buffer: int = 0, num_frames: int | None = None,
-                 seed: int = 0, split_by: str = "shard", remote: RemoteOptions | None = None) -> None:
+                 seed: int = 0, split_by: str = "shard", remote: RemoteOptions | None = None,
+                 mixed_shapes: bool = False) -> None:
         super().__init__()
         self.remote = remote or RemoteOptions()
         if split_by not in ("shard", "sample"):
             raise UsageError(f"split_by must be 'shard' or 'sample', got {split_by!r}")
         if split_by == "sample" and resampled:
             raise UsageError("split_by='sample' reads every shard once; it cannot be resampled")
-        self.split_by = split_by
+        self.split_by, self.mixed_shapes = split_by, mixed_shapes
         self.urls = expand(urls)
         if not self.urls:
             raise UsageError(f"no shards match {urls!r}")
@@ -151,7 +155,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
                 sample = decode_sample(raw)
                 latents = self._crop(sample["latents"], rng)
                 shape = tuple(latents.shape[1:])
-                if self._sample_shape is None:
+                if self._sample_shape is None or self.mixed_shapes:
                     self._sample_shape = shape
                 elif shape != self._sample_shape:
                     raise BadSampleError("bad_shape", f"(C, h, w) {shape} != the stream's {self._sample_shape}")

@@ -14,6 +14,8 @@ import os
 import shutil
 from typing import Any
 
+from datamodules.bucket_batches import BucketOptions
+from datamodules.buckets import Bucket
 from datamodules.latent_video import LatentVideoDataModule
 from ls_video.errors import UsageError
 from ls_video.toy.world import ToyWorld
@@ -38,7 +40,9 @@ class ToyDataModule(LatentVideoDataModule):
         num_train_clips: training clips to generate.
         num_val_clips: validation clips (disjoint from training).
         world: the clips' settings (:class:`~ls_video.toy.world.ToyWorld`: ``size``, ``num_frames``, ``fps``,
-            ``object_size``, ``min_travel``, ``max_speed``).
+            ``object_size``, ``min_travel``, ``max_speed``, ``frame_sizes``). With ``frame_sizes`` the clips are
+            preprocessed into one aspect-ratio bucket per frame size and streamed as bucketed batches
+            (``buckets`` defaults to ``BucketOptions()``; ``batch_size`` is the largest frame size's).
         world_seed: seed of the generated clips.
         shard_size: clips per shard.
         images: also write one-frame image shards (``{cache}/shards/images``) for joint training.
@@ -62,10 +66,13 @@ class ToyDataModule(LatentVideoDataModule):
         epoch_length: int | None = 2000,
         **kwargs: Any,
     ) -> None:
+        world = ToyWorld(**world) if isinstance(world, dict) else dataclasses.replace(world)
+        if world.frame_sizes and kwargs.get("buckets") is None:
+            kwargs["buckets"] = BucketOptions()  # mixed frame sizes: one bucket per batch
         super().__init__(train_urls=[], val_urls=[], batch_size=batch_size, num_workers=num_workers,
                          shuffle_buffer=shuffle_buffer, epoch_length=epoch_length, num_frames=None, **kwargs)
         self.base = base
-        self.world = ToyWorld(**world) if isinstance(world, dict) else dataclasses.replace(world)
+        self.world = world
         self.world.speeds()  # fail now, with a clear message, if the world is impossible
         self.counts = dict(train=num_train_clips, val=num_val_clips)
         self.world_seed, self.shard_size, self.images, self.cache_dir = world_seed, shard_size, images, cache_dir
@@ -83,7 +90,8 @@ class ToyDataModule(LatentVideoDataModule):
     @functools.cached_property
     def settings(self) -> dict:
         """Everything the cache depends on (computed once: it stats the base's VAE files)."""
-        return dict(world=self.world.__dict__, counts=self.counts, seed=self.world_seed, shard_size=self.shard_size,
+        world = {k: v for k, v in self.world.__dict__.items() if k != "frame_sizes" or v is not None}  # old caches
+        return dict(world=world, counts=self.counts, seed=self.world_seed, shard_size=self.shard_size,
                     images=self.images, vae=_vae_fingerprint(self.base_path()))
 
     @functools.cached_property
@@ -107,7 +115,7 @@ class ToyDataModule(LatentVideoDataModule):
             self.world.write_videos(videos, n, split, self.world_seed)
             preprocess(videos, self.base_path(), self.shard_dir(split), num_frames=self.world.num_frames, fps=None,
                        frame_stride=1, size=self.world.size, shard_size=self.shard_size, num_workers=0,
-                       in_process=True)
+                       in_process=True, buckets=tuple(Bucket(w, h) for w, h in self.world.frame_sizes or ()))
         if self.images:
             images = os.path.join(self.root, "videos", "images")
             self.world.write_images(images, self.counts["train"], "train", self.world_seed)

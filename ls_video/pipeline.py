@@ -118,9 +118,11 @@ class LatentShiftPipeline(DiffusionPipeline):
         return rearrange(video, "(b f) c h w -> b f c h w", b=b)
 
     def check_inputs(self, height: int, width: int, num_frames: int, num_inference_steps: int) -> None:
-        if height % self.vae_scale_factor or width % self.vae_scale_factor:
-            raise UsageError(f"height and width must be divisible by {self.vae_scale_factor} "
-                             f"(the VAE's downsampling factor), got {height}x{width}")
+        unet_stride = 2 ** getattr(self.unet, "num_upsamplers", len(self.unet.config.block_out_channels) - 1)
+        stride = self.vae_scale_factor * unet_stride  # pixels per latent pixel of the U-Net's lowest resolution
+        if height % stride or width % stride:
+            raise UsageError(f"height and width must be divisible by {stride} (the VAE's downsampling x"
+                             f"{self.vae_scale_factor} times the U-Net's x{unet_stride}), got {height}x{width}")
         if height <= 0 or width <= 0:
             raise UsageError(f"height and width must be positive, got {height}x{width}")
         if num_frames < 1:

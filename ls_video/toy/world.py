@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -69,6 +69,7 @@ class ToyClip:
     start: tuple[int, int]
     speed: int
     positions: list[tuple[int, int]] = field(default_factory=list)
+    frame: tuple[int, int] | None = None  # (width, height) when the world has frame_sizes; else size x size
 
     @property
     def caption(self) -> str:
@@ -79,7 +80,8 @@ class ToyClip:
         return f"a {self.color} {self.shape}"
 
     def key(self) -> str:
-        return f"{self.shape}-{self.color}-{self.direction}-{self.start[0]}-{self.start[1]}-{self.speed}"
+        key = f"{self.shape}-{self.color}-{self.direction}-{self.start[0]}-{self.start[1]}-{self.speed}"
+        return key if self.frame is None else f"{key}-{self.frame[0]}x{self.frame[1]}"
 
 
 def _start(rng: np.random.Generator, step: int, room: int, travel: int) -> int:
@@ -103,6 +105,9 @@ class ToyWorld:
         min_travel: least distance covered over the clip, as a fraction of ``size``.
         max_speed: fastest speed in pixels per frame (default: as fast as still fits in the frame).
         val_fraction: share of the clip space reserved for validation.
+        frame_sizes: ``[(width, height), ...]``: each clip is drawn in one of these frame sizes, at random
+            (aspect-ratio buckets, docs/TOY.md); speeds then fit the smallest side, ``min_travel`` is a
+            fraction of it. ``None`` (default): every clip is ``size x size``, exactly as before.
     """
 
     size: int = 64
@@ -112,18 +117,31 @@ class ToyWorld:
     min_travel: float = 0.25
     max_speed: int | None = None
     val_fraction: float = 0.1
+    frame_sizes: list[tuple[int, int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame_sizes is not None:
+            self.frame_sizes = [tuple(int(v) for v in wh) for wh in self.frame_sizes]
+            if not self.frame_sizes or any(len(wh) != 2 or min(wh) <= self.object_size for wh in self.frame_sizes):
+                raise UsageError(f"frame_sizes must be (width, height) pairs larger than the object "
+                                 f"({self.object_size}px), got {self.frame_sizes}")
+
+    def side(self) -> int:
+        """The shortest frame side: ``size``, or the smallest side of ``frame_sizes``."""
+        return min(min(wh) for wh in self.frame_sizes) if self.frame_sizes else self.size
 
     def speeds(self) -> list[int]:
-        """Integer pixel speeds that cross ``min_travel`` of the frame and stay inside it."""
-        room = self.size - self.object_size
+        """Integer pixel speeds that cross ``min_travel`` of the (shortest) frame side and stay inside it."""
+        side = self.side()
+        room = side - self.object_size
         frames = max(1, self.num_frames - 1)
-        lo = max(1, int(np.ceil(self.min_travel * self.size / frames)))
+        lo = max(1, int(np.ceil(self.min_travel * side / frames)))
         hi = room // frames
         if self.max_speed is not None:
             hi = min(hi, self.max_speed)
         if hi < lo:
             raise UsageError(f"a {self.object_size}px object cannot travel {self.min_travel:.0%} of a "
-                             f"{self.size}px frame in {self.num_frames} frames; make the world bigger")
+                             f"{side}px frame in {self.num_frames} frames; make the world bigger")
         return list(range(lo, hi + 1))
 
     def split_of(self, clip: ToyClip) -> str:
@@ -146,39 +164,42 @@ class ToyWorld:
             color = colors[rng.integers(len(colors))]
             direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
             speed = int(rng.choice(self.speeds()))
+            frame = tuple(self.frame_sizes[rng.integers(len(self.frame_sizes))]) if self.frame_sizes else None
             dx, dy = DIRECTIONS[direction]
             travel = speed * (self.num_frames - 1)
-            room = self.size - self.object_size
+            width, height = frame or (self.size, self.size)
+            rooms = (width - self.object_size, height - self.object_size)
 
-            start = (_start(rng, dx, room, travel), _start(rng, dy, room, travel))
-            clip = ToyClip(shape, color, direction, start, speed)
+            start = (_start(rng, dx, rooms[0], travel), _start(rng, dy, rooms[1], travel))
+            clip = ToyClip(shape, color, direction, start, speed, frame=frame)
             if self.split_of(clip) == split:
                 clip.positions = [(start[0] + dx * speed * t, start[1] + dy * speed * t)
                                   for t in range(self.num_frames)]
                 return clip
 
     def render_frame(self, clip: ToyClip, position: tuple[int, int]) -> np.ndarray:
-        """``(size, size, 3)`` uint8 frame with the object at ``position`` (top-left)."""
-        frame = np.zeros((self.size, self.size, 3), np.uint8)
+        """``(H, W, 3)`` uint8 frame (``size x size``, or the clip's frame size) with the object at ``position``."""
+        width, height = clip.frame or (self.size, self.size)
+        frame = np.zeros((height, width, 3), np.uint8)
         x, y, s = position[0], position[1], self.object_size
         color = ALL_COLORS[clip.color]
         if clip.shape == "square":
             frame[y : y + s, x : x + s] = color
         elif clip.shape == "triangle":
             # apex up: the half-width grows from 0 at the top edge to s/2 at the bottom edge
-            yy, xx = np.mgrid[0 : self.size, 0 : self.size]
+            yy, xx = np.mgrid[0:height, 0:width]
             row = yy + 0.5 - y
             inside = (row > 0) & (row < s) & (np.abs(xx + 0.5 - (x + s / 2)) <= row / 2 + 0.25)
             frame[inside] = color
         else:
-            yy, xx = np.mgrid[0 : self.size, 0 : self.size]
+            yy, xx = np.mgrid[0:height, 0:width]
             r = s / 2
             inside = (xx + 0.5 - (x + r)) ** 2 + (yy + 0.5 - (y + r)) ** 2 <= r * r
             frame[inside] = color
         return frame
 
     def render(self, clip: ToyClip) -> np.ndarray:
-        """``(F, size, size, 3)`` uint8 video."""
+        """``(F, H, W, 3)`` uint8 video."""
         return np.stack([self.render_frame(clip, p) for p in clip.positions])
 
     def clips(self, n: int, split: str = "train", seed: int = 0, colors: Sequence[str] | None = None,
@@ -202,7 +223,10 @@ class ToyWorld:
 
     def images(self, n: int, split: str = "train", seed: int = 0, colors: Sequence[str] | None = None,
                shapes: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
-        """``n`` single frames ``(n, size, size, 3)`` and their ``"a {color} {shape}"`` captions."""
+        """``n`` single frames ``(n, size, size, 3)`` and their ``"a {color} {shape}"`` captions (square also
+        with ``frame_sizes``: image batches need one shape)."""
+        if self.frame_sizes:
+            return replace(self, frame_sizes=None).images(n, split, seed, colors, shapes)
         rng = np.random.default_rng([seed, SPLITS.index(split), 1])
         frames, captions = [], []
         for clip in self.clips(n, split, seed, colors, shapes):
