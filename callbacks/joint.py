@@ -17,7 +17,6 @@ Why a callback that owns a second stream, rather than mixing inside the datamodu
 from __future__ import annotations
 
 import math
-import random
 import re
 import warnings
 from fractions import Fraction
@@ -54,10 +53,7 @@ class JointImageVideo(L.Callback):
         image_urls: image shards (``F = 1``), or video shards from which one random frame per clip is
             drawn. ``None``: the datamodule's ``image_urls()`` (``ToyDataModule(images=True)``) when it
             has any, else one frame of each clip of the datamodule's training shards.
-        ratio: exact share of image steps, spread evenly (0.25: steps 3, 7, 11, ...).
-        probability: alternatively, each step is an image step with this probability, drawn from
-            ``(seed, step)`` (used when ``ratio`` is not given).
-        every_n_steps: alternatively, every k-th step (the same as ``ratio = 1 / k``).
+        ratio: exact share of image steps, spread evenly (0.25: steps 3, 7, 11, ...; 1.0: every step).
         batch_size: images per image batch; ``None`` gives the same frame budget as a video batch
             (video batch size x frames per clip).
         num_workers: worker processes of the image DataLoader (>= 1; persistent).
@@ -71,26 +67,18 @@ class JointImageVideo(L.Callback):
     """
 
     def __init__(self, image_urls: str | list[str] | None = None, ratio: float | None = None,
-                 probability: float = 0.0, every_n_steps: int | None = None, batch_size: int | None = None,
+                 batch_size: int | None = None,
                  num_workers: int = 1, shuffle_buffer: int = 500, start_step: int = 0,
                  caption_regex: str | None = None, seed: int = 0, mode: str = "replace") -> None:
-        if not 0.0 <= probability <= 1.0:
-            raise UsageError(f"probability must be in [0, 1], got {probability}")
         if ratio is not None and not 0.0 <= ratio <= 1.0:
             raise UsageError(f"ratio must be in [0, 1], got {ratio}")
-        if every_n_steps is not None:
-            if every_n_steps < 1:
-                raise UsageError(f"every_n_steps must be >= 1, got {every_n_steps}")
-            if ratio is not None:
-                raise UsageError("give ratio or every_n_steps, not both")
-            ratio = 1.0 / every_n_steps
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if num_workers < 1:
             raise UsageError("the image stream reads in its own workers: num_workers must be >= 1")
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-        self.image_urls, self.probability = image_urls, probability
+        self.image_urls = image_urls
         self.ratio = None if ratio is None else Fraction(ratio).limit_denominator(10_000)
         self.batch_size, self.num_workers, self.shuffle_buffer = batch_size, num_workers, shuffle_buffer
         self.caption_regex = re.compile(caption_regex) if caption_regex else None
@@ -104,15 +92,13 @@ class JointImageVideo(L.Callback):
         """Whether optimizer step ``step`` trains on images: a function of ``(seed, step)`` only."""
         if step < self.start_step:
             return False
-        if self.ratio is not None:
-            return math.floor((step + 1) * self.ratio) > math.floor(step * self.ratio)
-        if self.probability <= 0.0:
+        if self.ratio is None:
             return False
-        return random.Random(f"joint-{self.seed}-{step}").random() < self.probability
+        return math.floor((step + 1) * self.ratio) > math.floor(step * self.ratio)
 
     @property
     def enabled(self) -> bool:
-        return (self.ratio is not None and self.ratio > 0) or (self.ratio is None and self.probability > 0)
+        return self.ratio is not None and self.ratio > 0
 
     # -- the image stream --------------------------------------------------------------------------
     # What the callback reads from the datamodule, when it is not told (``image_urls``, ``batch_size``): a

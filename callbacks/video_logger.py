@@ -38,20 +38,19 @@ class VideoLogger(L.Callback):
         fps: frame rate of the written files and GIFs.
         format: ``mp4`` or ``gif`` files on disk.
         use_ema: sample with EMA weights when the EMA callback is present.
-        compare_raw: with EMA, also sample the raw weights (logged under ``video_raw/``).
     """
 
     def __init__(self, prompts: list[str] | None = None, every_n_steps: int = 500, on_validation: bool = True,
                  seed: int = 0, num_frames: int = 8, size: tuple[int, int] | None = None,
                  num_inference_steps: int = 25, guidance_scale: float = 4.0, fps: float = 8, format: str = "mp4",
-                 use_ema: bool = True, compare_raw: bool = False) -> None:
+                 use_ema: bool = True) -> None:
         if format not in ("mp4", "gif"):
             raise UsageError(f"format must be 'mp4' or 'gif', got {format!r}")
         self.prompts = prompts or ["a red square moving left", "a blue circle moving up"]
         self.every_n_steps, self.on_validation, self.seed = every_n_steps, on_validation, seed
         self.num_frames, (self.height, self.width) = num_frames, size or (None, None)
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
-        self.fps, self.format, self.use_ema, self.compare_raw = fps, format, use_ema, compare_raw
+        self.fps, self.format, self.use_ema = fps, format, use_ema
         self._last_step = -1
         self._log_dir = "."
 
@@ -81,14 +80,10 @@ class VideoLogger(L.Callback):
         self._last_step = step
         try:
             ema = find_ema(trainer) if self.use_ema else None
-            runs = [("video", ema.swapped(pl_module) if ema else nullcontext())]
-            if ema and self.compare_raw:
-                runs.append(("video_raw", nullcontext()))
-            for tag, ctx in runs:
-                with ctx:
-                    videos = self.sample(pl_module)
-                if trainer.is_global_zero:
-                    self.write(trainer, tag, videos)
+            with ema.swapped(pl_module) if ema else nullcontext():
+                videos = self.sample(pl_module)
+            if trainer.is_global_zero:
+                self.write(trainer, "video", videos)
         except Exception as err:  # noqa: BLE001 - logging must never stop training
             warnings.warn(f"VideoLogger failed at step {step}: {type(err).__name__}: {err}", stacklevel=1)
 

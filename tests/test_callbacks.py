@@ -83,7 +83,7 @@ def test_joint_image_video_batches(tiny_base, toy_data, tmp_path):
             seen.append(batch["latents"].shape[1])
 
     module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0))
-    joint = JointImageVideo(every_n_steps=2, batch_size=3)
+    joint = JointImageVideo(ratio=0.5, batch_size=3)
     trainer(tmp_path, [joint, Spy()], steps=4).fit(module, toy_data)
     assert seen == [4, 1, 4, 1] and joint.image_steps == 2
 
