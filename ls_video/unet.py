@@ -43,6 +43,7 @@ TEMPORAL_CONFIG_NAME = "latent_shift.json"
 TemporalMixing = Literal["shift", "none", "temporal_conv", "temporal_attention"]
 ShiftPlacement = Literal["residual", "input"]
 MIXINGS = ("shift", "none", "temporal_conv", "temporal_attention")
+KEEPS_INPUT = (torch.nn.SiLU, torch.nn.Mish, torch.nn.GELU)  # activations whose backward reads their input only
 
 
 @dataclass
@@ -100,14 +101,18 @@ class _ShiftHook:
 
     ``n`` (channels moved each way) is fixed when the hook is installed, so a call is one operator:
     nothing is validated here (:func:`video_unet_forward` folds frames, so ``F`` divides the batch).
-    ``in_place`` (the ``conv1`` hook): without autograd the input is the fresh activation that only
-    ``conv1`` reads, so it is shifted in place (no full-size copy while sampling).
+    ``in_place`` (the ``conv1`` hook): the input is the fresh activation that only ``conv1`` reads, so
+    it is shifted in place (no full-size copy). Under autograd too (``in_place_grad``) when the block's
+    activation keeps its input, not its output, for backward (SiLU, as in every SD U-Net; not ReLU).
+    The ``"input"`` placement shifts the block input, which the skip path reads too: out of place.
     """
 
-    def __init__(self, state: FrameState, n: int, in_place: bool = False, frames_moved: int = 1) -> None:
+    def __init__(self, state: FrameState, n: int, in_place: bool = False, frames_moved: int = 1,
+                 in_place_grad: bool = False) -> None:
         self.state = state
         self.n = n
         self.in_place = in_place
+        self.in_place_grad = in_place and in_place_grad  # also under autograd (the producer keeps its input)
         self.frames_moved = frames_moved  # a shift of k frames is k one-frame shifts (zeros enter at the ends)
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> tuple | None:
@@ -115,7 +120,7 @@ class _ShiftHook:
         if num_frames == 1 or self.n == 0:
             return None  # the identity: leave the input as it is
         x = args[0]
-        in_place = self.in_place and not torch.is_grad_enabled()
+        in_place = self.in_place_grad if torch.is_grad_enabled() else self.in_place
         for _ in range(self.frames_moved):
             x = shift_frames(x, num_frames, self.n, in_place)
         return (x, *args[1:])
@@ -162,7 +167,8 @@ def apply_temporal_mixing(
             target = module.conv1 if residual else module
             n = shift_channels(module.conv1.in_channels, config.shift_fraction)
             moved = config.deep_shift_frames if id(module) in deep else 1
-            hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved)
+            hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved,
+                              in_place_grad=isinstance(module.nonlinearity, KEEPS_INPUT))
             handles.append(target.register_forward_pre_hook(hook))
         elif config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
             with torch.device(ref.device):

@@ -119,6 +119,30 @@ def test_inference_in_place_shift_matches_autograd_path():
     assert torch.allclose(fast, slow.detach(), atol=1e-6)
 
 
+@pytest.mark.parametrize("act_fn", ["silu", "relu"])
+def test_training_shift_in_place_gives_the_out_of_place_gradients(act_fn):
+    """In training the conv1 hooks shift SiLU's output in place; outputs and gradients equal those of the
+    out-of-place shift. Fails if the in-place form's backward is wrong, or if it were used after ReLU, whose
+    backward reads the output it would overwrite (autograd raises)."""
+    import copy
+
+    torch.manual_seed(0)
+    fast = apply_temporal_mixing(tiny_unet(act_fn=act_fn).train(), TemporalConfig("shift", 0.25))
+    reference = copy.deepcopy(fast)
+    hooks = [h for m in reference.modules() for h in m._forward_pre_hooks.values()]
+    assert hooks and all(h.in_place_grad == (act_fn == "silu") for h in hooks)
+    for hook in hooks:
+        hook.in_place_grad = False
+    x, t, ctx = inputs(b=2, f=3)
+    outs = []
+    for unet in (fast, reference):
+        out = video_unet_forward(unet, x, t, ctx)
+        out.square().mean().backward()
+        outs.append(out.detach())
+    assert torch.equal(outs[0], outs[1])
+    assert_same_grads(fast, reference)
+
+
 def test_plain_call_after_a_video_call_is_an_image_model():
     """The frame count lives only for one video_unet_forward call: a later ``unet(images)`` never shifts
     channels between unrelated images (or fails on a batch that F does not divide)."""
