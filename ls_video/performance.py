@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from ls_video.compile import compile_regions
-from ls_video.unet import enable_gradient_checkpointing
 
 
 @dataclass
@@ -28,9 +27,9 @@ class PerformanceConfig:
 
 
 def apply_performance(unet: torch.nn.Module, cfg: PerformanceConfig) -> None:
-    """Apply ``cfg`` to ``unet`` in place (after its temporal mixing is installed)."""
+    """Apply ``cfg`` to ``unet`` in place (before or after its temporal mixing is installed)."""
     if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(unet)
+        unet.enable_gradient_checkpointing()  # frame-aware once the temporal mixing is installed
     if cfg.channels_last:
         unet.to(memory_format=torch.channels_last)
     if cfg.compile_unet:

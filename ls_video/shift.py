@@ -7,7 +7,8 @@ neighbours at the clip ends are zeros, never wrapped around. With ``F == 1`` it 
 
 The shift is one kernel: one Triton launch on CUDA (:mod:`ls_video.shift_triton`), a few slice
 copies elsewhere; its gradient is its adjoint (the same shift with the two directions swapped),
-and the in-place form for inference moves only the ``2n`` shifted channels. Eager code therefore
+and the in-place form (the ``conv1`` hook's, in sampling and training) moves only the ``2n`` shifted
+channels. Eager code therefore
 pays one launch per shifted block. The kernels are also registered as operators,
 ``torch.ops.ls_video.temporal_shift`` / ``temporal_shift_`` (``torch.library`` custom ops with a
 fake implementation and the adjoint as autograd formula).
@@ -63,11 +64,15 @@ def _shift_slices(x: torch.Tensor, num_frames: int, n: int, reverse: bool) -> to
 
 
 def _shift_slices_(x: torch.Tensor, num_frames: int, n: int) -> None:
-    """In-place shift by slice copies (only the ``2n`` moved channels are touched)."""
+    """In-place shift by slice copies (only the ``2n`` moved channels are touched).
+
+    One copy of the moved channels, then two writes and two zero fills: five operators, as many as the
+    out-of-place form (on a busy CPU each operator's thread sync costs more than its bytes)."""
     v = _frames_view(x, num_frames)
-    v[:, 1:, :n] = v[:, :-1, :n].clone()
+    moved = v[:, :, : 2 * n].clone()
+    v[:, 1:, :n] = moved[:, :-1, :n]
     v[:, :1, :n] = 0
-    v[:, :-1, n : 2 * n] = v[:, 1:, n : 2 * n].clone()
+    v[:, :-1, n : 2 * n] = moved[:, 1:, n : 2 * n]
     v[:, -1:, n : 2 * n] = 0
 
 
@@ -99,6 +104,27 @@ class _Shift(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, num_frames: int, n: int) -> torch.Tensor:
         ctx.num_frames, ctx.n = num_frames, n
         return _kernel(x, num_frames, n, False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        return _kernel(grad, ctx.num_frames, ctx.n, True), None, None
+
+
+class _ShiftInPlace(torch.autograd.Function):
+    """The training form of the ``conv1`` hook: ``x`` shifted in place (only the ``2n`` moved channels are
+    written, no new tensor), the adjoint (out of place) in backward.
+
+    Only for an activation nothing else reads and whose producer does not keep it for its own backward
+    (SiLU keeps its input): if one did, autograd's version check raises at backward, it never goes wrong
+    silently.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_frames: int, n: int) -> torch.Tensor:
+        ctx.num_frames, ctx.n = num_frames, n
+        _kernel_(x, num_frames, n)
+        ctx.mark_dirty(x)
+        return x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple:
@@ -141,15 +167,19 @@ def _shift_inplace_op(x: torch.Tensor, num_frames: int, n: int) -> None:
 def shift_frames(x: torch.Tensor, num_frames: int, n: int, in_place: bool = False) -> torch.Tensor:
     """The hot path of the U-Net hooks: shift ``n`` channels each way, no argument checks.
 
-    ``in_place`` writes into ``x`` (inference only, when nothing else reads ``x``). Under
-    ``torch.compile`` the mutation-free form is traced instead, so inductor can fuse it.
+    ``in_place`` writes only the moved channels into ``x`` (when nothing else reads ``x``), also under
+    autograd (see ``_ShiftInPlace``). Under ``torch.compile`` the mutation-free form is traced instead,
+    so inductor can fuse it.
     """
     if torch.compiler.is_compiling():
         return _shift_functional(x, num_frames, n)
+    tracked = x.requires_grad and torch.is_grad_enabled()
     if in_place:
+        if tracked:
+            return _ShiftInPlace.apply(x, num_frames, n)
         _kernel_(x, num_frames, n)
         return x
-    if x.requires_grad and torch.is_grad_enabled():
+    if tracked:
         return _Shift.apply(x, num_frames, n)
     return _kernel(x, num_frames, n, False)
 

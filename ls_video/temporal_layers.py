@@ -11,13 +11,13 @@ the U-Net's state dict; :func:`ls_video.unet.apply_temporal_mixing` installs the
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 
 from ls_video.errors import UsageError
+from ls_video.frame_state import FrameState
 
 ADDED_NAMES = ("temporal_conv", "temporal_attention")  # attribute names of added layers
 
@@ -25,7 +25,7 @@ ADDED_NAMES = ("temporal_conv", "temporal_attention")  # attribute names of adde
 class AddedLayerHook:
     """Forward hook: pass a block's output through the temporal layer stored on that block."""
 
-    def __init__(self, state: Any, name: str) -> None:  # state: ls_video.unet._FrameState
+    def __init__(self, state: FrameState, name: str) -> None:
         self.state = state
         self.name = name
 

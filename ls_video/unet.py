@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -32,6 +31,7 @@ from einops import rearrange
 
 from ls_video.compile import guard_hooks
 from ls_video.errors import UsageError
+from ls_video.frame_state import FrameState, make_checkpointing_frame_aware
 from ls_video.shift import shift_channels, shift_frames
 from ls_video.temporal_layers import (
     AddedLayerHook,
@@ -43,6 +43,7 @@ TEMPORAL_CONFIG_NAME = "latent_shift.json"
 TemporalMixing = Literal["shift", "none", "temporal_conv", "temporal_attention"]
 ShiftPlacement = Literal["residual", "input"]
 MIXINGS = ("shift", "none", "temporal_conv", "temporal_attention")
+KEEPS_INPUT = (torch.nn.SiLU, torch.nn.Mish, torch.nn.GELU)  # activations whose backward reads their input only
 
 
 @dataclass
@@ -89,62 +90,10 @@ class TemporalConfig:
             return cls(**json.load(f))
 
 
-class _FrameState:
-    """Frame count of the batch currently inside the U-Net, shared by all its hooks.
-
-    Set only inside :func:`frames` (and so :func:`video_unet_forward`), which always puts it back to 1:
-    a plain ``unet(images)`` call is a batch of images whose channels never move.
-    """
-
-    def __init__(self) -> None:
-        self.num_frames = 1
-
-
-@contextlib.contextmanager
-def frames(unet: torch.nn.Module, num_frames: int) -> Iterator[None]:
+def frames(unet: torch.nn.Module, num_frames: int) -> contextlib.AbstractContextManager[None]:
     """Within the block, calls of ``unet`` treat their batch as clips of ``num_frames`` frames."""
     temporal = getattr(unet, "_latent_shift", None)
-    if temporal is None:
-        yield
-        return
-    previous, temporal.state.num_frames = temporal.state.num_frames, num_frames
-    try:
-        yield
-    finally:
-        temporal.state.num_frames = previous
-
-
-class _FrameAwareCheckpoint:
-    """diffusers' checkpointing function, with the frame count of the forward pass restored while
-    backward recomputes a block (which happens after :func:`frames` has returned).
-
-    An object holding its U-Net, not a closure, so that ``copy.deepcopy(unet)`` gives the copy its own.
-    """
-
-    frame_aware = True
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        self.unet = unet
-
-    def __call__(self, module: torch.nn.Module, *args):
-        temporal = getattr(self.unet, "_latent_shift", None)
-        num_frames = temporal.state.num_frames if temporal is not None else 1
-
-        def contexts():
-            return contextlib.nullcontext(), frames(self.unet, num_frames)
-
-        return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, context_fn=contexts)
-
-
-def enable_gradient_checkpointing(unet: UNet2DConditionModel) -> None:
-    """``unet.enable_gradient_checkpointing()`` that keeps the temporal mixing right in the recomputation."""
-    unet.enable_gradient_checkpointing(_FrameAwareCheckpoint(unet))
-
-
-def _checkpointing_is_frame_aware(unet: torch.nn.Module) -> bool:
-    func = next((m._gradient_checkpointing_func for m in unet.modules() if getattr(m, "gradient_checkpointing", False)
-                 and hasattr(m, "_gradient_checkpointing_func")), None)
-    return func is None or getattr(func, "frame_aware", False)
+    return temporal.state.frames(num_frames) if temporal is not None else contextlib.nullcontext()
 
 
 class _ShiftHook:
@@ -152,14 +101,18 @@ class _ShiftHook:
 
     ``n`` (channels moved each way) is fixed when the hook is installed, so a call is one operator:
     nothing is validated here (:func:`video_unet_forward` folds frames, so ``F`` divides the batch).
-    ``in_place`` (the ``conv1`` hook): without autograd the input is the fresh activation that only
-    ``conv1`` reads, so it is shifted in place (no full-size copy while sampling).
+    ``in_place`` (the ``conv1`` hook): the input is the fresh activation that only ``conv1`` reads, so
+    it is shifted in place (no full-size copy). Under autograd too (``in_place_grad``) when the block's
+    activation keeps its input, not its output, for backward (SiLU, as in every SD U-Net; not ReLU).
+    The ``"input"`` placement shifts the block input, which the skip path reads too: out of place.
     """
 
-    def __init__(self, state: _FrameState, n: int, in_place: bool = False, frames_moved: int = 1) -> None:
+    def __init__(self, state: FrameState, n: int, in_place: bool = False, frames_moved: int = 1,
+                 in_place_grad: bool = False) -> None:
         self.state = state
         self.n = n
         self.in_place = in_place
+        self.in_place_grad = in_place and in_place_grad  # also under autograd (the producer keeps its input)
         self.frames_moved = frames_moved  # a shift of k frames is k one-frame shifts (zeros enter at the ends)
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> tuple | None:
@@ -167,7 +120,7 @@ class _ShiftHook:
         if num_frames == 1 or self.n == 0:
             return None  # the identity: leave the input as it is
         x = args[0]
-        in_place = self.in_place and not torch.is_grad_enabled()
+        in_place = self.in_place_grad if torch.is_grad_enabled() else self.in_place
         for _ in range(self.frames_moved):
             x = shift_frames(x, num_frames, self.n, in_place)
         return (x, *args[1:])
@@ -176,7 +129,7 @@ class _ShiftHook:
 class _Temporal:
     """What :func:`apply_temporal_mixing` attaches to a U-Net (a plain attribute, not a module)."""
 
-    def __init__(self, config: TemporalConfig, state: _FrameState, handles: list) -> None:
+    def __init__(self, config: TemporalConfig, state: FrameState, handles: list) -> None:
         self.config = config
         self.state = state
         self.handles = handles  # one per hooked block
@@ -191,6 +144,9 @@ def apply_temporal_mixing(
     U-Net's device and dtype; an earlier mixing's hooks and added layers are removed first. Dynamo is
     told to guard module hooks (:func:`ls_video.compile.guard_hooks`), so a user's own
     ``torch.compile(unet)`` never reuses the graph of another U-Net of the same config without them.
+    Gradient checkpointing, on now or enabled later with ``unet.enable_gradient_checkpointing()``,
+    recomputes blocks at the frame count of their forward call
+    (:func:`ls_video.frame_state.make_checkpointing_frame_aware`).
     """
     config = config or TemporalConfig()
     guard_hooks()
@@ -199,7 +155,7 @@ def apply_temporal_mixing(
         for handle in old.handles:
             handle.remove()
     remove_added_layers(unet)
-    state = _FrameState()
+    state = old.state if old is not None else FrameState()
     handles = []
     ref = next(unet.parameters())
     deep = set()  # the lowest-resolution blocks, where the shift may move more than one frame
@@ -211,7 +167,8 @@ def apply_temporal_mixing(
             target = module.conv1 if residual else module
             n = shift_channels(module.in_channels, config.shift_fraction)  # (conv1 may be a LoRA wrapper)
             moved = config.deep_shift_frames if id(module) in deep else 1
-            hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved)
+            hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved,
+                              in_place_grad=isinstance(module.nonlinearity, KEEPS_INPUT))
             handles.append(target.register_forward_pre_hook(hook))
         elif config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
             with torch.device(ref.device):
@@ -225,6 +182,7 @@ def apply_temporal_mixing(
             torch.nn.Module.to(module.temporal_attention, ref.dtype)  # (ModelMixin.to warns on dtype casts)
             handles.append(module.register_forward_hook(AddedLayerHook(state, "temporal_attention")))
     unet._latent_shift = _Temporal(config, state, handles)
+    make_checkpointing_frame_aware(unet, state)
     return unet
 
 
@@ -263,9 +221,6 @@ def video_unet_forward(
         timesteps = timesteps.expand(b)
     t = timesteps.repeat_interleave(f)
     context = encoder_hidden_states.repeat_interleave(f, dim=0)
-    # (checkpointing only acts with gradients on; sampling skips the module walks of this check)
-    if torch.is_grad_enabled() and unet.is_gradient_checkpointing and not _checkpointing_is_frame_aware(unet):
-        enable_gradient_checkpointing(unet)  # the default function would recompute blocks with F = 1
     with frames(unet, f):
         out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
     return rearrange(out, "(b f) c h w -> b f c h w", b=b)

@@ -113,6 +113,37 @@ def test_in_place_matches_out_of_place(fraction):
         temporal_shift_(torch.randn(4, 8, 2, 2, requires_grad=True), 2)
 
 
+def test_in_place_under_autograd_matches_out_of_place():
+    """The conv1 hook's training form (``shift_frames(in_place=True)`` under autograd) gives the values and
+    gradients of the out-of-place shift (fails if its backward is not the adjoint, e.g. the forward shift
+    again) and passes gradcheck."""
+    from ls_video.shift import shift_frames
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2 * 3, 16, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2 * 3, 16, 3, 3, generator=g, dtype=torch.float64)
+    expected = temporal_shift(torch.nn.functional.silu(a), 3, 0.25)
+    (expected * w).sum().backward()
+    expected_grad, a.grad = a.grad, None
+    y = torch.nn.functional.silu(a)
+    out = shift_frames(y, 3, 4, in_place=True)
+    assert out is y and torch.equal(out, expected)
+    (out * w).sum().backward()
+    assert torch.equal(a.grad, expected_grad)
+    assert torch.autograd.gradcheck(lambda t: shift_frames(torch.nn.functional.silu(t), 3, 4, in_place=True), (a,))
+
+
+def test_in_place_under_autograd_refuses_a_tensor_backward_needs():
+    """Shifting in place a tensor its producer saved for backward (ReLU keeps its output) raises at backward
+    instead of giving wrong gradients (fails if the in-place form bypassed autograd's version check)."""
+    from ls_video.shift import shift_frames
+
+    a = torch.randn(4, 8, 2, 2, requires_grad=True)
+    out = shift_frames(torch.relu(a), 2, 2, in_place=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu():
     x = torch.randn(6, 16, 4, 4)

@@ -7,6 +7,7 @@ from ls_video.testing.tiny import tiny_unet
 from ls_video.unet import (
     TemporalConfig,
     apply_temporal_mixing,
+    frames,
     get_temporal_config,
     num_shift_hooks,
     video_unet_forward,
@@ -118,6 +119,30 @@ def test_inference_in_place_shift_matches_autograd_path():
     assert torch.allclose(fast, slow.detach(), atol=1e-6)
 
 
+@pytest.mark.parametrize("act_fn", ["silu", "relu"])
+def test_training_shift_in_place_gives_the_out_of_place_gradients(act_fn):
+    """In training the conv1 hooks shift SiLU's output in place; outputs and gradients equal those of the
+    out-of-place shift. Fails if the in-place form's backward is wrong, or if it were used after ReLU, whose
+    backward reads the output it would overwrite (autograd raises)."""
+    import copy
+
+    torch.manual_seed(0)
+    fast = apply_temporal_mixing(tiny_unet(act_fn=act_fn).train(), TemporalConfig("shift", 0.25))
+    reference = copy.deepcopy(fast)
+    hooks = [h for m in reference.modules() for h in m._forward_pre_hooks.values()]
+    assert hooks and all(h.in_place_grad == (act_fn == "silu") for h in hooks)
+    for hook in hooks:
+        hook.in_place_grad = False
+    x, t, ctx = inputs(b=2, f=3)
+    outs = []
+    for unet in (fast, reference):
+        out = video_unet_forward(unet, x, t, ctx)
+        out.square().mean().backward()
+        outs.append(out.detach())
+    assert torch.equal(outs[0], outs[1])
+    assert_same_grads(fast, reference)
+
+
 def test_plain_call_after_a_video_call_is_an_image_model():
     """The frame count lives only for one video_unet_forward call: a later ``unet(images)`` never shifts
     channels between unrelated images (or fails on a batch that F does not divide)."""
@@ -132,24 +157,72 @@ def test_plain_call_after_a_video_call_is_an_image_model():
     assert torch.equal(before, after)
 
 
-def test_gradient_checkpointing_keeps_the_shift_in_the_recomputation():
-    """Checkpointed blocks re-run during backward, after video_unet_forward returned: same gradients."""
-    import copy
-
-    torch.manual_seed(0)
-    plain = apply_temporal_mixing(tiny_unet().train(), TemporalConfig("shift", 0.25))
-    checkpointed = copy.deepcopy(plain)
-    checkpointed.enable_gradient_checkpointing()
+def two_clip_lengths_loss(unet):
+    """One backward over two video calls of different frame counts (F = 3, then F = 2)."""
     x, t, ctx = inputs(b=2, f=3)
-    for unet in (plain, checkpointed):
-        video_unet_forward(unet, x, t, ctx).square().mean().backward()
-    for p, q in zip(checkpointed.parameters(), plain.parameters(), strict=True):
+    y, s, cty = inputs(b=1, f=2, seed=1)
+    return video_unet_forward(unet, x, t, ctx).square().mean() + video_unet_forward(unet, y, s, cty).abs().mean()
+
+
+def assert_same_grads(unet, reference):
+    for p, q in zip(unet.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_frames_is_reset_even_when_the_call_fails():
-    from ls_video.unet import frames
+@pytest.mark.parametrize("mixing", ["shift", "temporal_conv"])
+def test_gradient_checkpointing_keeps_the_shift_in_the_recomputation(mixing):
+    """Checkpointed blocks re-run during backward, after video_unet_forward returned: same gradients as
+    without checkpointing. Fails if the recompute uses a wrong frame count: F = 1 (the state after the
+    call; diffusers' own checkpointing function) or the F of the last call (a state read at backward time,
+    not the forward's: the F = 3 clip recomputed with F = 2 shifts other channels)."""
+    import copy
 
+    torch.manual_seed(0)
+    plain = apply_temporal_mixing(tiny_unet().train(), TemporalConfig(mixing, 0.25))
+    if mixing == "temporal_conv":  # give the zero-initialised added layers weights, as training would
+        with torch.no_grad():
+            for name, p in plain.named_parameters():
+                if ".temporal_conv." in name:
+                    p.normal_(0, 0.05)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.enable_gradient_checkpointing()  # diffusers' method, as a user would call it
+    assert checkpointed.is_gradient_checkpointing
+    for unet in (plain, checkpointed):
+        two_clip_lengths_loss(unet).backward()
+    assert_same_grads(checkpointed, plain)
+
+
+def test_checkpointing_enabled_before_the_mixing_is_installed_is_frame_aware():
+    """Install order does not matter: checkpointing switched on for the plain image U-Net (as
+    ``PerformanceConfig`` may be applied first) is made frame-aware when the shift is installed. Fails
+    if only a later ``enable_gradient_checkpointing`` call were wrapped (diffusers' function recomputes
+    with F = 1)."""
+    torch.manual_seed(0)
+    plain = tiny_unet().train()
+    checkpointed = tiny_unet().train()
+    checkpointed.load_state_dict(plain.state_dict())
+    checkpointed.enable_gradient_checkpointing()
+    for unet in (plain, checkpointed):
+        apply_temporal_mixing(unet, TemporalConfig("shift", 0.25))
+        two_clip_lengths_loss(unet).backward()
+    assert_same_grads(checkpointed, plain)
+
+
+def test_video_forward_walks_no_modules(monkeypatch):
+    """Checkpointing is made frame-aware at install, so a training call does not search the U-Net's
+    modules (fails on a per-call check such as ``unet.is_gradient_checkpointing``)."""
+    unet = apply_temporal_mixing(tiny_unet().train())
+    unet.enable_gradient_checkpointing()
+    walks = []
+    for name in ("modules", "named_modules", "children", "named_children"):
+        method = getattr(unet, name)
+        monkeypatch.setattr(unet, name, lambda *a, _m=method, _n=name, **k: walks.append(_n) or _m(*a, **k))
+    x, t, ctx = inputs(b=1, f=2)
+    video_unet_forward(unet, x, t, ctx).mean().backward()
+    assert walks == []
+
+
+def test_frames_is_reset_even_when_the_call_fails():
     unet = apply_temporal_mixing(tiny_unet().eval())
     with pytest.raises(RuntimeError), frames(unet, 3):
         assert unet._latent_shift.state.num_frames == 3
@@ -161,15 +234,14 @@ def test_frame_aware_checkpointing_survives_a_deepcopy():
     """The copy's checkpointed blocks read the copy's frame count (gradients as without checkpointing)."""
     import copy
 
-    from ls_video.unet import enable_gradient_checkpointing
-
     torch.manual_seed(0)
     plain = apply_temporal_mixing(tiny_unet().train(), TemporalConfig("shift", 0.25))
     original = copy.deepcopy(plain)
-    enable_gradient_checkpointing(original)
+    original.enable_gradient_checkpointing()
     checkpointed = copy.deepcopy(original)
-    x, t, ctx = inputs(b=2, f=3)
-    for unet in (plain, checkpointed):
-        video_unet_forward(unet, x, t, ctx).square().mean().backward()
-    for p, q in zip(checkpointed.parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    func = checkpointed.down_blocks[0]._gradient_checkpointing_func
+    assert func.state is checkpointed._latent_shift.state is not original._latent_shift.state
+    with frames(original, 5):  # the original's frame count must not leak into the copy's recompute
+        for unet in (plain, checkpointed):
+            two_clip_lengths_loss(unet).backward()
+    assert_same_grads(checkpointed, plain)

@@ -1,0 +1,99 @@
+"""The frame count a U-Net's temporal hooks share, and gradient checkpointing that keeps it.
+
+Inside the U-Net a video is a batch ``(B·F, C, h, w)`` with no trace of ``F``. The hooks that
+:func:`ls_video.unet.apply_temporal_mixing` installs (the shift, the added layers of
+:mod:`ls_video.temporal_layers`) read ``F`` from one :class:`FrameState` per U-Net: 1 (a batch of
+images) except inside :meth:`FrameState.frames`.
+
+Gradient checkpointing runs a block again during backward, after that ``frames`` block has ended, so
+the recomputation would see ``F = 1`` and compute other activations than the forward did (wrong
+gradients, no error). :class:`FrameAwareCheckpoint` wraps a checkpointing function so that the block it
+checkpoints runs, both times, at the frame count of its forward call. Installing the temporal mixing
+wraps the function once (:func:`make_checkpointing_frame_aware`); nothing is checked per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+
+CheckpointFunction = Callable[..., object]  # diffusers' ``gradient_checkpointing_func(module, *args)``
+
+
+class FrameState:
+    """Frame count of the batch currently inside the U-Net, shared by all its temporal hooks."""
+
+    def __init__(self) -> None:
+        self.num_frames = 1
+
+    @contextlib.contextmanager
+    def frames(self, num_frames: int) -> Iterator[None]:
+        """Within the block the batch is clips of ``num_frames`` frames; the previous count comes back after."""
+        previous, self.num_frames = self.num_frames, num_frames
+        try:
+            yield
+        finally:
+            self.num_frames = previous
+
+
+def checkpoint(module: Callable, *args: object) -> object:
+    """diffusers' default checkpointing function (non-reentrant ``torch.utils.checkpoint``)."""
+    return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
+
+
+class _AtFrames:
+    """``module`` called at a fixed frame count: what the checkpointing function runs and reruns."""
+
+    def __init__(self, module: Callable, state: FrameState, num_frames: int) -> None:
+        self.module = module
+        self.state = state
+        self.num_frames = num_frames
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        with self.state.frames(self.num_frames):
+            return self.module(*args, **kwargs)
+
+
+class FrameAwareCheckpoint:
+    """A checkpointing function (``inner``) whose blocks run at the frame count of their forward call.
+
+    An object, not a closure, so that ``copy.deepcopy(unet)`` gives the copy one bound to its own state.
+    """
+
+    def __init__(self, state: FrameState, inner: CheckpointFunction = checkpoint) -> None:
+        self.state = state
+        self.inner = inner
+
+    def __call__(self, module: torch.nn.Module, *args: object) -> object:
+        return self.inner(_AtFrames(module, self.state, self.state.num_frames), *args)
+
+
+class _EnableFrameAware:
+    """``unet.enable_gradient_checkpointing`` of a U-Net with temporal mixing: diffusers' method, with the
+    function it is given (the default when none) made frame-aware."""
+
+    def __init__(self, unet: torch.nn.Module, state: FrameState) -> None:
+        self.unet = unet
+        self.state = state
+
+    def __call__(self, gradient_checkpointing_func: CheckpointFunction | None = None) -> None:
+        func = FrameAwareCheckpoint(self.state, gradient_checkpointing_func or checkpoint)
+        type(self.unet).enable_gradient_checkpointing(self.unet, func)
+
+
+def make_checkpointing_frame_aware(unet: torch.nn.Module, state: FrameState) -> None:
+    """Make ``unet``'s gradient checkpointing read ``state``, now and whenever it is enabled later.
+
+    Blocks already checkpointing get their function wrapped (or rebound to ``state``);
+    ``unet.enable_gradient_checkpointing(...)`` wraps the function it sets. Called once, at install.
+    """
+    for module in unet.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if func is None or not getattr(module, "gradient_checkpointing", False):
+            continue
+        inner = func.inner if isinstance(func, FrameAwareCheckpoint) else func
+        module._gradient_checkpointing_func = FrameAwareCheckpoint(state, inner)
+    if hasattr(type(unet), "enable_gradient_checkpointing"):
+        unet.enable_gradient_checkpointing = _EnableFrameAware(unet, state)
