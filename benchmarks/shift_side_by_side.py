@@ -58,8 +58,12 @@ def main() -> None:
     sys.path.insert(0, args.root)
     import torch
 
-    from ls_video.presets import sd15_unet
     from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
+
+    try:
+        from ls_video.testing.presets import sd15_unet
+    except ImportError:  # checkouts from before the testing/ sub-package
+        from ls_video.presets import sd15_unet
 
     torch.manual_seed(0)
     unet = sd15_unet()
