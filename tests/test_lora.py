@@ -20,9 +20,9 @@ from ls_video.testing.tiny import tiny_unet
 from ls_video.unet import TemporalConfig, apply_temporal_mixing, video_unet_forward
 
 
-def lora_unet(targets: str = "resnet+attention") -> UNet2DConditionModel:
+def lora_unet(targets: str = "resnet+attention", act_fn: str = "silu") -> UNet2DConditionModel:
     torch.manual_seed(0)
-    unet = apply_temporal_mixing(tiny_unet(), TemporalConfig(shift_fraction=0.25))
+    unet = apply_temporal_mixing(tiny_unet(act_fn=act_fn), TemporalConfig(shift_fraction=0.25))
     add_lora(unet, LoraSettings(rank=4, target_modules=targets))
     with torch.no_grad():  # a trained adapter: B is zero at initialisation
         for name, p in unet.named_parameters():
@@ -31,11 +31,12 @@ def lora_unet(targets: str = "resnet+attention") -> UNet2DConditionModel:
     return unet
 
 
-def test_the_adapter_on_conv1_sees_the_shifted_input():
+@pytest.mark.parametrize("act_fn", ["silu", "relu"])
+def test_the_adapter_on_conv1_sees_the_shifted_input(act_fn):
     """A video through the live adapter equals the same video through the merged weights, with gradients on as in
-    training (fails if the shift hook stays on the wrapped convolution: the low-rank branch would then see
-    unshifted frames; without gradients the in-place shift would hide it)."""
-    unet = lora_unet()
+    training (the ReLU case fails if the shift hook stays on the wrapped convolution: the low-rank branch would
+    then see unshifted frames; SiLU blocks shift in place, which would hide it)."""
+    unet = lora_unet(act_fn=act_fn)
     x, t, text = torch.randn(2, 4, 4, 8, 8), torch.tensor([10, 700]), torch.randn(2, 5, 32)
     live = video_unet_forward(unet, x, t, text).detach()
     merge_lora(unet)
