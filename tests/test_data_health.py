@@ -14,7 +14,7 @@ class Trainer(SimpleNamespace):
     def __init__(self) -> None:
         super().__init__(world_size=1, callbacks=[], default_root_dir="run", saved=[])
 
-    def save_checkpoint(self, path: str) -> None:
+    def save_checkpoint(self, path: str, weights_only: bool | None = None) -> None:  # (as Lightning's)
         self.saved.append(path)
 
 
