@@ -12,6 +12,7 @@ import yaml
 from diffusers import UNet2DConditionModel
 
 from ls_video.checkpoint import EMA_KEY
+from ls_video.lora import LoraSettings
 from ls_video.module import LatentShiftModule
 from ls_video.objective import ObjectiveConfig
 from ls_video.optim import OptimConfig
@@ -50,7 +51,7 @@ def class_of(spec: dict) -> type:
     return getattr(__import__(module, fromlist=[name]), name)
 
 
-OVERLAYS = {"sd21-base.yaml": "sd15.yaml"}  # overlay: the config it is used after
+OVERLAYS = {"sd21-base.yaml": "sd15.yaml", "lora.yaml": "toy.yaml"}  # overlay: the config it is used after
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "*.yaml"))), ids=os.path.basename)
@@ -73,6 +74,7 @@ def test_every_config_builds(path, tiny_base, tmp_path):
     assert model.optim_config == OptimConfig(**{**dataclasses.asdict(OptimConfig()), **merged["model"]["optim"]})
     assert model.objective.config == ObjectiveConfig(**merged["model"].get("objective", {}))
     assert trainer.logger.save_dir == merged["trainer"]["logger"]["init_args"]["save_dir"]
+    assert model.hparams["lora"] == dataclasses.asdict(LoraSettings(**merged["model"].get("lora", {})))
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(CONFIGS / "data" / "*.yaml"))), ids=os.path.basename)
