@@ -36,11 +36,18 @@ def datamodule(urls, rank=0, world=2, **kw):
     return dm
 
 
+def batches_of(dm) -> list[dict]:
+    """The train loader's batches without their tensors (keys, bucket, latent shape, data stats): holding
+    hundreds of worker-shared tensors keeps one file descriptor each open in this process."""
+    return [{"keys": b["keys"], "bucket": b["bucket"], "shape": tuple(b["latents"].shape[1:]),
+             "data_stats": b["data_stats"]} for b in dm.train_dataloader()]
+
+
 def check_homogeneous(batches, keys):
     """Every batch: one bucket, named right, of that bucket's batch size (or a smaller leftover)."""
     for b in batches:
         assert {keys[k] for k in b["keys"]} == {b["bucket"]}
-        assert tuple(b["latents"].shape[1:]) == BUCKETS[b["bucket"]][0]
+        assert b["shape"] == BUCKETS[b["bucket"]][0]
         assert len(b["keys"]) <= SIZES[b["bucket"]]
 
 
@@ -65,7 +72,7 @@ def test_resampled_batches_are_homogeneous_and_proportional_with_two_workers(sha
     (greedy filling that favoured large buckets, or a worker that read only some shards, fails here)."""
     urls, keys = shards
     dm = datamodule(urls, epoch_length=1200)
-    batches = list(dm.train_dataloader())
+    batches = batches_of(dm)
     assert len(batches) == 300  # epoch_length // batch_size, split over the 2 workers
     check_homogeneous(batches, keys)
     assert {b["data_stats"]["worker"] for b in batches} == {0, 1}
@@ -85,7 +92,7 @@ def test_two_ranks_one_pass_read_every_clip_once(shards):
     urls, keys = shards
     per_rank = []
     for rank in range(2):
-        batches = list(datamodule(urls, rank=rank, resampled=False, shuffle_buffer=0).train_dataloader())
+        batches = batches_of(datamodule(urls, rank=rank, resampled=False, shuffle_buffer=0))
         check_homogeneous(batches, keys)
         per_rank.append([k for b in batches for k in b["keys"]])
     assert not set(per_rank[0]) & set(per_rank[1])
@@ -95,7 +102,7 @@ def test_two_ranks_one_pass_read_every_clip_once(shards):
 def test_ranks_get_equal_batch_counts_and_their_own_draws(shards):
     """Under DDP every rank must run the same number of steps: equal counts, different samples."""
     urls, keys = shards
-    runs = [list(datamodule(urls, rank=r, epoch_length=200).train_dataloader()) for r in range(2)]
+    runs = [batches_of(datamodule(urls, rank=r, epoch_length=200)) for r in range(2)]
     assert len(runs[0]) == len(runs[1]) == 50
     assert [b["keys"] for b in runs[0]] != [b["keys"] for b in runs[1]]
 
