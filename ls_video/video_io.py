@@ -23,8 +23,7 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, crf: int = 18) -> None:
-    """Write ``(F, H, W, 3)`` frames as H.264 yuv420p; the same frames always give the same bytes. Odd sizes are
-    padded by one pixel (yuv420p)."""
+    """Write ``(F, H, W, 3)`` frames as H.264 yuv420p. Odd sizes are padded by one pixel (yuv420p)."""
     frames = to_uint8(np.asarray(frames))
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames of shape (F, H, W, 3), got {frames.shape}")
@@ -40,7 +39,8 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, crf: 
         stream.options = {"crf": str(crf)}
         for frame in frames:
             # Convert to yuv420p here, not in the stream's own reformatter: fed rgb24, the same frames gave
-            # different bytes in about one write in fifty (toy caches differed between builds).
+            # different bytes in about one write in fifty (toy caches differed between builds); now about one in
+            # a thousand (libx264 itself still varies now and then; docs/TOY.md).
             yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
             for packet in stream.encode(yuv):
                 container.mux(packet)
