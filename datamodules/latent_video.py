@@ -99,7 +99,7 @@ class LatentVideoDataModule(L.LightningDataModule):
             return
         meta = first_meta(urls[0], self.remote) or {}
         if "text_encoder_fingerprint" in meta:
-            self.empty_text_embeds = read_empty(urls[0])
+            self.empty_text_embeds = read_empty(urls[0], self.remote)
         check_text(meta, module, self.empty_text_embeds, bool(module.hparams.get("cached_text_embeddings")))
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import io
 import logging
 import os
-import urllib.request
 
 import numpy as np
 import torch
 
+from datamodules.remote import RemoteOptions, open_shard
 from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -57,21 +57,16 @@ class TextCache:
         np.save(os.path.join(out, EMPTY_FILE), self([""])[0], allow_pickle=False)
 
 
-def read_empty(url: str, timeout: float = 30.0) -> torch.Tensor | None:
-    """The ``empty_text_embeds.npy`` next to shard ``url`` (a local path or http(s) URL); ``None`` for ``pipe:``
-    streams or when it is missing."""
+def read_empty(url: str, remote: RemoteOptions | None = None) -> torch.Tensor | None:
+    """The ``empty_text_embeds.npy`` next to shard ``url`` (a local path or http(s) URL, opened as the shards are,
+    with ``remote``'s timeouts and retries); ``None`` for ``pipe:`` streams or when it is missing."""
     if url.startswith("pipe:"):
         return None
     folder = url.rsplit("/", 1)[0] if "/" in url else "."
-    path = f"{folder}/{EMPTY_FILE}"
     try:
-        if url.startswith(("http://", "https://")):
-            with urllib.request.urlopen(path, timeout=timeout) as r:
-                data = r.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError:
+        with open_shard(f"{folder}/{EMPTY_FILE}", remote) as f:
+            data = f.read()
+    except OSError:  # ShardReadError included
         return None
     return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))[None]
 
