@@ -139,10 +139,6 @@ def kohya_state(state: dict[str, torch.Tensor], settings: LoraSettings) -> dict[
     return out
 
 
-def trainable_count(unet: torch.nn.Module) -> int:
-    return sum(p.numel() for p in unet.parameters() if p.requires_grad)
-
-
 PEFT_FILE, KOHYA_FILE = "pytorch_lora_weights.safetensors", "lora_kohya.safetensors"
 
 
