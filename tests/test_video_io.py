@@ -44,4 +44,3 @@ def test_float_input_and_bad_files(tmp_path):
 def test_contact_sheet_layout():
     sheet = contact_sheet(np.stack([moving_square(4, 8)] * 2))
     assert sheet.shape == (2 * 10, 4 * 10, 3)
-
