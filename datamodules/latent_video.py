@@ -86,18 +86,23 @@ class LatentVideoDataModule(L.LightningDataModule):
         self.empty_text_embeds: torch.Tensor | None = None  # cached empty-prompt embedding, when the shards have one
 
     def setup(self, stage: str | None = None) -> None:
-        """Before fitting: the shards' recorded VAE must be the model's (see ``allow_vae_mismatch``), and so must
-        their text encoder when they carry text embeddings (:mod:`datamodules.text_cache`)."""
-        self.check_vae(stage)
-        self.check_text(stage)
+        self.check_shards(stage)
 
-    def check_text(self, stage: str | None) -> None:
+    def check_shards(self, stage: str | None) -> None:
+        """Before fitting: the shards' recorded VAE must be the model's (see ``allow_vae_mismatch``), and so must
+        their text encoder when they carry text embeddings (:mod:`datamodules.text_cache`); the first shard's
+        record is read once for both."""
         trainer = getattr(self, "trainer", None)
         module = trainer.lightning_module if trainer is not None else None
         urls = expand(self.train_urls)
-        if stage not in ("fit", None) or module is None or getattr(module, "unet", None) is None or not urls:
+        if stage not in ("fit", None) or module is None or not urls:
             return
-        meta = first_meta(urls[0], self.remote) or {}
+        meta = first_meta(urls[0], self.remote)
+        if not self.allow_vae_mismatch and getattr(module, "vae", None) is not None:
+            check_vae(urls[0], meta, module.vae, module.hparams.get("pretrained_model_name_or_path"))
+        if getattr(module, "unet", None) is None:
+            return
+        meta = meta or {}
         if "text_encoder_fingerprint" in meta:
             self.empty_text_embeds = read_empty(urls[0], self.remote)
         check_text(meta, module, self.empty_text_embeds, bool(module.hparams.get("cached_text_embeddings")))
@@ -107,15 +112,6 @@ class LatentVideoDataModule(L.LightningDataModule):
         if self.empty_text_embeds is not None and isinstance(batch, dict) and "text_embeds" in batch:
             batch["empty_text_embeds"] = self.empty_text_embeds
         return batch
-
-    def check_vae(self, stage: str | None) -> None:
-        trainer = getattr(self, "trainer", None)
-        module = trainer.lightning_module if trainer is not None else None
-        if stage not in ("fit", None) or self.allow_vae_mismatch or getattr(module, "vae", None) is None:
-            return
-        urls = expand(self.train_urls)
-        if urls:
-            check_vae(urls[0], module.vae, module.hparams.get("pretrained_model_name_or_path"), self.remote)
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint: the step it was taken at (the resumed stream's seed)."""

@@ -134,7 +134,7 @@ class ToyDataModule(LatentVideoDataModule):
         self.val_urls = val or None
         if not self.train_urls:
             raise FileNotFoundError(f"no toy shards in {self.shard_dir('train')}; did prepare_data run?")
-        self.check_vae(stage)
+        self.check_shards(stage)
 
     def image_urls(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.shard_dir("images"), "shard-*.tar")))

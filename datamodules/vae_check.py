@@ -27,14 +27,14 @@ def first_meta(url: str, remote: RemoteOptions | None = None) -> dict | None:
     return None
 
 
-def check_vae(url: str, vae, model_name: str | None, remote: RemoteOptions | None = None) -> None:
-    """Compare the VAE recorded in ``url``'s first sample with ``vae``; raise :class:`VaeMismatchError`.
+def check_vae(url: str, meta: dict | None, vae, model_name: str | None) -> None:
+    """Compare the VAE recorded in ``meta`` (``url``'s first sample, :func:`first_meta`) with ``vae``; raise
+    :class:`VaeMismatchError`.
 
     Shards without the record (made before it existed) are not checked, with a note in the log.
     """
     from ls_video.components import vae_fingerprint
 
-    meta = first_meta(url, remote)
     if not meta or "vae_fingerprint" not in meta:
         log.info("%s carries no VAE record (made by an older preprocessing job): not checked against the model", url)
         return
