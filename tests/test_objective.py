@@ -91,3 +91,31 @@ def test_image_weight_weights_every_timestep_alike_for_images_only():
     assert DiffusionObjective(scheduler()).weights(t) is None
     with pytest.raises(ValueError, match="image_weight"):
         ObjectiveConfig(image_weight=0.0)
+
+
+@pytest.mark.parametrize("override", [False, True], ids=["scheduler", "override"])
+def test_v_prediction_target_against_a_hand_computed_oracle(override):
+    """An oracle that returns the velocity written out by hand, ``v = sqrt(a_t) * noise - sqrt(1 - a_t) * x0``,
+    scores a loss of 0 with ``v_prediction`` (from the scheduler or from ``ObjectiveConfig.prediction_type``
+    overriding an epsilon scheduler); the epsilon oracle does not. Fails if the target is the noise, if the
+    override is ignored, or if the velocity's signs or factors are swapped (the loss of the old test only
+    had to go down)."""
+    config = ObjectiveConfig(prediction_type="v_prediction") if override else None
+    obj = DiffusionObjective(scheduler("epsilon" if override else "v_prediction"), config)
+    raw = torch.randn(3, 2, 4, 8, 8)
+    t = torch.tensor([5, 500, 990])
+    noise = torch.randn(raw.shape, generator=torch.Generator().manual_seed(0))
+    a = scheduler().alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    velocity = a.sqrt() * noise - (1 - a).sqrt() * raw
+
+    def oracle(value):
+        def denoise(noisy, timesteps):
+            torch.testing.assert_close(noisy, a.sqrt() * raw + (1 - a).sqrt() * noise)
+            return value
+        return denoise
+
+    v_loss = obj.loss(oracle(velocity), raw, torch.Generator().manual_seed(0), t)
+    eps_loss = obj.loss(oracle(noise), raw, torch.Generator().manual_seed(0), t)
+    assert v_loss < 1e-10 and eps_loss > 0.1
+    swapped = (1 - a).sqrt() * noise - a.sqrt() * raw
+    assert obj.loss(oracle(swapped), raw, torch.Generator().manual_seed(0), t) > 0.1

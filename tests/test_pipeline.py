@@ -50,6 +50,26 @@ def test_one_frame_is_an_image_and_chunked_decode_matches(pipe):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_guidance_is_the_affine_mix_of_the_negative_and_the_prompt(pipe):
+    """One DDIM step is affine in the U-Net's prediction, so the latents at guidance ``g`` must be affine in
+    ``g`` and meet the unguided ones (``g = 1``) there; with the prompt as its own ``negative_prompt``
+    guidance is a no-op at any ``g``, while another negative changes the result. Fails if ``chunk``'s order
+    is swapped (``cond + g * (uncond - cond)``), if ``negative_prompt`` is ignored, or if the negatives
+    and the prompts are paired wrongly."""
+    pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
+    prompt = "a red square moving left"
+
+    def latents(g, negative_prompt=None):
+        return pipe(prompt, num_frames=3, num_inference_steps=1, guidance_scale=g, negative_prompt=negative_prompt,
+                    output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+
+    unguided, two, three = latents(1.0), latents(2.0), latents(3.0)
+    assert (two - unguided).abs().max() > 1e-4
+    torch.testing.assert_close(three - two, two - unguided, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(latents(4.0, negative_prompt=prompt), unguided, rtol=1e-4, atol=1e-5)
+    assert (latents(2.0, negative_prompt="a blue circle moving up") - two).abs().max() > 1e-4
+
+
 def test_bad_sizes(pipe):
     with pytest.raises(ValueError, match="divisible"):
         run(pipe, height=15)

@@ -1,5 +1,6 @@
 import dataclasses
 import glob
+import itertools
 import json
 import os
 import subprocess
@@ -228,8 +229,10 @@ def test_ddp_nonfinite_loss_on_one_rank_skips_the_step_on_both(tiny_base, tmp_pa
 
 @pytest.mark.slow
 def test_resumed_run_continues_the_data_stream_instead_of_replaying_it(tiny_base, tmp_path):
-    """10 steps, then resume to 20: steps 11-20 draw other samples than steps 1-10 (before, the
-    resumed stream started over and replayed the first draws exactly)."""
+    """10 steps, then resume to 20: steps 11-20 draw exactly the stream the checkpoint's step seeds (the
+    datamodule rebuilt from the same config and loaded with that checkpoint's state gives the same keys), and
+    it is not a replay of steps 1-10. Fails if the resumed stream starts over (replays the first draws) or if
+    it ignores the checkpoint's state (draws from an unrelated, unreproducible seed)."""
     config = write_config(tmp_path, tiny_base, max_steps=10)
     env = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     runs = {}
@@ -242,9 +245,18 @@ def test_resumed_run_continues_the_data_stream_instead_of_replaying_it(tiny_base
         r = train("fit", "-c", str(path), *extra, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = json.loads((tmp_path / name / "rank0.json").read_text())
+        if name == "first":
+            saved = last_ckpt(tmp_path)["ToyDataModule"]  # Lightning keeps a datamodule's state by class name
+    assert saved == {"saved_at_step": 10}
     assert last_ckpt(tmp_path)["global_step"] == 20
     assert len(runs["first"]) == len(runs["resumed"]) == 20  # 10 steps of 2 clips each
     assert runs["resumed"] != runs["first"]
+    data = yaml.safe_load(config.read_text())["data"]
+    dm = class_of(data)(**data["init_args"], base=tiny_base)
+    dm.load_state_dict(saved)
+    dm.setup("fit")
+    expected = [key for batch in itertools.islice(dm.train_dataloader(), 10) for key in batch["keys"]]
+    assert runs["resumed"] == expected
 
 
 def test_help_explains_model_options():
