@@ -1,12 +1,9 @@
 import json
-import os
 
 import pytest
 import yaml
 
 from ls_video.commands.ablation import END, START, main, table, write_results
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_results_block_is_replaced_in_place(tmp_path):
@@ -35,7 +32,11 @@ def test_unknown_variant_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ablation_end_to_end_on_a_tiny_budget(tiny_base, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+    """Run from an empty folder, as from the installed wheel: fails if a stage runs a script by a checkout
+    path (``train.py``) or reads the shipped config relative to the clone's root."""
+    work = tmp_path / "empty"
+    work.mkdir()
+    monkeypatch.chdir(work)
     shared = ["--model.pretrained_model_name_or_path", tiny_base,
               "--data.init_args.cache_dir", str(tmp_path / "cache"), "--data.init_args.num_train_clips", "8",
               "--data.init_args.num_val_clips", "2", "--data.init_args.batch_size", "2",

@@ -2,10 +2,11 @@
 
     python -m ls_video.commands.ablation -c configs/ablation/toy.yaml [--only none,shift] [--sweep] [--max-steps N]
 
-For every variant (and with ``--sweep`` the shift-fraction / placement sweep) it runs
-``train.py fit -c <train_config> <overrides>`` into ``<out>/<variant>`` (skipped when that run already
-reached the step budget, so an interrupted ablation continues), samples the 32 toy prompts x
-``seeds`` seeds from the EMA weights, and scores them (``ls_video.metrics.toy``). Train-step and
+For every variant (and with ``--sweep`` the shift-fraction / placement sweep) it runs ``ls-video fit -c
+<train_config> <overrides>`` (a child ``python -m ls_video.cli``: any folder, the wheel too) into
+``<out>/<variant>`` (skipped when that run already reached the step budget, so an interrupted ablation
+continues), samples the 32 toy prompts x ``seeds`` seeds from the EMA weights, and scores them
+(``ls_video.metrics.toy``). Train-step and
 sampling times are measured side by side in one process (variants alternating) as ratios to
 ``none``. Results go to ``<out>/results.json`` and the table between the ablation markers of
 ``<results>`` (docs/RESULTS.md), with the command line. Optional keys: ``num_frames`` (default 6),
@@ -76,7 +77,7 @@ def train(name: str, overrides: list[str], cfg: dict, steps: int) -> str:
     if os.path.isfile(last) and load_checkpoint(last).get("global_step", 0) >= steps:
         print(f"[ablation] {name}: reusing {last}", flush=True)
         return last
-    cmd = [sys.executable, "train.py", "fit", "-c", cfg["train_config"], "--trainer.max_steps", str(steps),
+    cmd = [sys.executable, "-m", "ls_video.cli", "fit", "-c", cfg["train_config"], "--trainer.max_steps", str(steps),
            "--trainer.default_root_dir", run, "--trainer.logger.init_args.save_dir", run,
            *map(str, cfg.get("shared", [])), *map(str, overrides)]
     if os.path.isfile(last):
