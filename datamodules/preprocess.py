@@ -37,6 +37,7 @@ from datamodules.shard_writer import SHARD_PATTERN, ShardWriterCallback, write_i
 from datamodules.sources import list_sources, shard_urls
 from datamodules.text_cache import TextCache
 from ls_video.errors import UsageError, command
+from ls_video.shipped import shipped_path
 from ls_video.vae_space import pixels_to_vae
 
 
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet()  # Lightning's product tips and a deprecation line from its own helpers, nothing of ours
     args = parse_args(argv)
+    args.vae = shipped_path(args.vae)  # "assets/toy-base" from any folder, the wheel's copy too
+    args.text_encoder = args.text_encoder and shipped_path(args.text_encoder)
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     report = preprocess(args.videos, args.vae, args.out, args.num_frames, args.fps, args.frame_stride, args.size,
                         args.shard_size, args.batch_size, args.num_workers, devices, args.num_nodes,

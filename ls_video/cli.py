@@ -33,6 +33,7 @@ COMMANDS = {  # name: (module with main(argv), one-line help)
     "transfer": ("ls_video.commands.transfer", "carry motion onto another fine-tune of the base"),
     "make-toy-base": ("ls_video.toy.make_base", "build the toy text-to-image base model"),
     "curve": ("ls_video.toy.curve", "toy accuracy of every checkpoint of a run"),
+    "toy-videos": ("ls_video.toy.videos", "write toy-world clips with captions (a stand-in for your videos)"),
 }
 
 
