@@ -15,8 +15,8 @@ import torch
 import webdataset as wds
 from webdataset.shardlists import expand_urls
 
-from datamodules.remote import RemoteOptions, ShardReadError, open_shard
 from datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
+from datamodules.storage import RemoteOptions, ShardReadError, open_shard
 from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         split_by: ``"shard"`` gives each rank / worker its own shards (training); ``"sample"`` lets
             every rank read all shards and keep every ``world_size``-th sample, so each rank gets data
             even with fewer shards than ranks (validation sets are small).
-        remote: timeouts and retries for http(s) and ``pipe:`` shards (:mod:`datamodules.remote`);
+        remote: timeouts and retries for http(s) and ``pipe:`` shards (:mod:`datamodules.storage`);
             a shard that cannot be read is skipped and counted by reason.
         mixed_shapes: let samples differ in shape (bucketed shards, batched by
             :class:`~datamodules.bucket_batches.BucketBatches`); by default a sample whose ``(C, h, w)``
