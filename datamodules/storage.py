@@ -77,24 +77,28 @@ def _status(err: BaseException) -> int | None:
 
 def classify(err: BaseException, url: str, reading: bool) -> ShardReadError | None:
     """``err`` (raised while opening ``url``, or ``reading`` it) as a :class:`ShardReadError`; ``None`` if it is
-    no storage failure (a bug, or bad input the caller reports itself)."""
+    no storage failure (a bug, or bad input the caller reports itself). The whole cause chain is read: backends
+    wrap (and s3fs 2026.9 turns a read timeout into an ``IndexError`` raised from it)."""
     chain: list[BaseException] = []
     while err is not None and err not in chain and len(chain) < 8:
         chain.append(err)
         err = err.__cause__ or err.__context__
-    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+
+    def found(kinds: set[str]) -> str | None:
+        hit = next((e for e in chain if kinds & {c.__name__ for c in type(e).__mro__}), None)
+        return None if hit is None else f"{url}: {type(hit).__name__}: {hit}".rstrip(": ")
+
     status = next((s for s in map(_status, chain) if s and s >= 400), None)
-    message = f"{url}: {type(chain[0]).__name__}: {chain[0]}"
-    if names & _TIMEOUT:
-        return ShardReadError("timeout", f"{url}: no data for the timeout ({type(chain[0]).__name__})")
+    if message := found(_TIMEOUT):
+        return ShardReadError("timeout", message)
     if status is not None:
         return ShardReadError("http_5xx" if status >= 500 else "http_error", f"{url}: HTTP {status}", status >= 500)
-    if names & _REFUSED:
-        what = "not found (404)" if "FileNotFoundError" in names else f"refused ({type(chain[0]).__name__})"
+    if found(_REFUSED):
+        what = "not found (404)" if found({"FileNotFoundError"}) else "access refused (403)"
         return ShardReadError("http_error", f"{url}: {what}", retryable=False)
-    if names & _CUT or (reading and names & _CONNECTION):
-        return ShardReadError("truncated", f"{url}: the transfer broke off ({type(chain[0]).__name__}: {chain[0]})")
-    if names & _CONNECTION:
+    if message := found(_CUT) or (reading and found(_CONNECTION)):
+        return ShardReadError("truncated", f"{message} (the transfer broke off)")
+    if message := found(_CONNECTION):
         return ShardReadError("connection", message)
     return None
 
