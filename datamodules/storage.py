@@ -232,6 +232,16 @@ class _PipeStream(io.RawIOBase):
         super().close()
 
 
+def check_protocols(urls: list[str]) -> None:
+    """Raise :class:`UsageError` (one line, before any worker starts) for a URL whose protocol fsspec does not know
+    or whose filesystem package is missing (``gs://`` without ``gcsfs``)."""
+    for protocol in sorted({u.split("://", 1)[0] for u in urls if "://" in u and not u.startswith("pipe:")}):
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except (ImportError, ValueError) as err:
+            raise UsageError(f"cannot read {protocol}:// shards: {err}") from None
+
+
 def _open_once(url: str, opts: RemoteOptions):
     if url.startswith("pipe:"):
         return io.BufferedReader(_PipeStream(url[len("pipe:"):], opts.read_timeout))

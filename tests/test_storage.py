@@ -24,6 +24,7 @@ from callbacks.data_health import NETWORK_REASONS
 from datamodules import LatentVideoDataModule
 from datamodules.storage import RemoteOptions
 from datamodules.stream import LatentClipStream
+from ls_video.errors import UsageError
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 
@@ -117,9 +118,9 @@ def s3(tmp_path_factory):
 
 def test_datamodule_trains_from_s3_shards(s3, tiny_base, tmp_path, monkeypatch):
     """``s3://bucket/shard-{000..001}.tar`` with the endpoint from ``AWS_ENDPOINT_URL``: two DataLoader workers
-    (forked after the filesystem was used) read every sample once, and ``fit`` runs (the shard checks before
-    step 1 read the first shard over S3 too). Guards against s3:// shards being unreadable (old: every shard
-    skipped, no batch)."""
+    read every sample once; then, with the endpoint from ``storage_options`` instead, ``fit`` runs (the shard
+    checks before step 1 read the first shard over S3 too). Guards against s3:// shards being unreadable (old:
+    gopen knew no s3://) and ``storage_options`` not reaching the filesystem."""
     endpoint, _ = s3
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     urls = f"s3://{BUCKET}/shard-{{000..001}}.tar"
@@ -127,7 +128,9 @@ def test_datamodule_trains_from_s3_shards(s3, tiny_base, tmp_path, monkeypatch):
                                  shuffle_buffer=0, remote={"read_timeout": 5, "retries": 0})
     keys = [k for batch in data.train_dataloader() for k in batch["keys"]]
     assert sorted(keys) == sorted(KEYS)
-    data = LatentVideoDataModule(urls, batch_size=2, num_workers=0, shuffle_buffer=0, epoch_length=4)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    data = LatentVideoDataModule(urls, batch_size=2, num_workers=0, shuffle_buffer=0, epoch_length=4,
+                                 storage_options={"endpoint_url": endpoint})
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0)), datamodule=data)
@@ -226,3 +229,10 @@ def test_http_shards_go_through_the_environment_proxy_with_headers(origin_and_pr
     assert len(list(stream)) == 6 and not stream.skipped
     assert relayed == [f"{origin}/good.tar"]
     assert [h.get("Authorization") for h in seen_headers] == ["Bearer s3cret"]
+
+
+def test_unknown_protocol_or_missing_backend_is_one_usage_error():
+    """A URL no fsspec filesystem serves stops at construction with one line naming the protocol, not as an error
+    raised in every DataLoader worker (old: accepted, then every shard failed in gopen)."""
+    with pytest.raises(UsageError, match="nosuch://"):
+        LatentClipStream("nosuch://bucket/shard-{000..001}.tar")
