@@ -94,7 +94,7 @@ def classify(err: BaseException, url: str, reading: bool) -> ShardReadError | No
     if status is not None:
         return ShardReadError("http_5xx" if status >= 500 else "http_error", f"{url}: HTTP {status}", status >= 500)
     if found(_REFUSED):
-        what = "not found (404)" if found({"FileNotFoundError"}) else "access refused (403)"
+        what = "not found (404)" if found({"FileNotFoundError"}) else f"access denied ({type(chain[0]).__name__})"
         return ShardReadError("http_error", f"{url}: {what}", retryable=False)
     if message := found(_CUT) or (reading and found(_CONNECTION)):
         return ShardReadError("truncated", f"{message} (the transfer broke off)")
