@@ -24,6 +24,7 @@ from callbacks.data_health import NETWORK_REASONS
 from datamodules import LatentVideoDataModule
 from datamodules.storage import RemoteOptions
 from datamodules.stream import LatentClipStream
+from datamodules.vae_check import first_meta
 from ls_video.errors import UsageError
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
@@ -117,8 +118,9 @@ def s3(tmp_path_factory):
 
 
 def test_datamodule_trains_from_s3_shards(s3, tiny_base, tmp_path, monkeypatch):
-    """``s3://bucket/shard-{000..001}.tar`` with the endpoint from ``AWS_ENDPOINT_URL``: two DataLoader workers
-    read every sample once; then, with the endpoint from ``storage_options`` instead, ``fit`` runs (the shard
+    """``s3://bucket/shard-{000..001}.tar`` with the endpoint from ``AWS_ENDPOINT_URL``: two DataLoader workers,
+    forked after this process read the first shard's record (as the checks before step 1 do), read every sample
+    once; then, with the endpoint from ``storage_options`` instead, ``fit`` runs (the shard
     checks before step 1 read the first shard over S3 too). Guards against s3:// shards being unreadable (old:
     gopen knew no s3://) and ``storage_options`` not reaching the filesystem."""
     endpoint, _ = s3
@@ -126,6 +128,7 @@ def test_datamodule_trains_from_s3_shards(s3, tiny_base, tmp_path, monkeypatch):
     urls = f"s3://{BUCKET}/shard-{{000..001}}.tar"
     data = LatentVideoDataModule(urls, batch_size=3, num_workers=2, resampled=False, epoch_length=None,
                                  shuffle_buffer=0, remote={"read_timeout": 5, "retries": 0})
+    assert first_meta(f"s3://{BUCKET}/shard-000.tar", data.remote) == {}  # the client and its loop now exist
     keys = [k for batch in data.train_dataloader() for k in batch["keys"]]
     assert sorted(keys) == sorted(KEYS)
     monkeypatch.delenv("AWS_ENDPOINT_URL")
