@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from datamodules.remote import RemoteOptions, open_shard
+from datamodules.storage import RemoteOptions, open_shard
 from datamodules.stream import LatentClipStream, collate
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from datamodules.clips import ClipError, ClipSpec, load_clips
-from datamodules.remote import tar_samples
 from datamodules.sources import VIDEO_EXTENSIONS, Source
+from datamodules.storage import tar_samples
 
 
 @dataclass(frozen=True)

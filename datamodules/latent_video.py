@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -9,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from datamodules.bucket_batches import BucketBatches, BucketOptions, BucketTable, index_path, read_index, unbatched
-from datamodules.remote import RemoteOptions
+from datamodules.storage import RemoteOptions
 from datamodules.stream import LatentClipStream, collate, expand, ignore_stop_signals, resumed_seed
 from datamodules.text_cache import check_text, read_empty
 from datamodules.vae_check import check_vae, first_meta
@@ -36,11 +37,14 @@ class LatentVideoDataModule(L.LightningDataModule):
             ``s`` draws its training stream from ``(seed, s)`` instead, so it continues with new draws
             rather than replaying the ones it started with (see docs/RELIABILITY.md).
         prefetch_factor: batches prefetched per worker (batches are pinned when a GPU is present).
-        remote: timeouts and retries of remote shards (:class:`~datamodules.remote.RemoteOptions`):
+        remote: timeouts and retries of remote shards (:class:`~datamodules.storage.RemoteOptions`):
             ``connect_timeout`` (seconds to connect to an http(s) server), ``read_timeout`` (seconds without
             a byte, http(s) or ``pipe:``, before a shard is abandoned as ``timeout``; training never waits
             longer on one shard), ``retries`` (extra attempts to open a shard, exponential backoff from
-            ``backoff`` seconds, before it is skipped and counted in ``data/skipped_{reason}``).
+            ``backoff`` seconds, before it is skipped and counted in ``data/skipped_{reason}``), ``storage_options``.
+        storage_options: fsspec options of the shards' filesystem (``s3://``, ``gs://``, ``hf://``, http(s)), merged
+            over ``remote.storage_options``: ``{"headers": {"Authorization": "Bearer ..."}}``,
+            ``{"endpoint_url": "http://minio:9000"}``, or one dict per protocol (``{"s3": {...}}``); docs/DATA.md.
         allow_vae_mismatch: train even when the shards record another VAE than the model's (by default
             ``fit`` stops before the first step with one line naming both).
         buckets: bucket-homogeneous batches from shards of mixed shapes (``preprocess --buckets``;
@@ -64,6 +68,7 @@ class LatentVideoDataModule(L.LightningDataModule):
         remote: RemoteOptions = RemoteOptions(),
         allow_vae_mismatch: bool = False,
         buckets: BucketOptions | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.buckets = BucketOptions(**buckets) if isinstance(buckets, dict) else buckets
@@ -73,6 +78,8 @@ class LatentVideoDataModule(L.LightningDataModule):
         self._table: BucketTable | None = None
         self.allow_vae_mismatch = allow_vae_mismatch
         self.remote = RemoteOptions(**remote) if isinstance(remote, dict) else remote
+        if storage_options:
+            self.remote = replace(self.remote, storage_options={**self.remote.storage_options, **storage_options})
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if num_frames is not None and num_frames < 1:

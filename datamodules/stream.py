@@ -15,8 +15,8 @@ import torch
 import webdataset as wds
 from webdataset.shardlists import expand_urls
 
-from datamodules.remote import RemoteOptions, ShardReadError, open_shard
 from datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
+from datamodules.storage import RemoteOptions, ShardReadError, check_protocols, open_shard
 from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class LatentClipStream(torch.utils.data.IterableDataset):
     """Yields ``{"latents": (F, C, h, w) float16 tensor, "caption": str, "key": str, ...}``.
 
     Args:
-        urls: shard URLs or brace patterns (local paths, ``pipe:`` commands, http(s) URLs).
+        urls: shard URLs or brace patterns (local paths, ``pipe:`` commands, any fsspec URL: ``s3://``,
+            ``gs://``, ``hf://``, http(s); :mod:`datamodules.storage`).
         rank, world_size: this process's place in a distributed job (shards are split over ranks,
             then over DataLoader workers; without ``resampled`` every shard is read once per epoch).
         resampled: draw shards at random forever (seeded per rank and worker); set ``epoch_length``.
@@ -43,7 +44,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         split_by: ``"shard"`` gives each rank / worker its own shards (training); ``"sample"`` lets
             every rank read all shards and keep every ``world_size``-th sample, so each rank gets data
             even with fewer shards than ranks (validation sets are small).
-        remote: timeouts and retries for http(s) and ``pipe:`` shards (:mod:`datamodules.remote`);
+        remote: timeouts, retries and fsspec storage options of remote shards (:mod:`datamodules.storage`);
             a shard that cannot be read is skipped and counted by reason.
         mixed_shapes: let samples differ in shape (bucketed shards, batched by
             :class:`~datamodules.bucket_batches.BucketBatches`); by default a sample whose ``(C, h, w)``
@@ -64,6 +65,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         self.urls = expand(urls)
         if not self.urls:
             raise UsageError(f"no shards match {urls!r}")
+        check_protocols(self.urls)
         self.rank, self.world_size = rank, world_size
         self.resampled, self.epoch_length = resampled, epoch_length
         self.shuffle_buffer, self.num_frames, self.seed = shuffle_buffer, num_frames, seed

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from datamodules.remote import RemoteOptions, open_shard
+from datamodules.storage import RemoteOptions, open_shard
 from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)

@@ -108,7 +108,7 @@ def test_a_plain_value_error_in_a_datamodule_keeps_its_traceback():
 def test_storage_that_cannot_be_reached_is_one_line(capsys):
     """Fails if a shard that cannot be read from its storage (after the retries) prints a traceback like a bug: it
     is the network's doing, and the message names the URL and the reason."""
-    from datamodules.remote import ShardReadError
+    from datamodules.storage import ShardReadError
 
     @command("prog")
     def run(argv: list[str] | None) -> int:

@@ -11,7 +11,7 @@ from test_reliability import shard_with_bad
 
 from callbacks import DataHealth
 from datamodules import LatentVideoDataModule
-from datamodules.remote import RemoteOptions, ShardReadError, open_shard
+from datamodules.storage import RemoteOptions, ShardReadError, open_shard
 from datamodules.stream import LatentClipStream
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
