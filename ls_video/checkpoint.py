@@ -11,7 +11,6 @@ from ls_video.components import (
     build_pipeline,
     load_components,
     load_video_unet,
-    looks_local,
     temporal_config_from_hparams,
 )
 from ls_video.errors import UsageError
@@ -72,15 +71,12 @@ def pipeline_from_checkpoint(path: str | os.PathLike | dict[str, Any], ema: bool
     return build_pipeline(parts)
 
 
-def load_pipeline(model: str | os.PathLike, ema: bool = False) -> LatentShiftPipeline:
-    """A pipeline from a diffusers folder (SD layout or exported) or a Lightning ``.ckpt``."""
+def load_pipeline(model: str | os.PathLike, ema: bool | None = None) -> LatentShiftPipeline:
+    """A pipeline from a diffusers folder (SD layout or exported, local or a Hub id) or a Lightning ``.ckpt``
+    (``ema`` as in :func:`uses_ema`)."""
     model = str(model)
     if model.endswith(".ckpt"):
         return pipeline_from_checkpoint(model, ema=ema)
     if os.path.exists(model) and not os.path.isdir(model):
         raise UsageError(f"--model must be a diffusers folder or a .ckpt file, got {model}")
-    if looks_local(model) and not os.path.isdir(model):
-        raise FileNotFoundError(f"model not found: {model}")
-    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
-        raise FileNotFoundError(f"{model} has no model_index.json (not a diffusers pipeline folder)")
     return LatentShiftPipeline.from_pretrained(model)
