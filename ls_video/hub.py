@@ -55,8 +55,17 @@ def resolve(path: str | os.PathLike, revision: str | None = None, variant: str |
         return _download(path, revision, variant, **download)
     except UsageError:
         raise
-    except Exception as err:  # noqa: BLE001 - huggingface_hub / diffusers / network errors: all mean "not resolved"
+    except _not_resolved() as err:
         raise UsageError(_unresolved(path, revision, what, err)) from err
+
+
+def _not_resolved() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub / diffusers raise for a repo, revision or file they cannot get (not cached offline,
+    unknown, gated, no network, an id that is not one)."""
+    import httpx
+    from huggingface_hub.errors import EntryNotFoundError
+
+    return OSError, ValueError, EntryNotFoundError, httpx.HTTPError
 
 
 def _unresolved(repo: str, revision: str | None, what: str, err: BaseException) -> str:
@@ -73,18 +82,19 @@ def _unresolved(repo: str, revision: str | None, what: str, err: BaseException) 
 
 
 def _download(repo: str, revision: str | None, variant: str | None, **download: Any) -> str:
-    from diffusers import DiffusionPipeline
     from huggingface_hub import hf_hub_download, snapshot_download
+
+    from ls_video.pipeline import LatentShiftPipeline  # (the pipeline resolves its path here: imported on use)
 
     local_only = download.pop("local_files_only", None) or offline()
     try:
         hf_hub_download(repo, "model_index.json", revision=revision, local_files_only=local_only, **download)
         pipeline = True
-    except Exception:  # noqa: BLE001 - not a pipeline repo (or not reachable: snapshot_download says which)
+    except _not_resolved():  # not a pipeline repo (or not reachable: snapshot_download says which)
         pipeline = False
-    if pipeline:
-        return str(DiffusionPipeline.download(repo, revision=revision, variant=variant, local_files_only=local_only,
-                                              **download))
+    if pipeline:  # (as LatentShiftPipeline: its own components only, and exported folders name it in model_index)
+        return str(LatentShiftPipeline.download(repo, revision=revision, variant=variant, local_files_only=local_only,
+                                                **download))
     return str(snapshot_download(repo, revision=revision, allow_patterns=SINGLE_MODEL_FILES,
                                  local_files_only=local_only, **download))
 
