@@ -68,10 +68,11 @@ def test_sample_and_export_read_the_same_weights(v_run, tmp_path, capsys):
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # (else the test could not tell them apart)
 
     sampled = load_pipeline(v_run).unet.state_dict()
-    assert f"using EMA weights (decay 0.995) from {v_run}" in capsys.readouterr().err
+    said = capsys.readouterr().err
     assert export(str(v_run), str(tmp_path / "e")) is True
     exported = UNet2DConditionModel.from_pretrained(tmp_path / "e" / "unet").state_dict()
     assert all(torch.equal(sampled[k], ema[k]) and torch.equal(exported[k], ema[k]) for k in ema)
+    assert f"using EMA weights (decay 0.995) from {v_run}" in said
     assert "weights: EMA (decay 0.995)" in (tmp_path / "e" / "README.md").read_text()
 
     sampled_raw = load_pipeline(v_run, ema=False).unet.state_dict()

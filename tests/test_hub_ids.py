@@ -17,7 +17,6 @@ import yaml
 from shipped import ROOT, run, write
 from test_sd_configs import sd2_base, shards, shipped_sd  # noqa: F401 - shards: the fixture
 
-from ls_video.hub import is_local
 from ls_video.testing.hf_cache import add_to_cache
 
 SD15_ID = yaml.safe_load((ROOT / "configs" / "sd15.yaml").read_text())["model"]["pretrained_model_name_or_path"]
@@ -50,6 +49,8 @@ def offline_cache(hf_home, monkeypatch) -> Path:
 def test_local_or_hub_id_rule(tmp_path, monkeypatch):
     """``org/name`` is a Hub id although it contains the path separator; a path that exists, or starts with
     ``/``, ``./``, ``../`` or ``~``, is local."""
+    from ls_video.hub import is_local
+
     monkeypatch.chdir(tmp_path)
     (tmp_path / "org" / "name").mkdir(parents=True)
     assert not is_local("stable-diffusion-v1-5/stable-diffusion-v1-5") and not is_local("ORG/NAME")
