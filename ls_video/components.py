@@ -1,8 +1,9 @@
 """The parts of a Stable-Diffusion-layout model, loaded and put together in one place.
 
 * :class:`Parts`: the five parts by the names every caller uses (the scheduler is ``noise_scheduler``).
-* :func:`load_components` / :func:`load_vae`: a diffusers folder or hub id, one part per subfolder;
-  :func:`load_unet`: the U-Net of a local pipeline or U-Net folder (plain diffusers parts).
+* :func:`load_components` / :func:`load_vae`: a diffusers folder or Hub id (:func:`ls_video.hub.resolve`: one
+  rule for which is which), one part per subfolder; :func:`load_unet`: the U-Net of a pipeline or U-Net folder
+  (plain diffusers parts).
 * :func:`load_video_unet`: install the temporal mixing on a U-Net, then load the weights diffusers' loader
   does not (added temporal layers, a checkpoint's trained tensors). The only place that does.
 * :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler);

@@ -46,6 +46,8 @@ def resolve(path: str | os.PathLike, revision: str | None = None, variant: str |
         UsageError: a Hub id that cannot be resolved (offline and not cached, unknown repo or revision).
     """
     path = os.fspath(path)
+    if not is_local(path) and path.count("/") > 1:  # (a Hub id is ORG/NAME: this was meant as a local path)
+        raise FileNotFoundError(f"{what} folder not found: {path} (not a Hub id ORG/NAME either)")
     if is_local(path):
         local = os.path.expanduser(path)
         if not os.path.exists(local):
@@ -76,7 +78,8 @@ def _unresolved(repo: str, revision: str | None, what: str, err: BaseException) 
     if offline():
         return (f"{what} {repo!r}{at} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
                 f"is set: download it once online (hf download {repo}), {local}")
-    reason = " ".join(str(err).split())[:200]
+    reason = " ".join(str(err).split())
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
     return f"{what} {repo!r}{at} could not be resolved on the Hugging Face Hub ({type(err).__name__}: {reason}); " \
            f"check the id, {local}"
 
