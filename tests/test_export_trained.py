@@ -16,6 +16,8 @@ from shipped import run, shipped_toy, write
 from ls_video.checkpoint import EMA_KEY, load_checkpoint, load_pipeline, unet_state_from_checkpoint
 from ls_video.commands.export import export
 
+pytestmark = pytest.mark.slow  # (a 2-step training run, ~30 s, then an export and sampling: ~65 s in all)
+
 
 @pytest.fixture(scope="module")
 def v_run(tiny_base, tmp_path_factory) -> Path:
