@@ -30,10 +30,12 @@ class TextCache:
         from transformers import AutoTokenizer
 
         from ls_video.components import freeze, text_encoder_class
+        from ls_video.hub import resolve
 
         self.base = base
-        self.tokenizer = AutoTokenizer.from_pretrained(base, subfolder="tokenizer")
-        self.encoder = text_encoder_class(base).from_pretrained(base, subfolder="text_encoder")
+        local = resolve(base, what="text encoder base")  # a folder or a Hub id
+        self.tokenizer = AutoTokenizer.from_pretrained(local, subfolder="tokenizer")
+        self.encoder = text_encoder_class(local).from_pretrained(local, subfolder="text_encoder")
         freeze(self.encoder)
 
     def to(self, device: torch.device) -> TextCache:

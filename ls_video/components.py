@@ -1,8 +1,9 @@
 """The parts of a Stable-Diffusion-layout model, loaded and put together in one place.
 
 * :class:`Parts`: the five parts by the names every caller uses (the scheduler is ``noise_scheduler``).
-* :func:`load_components` / :func:`load_vae`: a diffusers folder or hub id, one part per subfolder;
-  :func:`load_unet`: the U-Net of a local pipeline or U-Net folder (plain diffusers parts).
+* :func:`load_components` / :func:`load_vae`: a diffusers folder or Hub id (:func:`ls_video.hub.resolve`: one
+  rule for which is which), one part per subfolder; :func:`load_unet`: the U-Net of a pipeline or U-Net folder
+  (plain diffusers parts).
 * :func:`load_video_unet`: install the temporal mixing on a U-Net, then load the weights diffusers' loader
   does not (added temporal layers, a checkpoint's trained tensors). The only place that does.
 * :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler);
@@ -28,6 +29,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.errors import UsageError
+from ls_video.hub import resolve
 from ls_video.lora import LoraSettings, add_lora
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.temporal_layers import load_added_weights
@@ -60,19 +62,16 @@ def check_parts(parts: Mapping[str, Any], complete: bool = True) -> None:
         raise UsageError(f"missing parts {missing}")
 
 
-def looks_local(path: str) -> bool:
-    """Whether ``path`` names a local folder rather than a hub id."""
-    return os.path.sep in path or path.startswith(".") or os.path.exists(path)
-
-
-def check_base_path(path: str) -> None:
-    """Fail early with a one-line message when a local base folder is missing or incomplete."""
-    if looks_local(path) and not os.path.isdir(path):
+def check_base_path(path: str, revision: str | None = None, variant: str | None = None) -> str:
+    """The local folder of a base (a folder, or a Hub id resolved by :func:`ls_video.hub.resolve`); a missing
+    local folder, an unresolvable Hub id or an incomplete folder each end in a one-line error."""
+    local = resolve(path, revision, variant, what="base model")
+    if not os.path.isdir(local):
         raise FileNotFoundError(f"base model folder not found: {path}")
-    if os.path.isdir(path):
-        missing = [d for d in SUBFOLDERS if not os.path.isdir(os.path.join(path, d))]
-        if missing:
-            raise FileNotFoundError(f"{path} is not a Stable-Diffusion-layout folder; missing {missing}")
+    missing = [d for d in SUBFOLDERS if not os.path.isdir(os.path.join(local, d))]
+    if missing:
+        raise FileNotFoundError(f"{path} is not a Stable-Diffusion-layout folder; missing {missing}")
+    return local
 
 
 def text_encoder_class(path: str) -> type[PreTrainedModel]:
@@ -93,20 +92,23 @@ def freeze(*modules: torch.nn.Module) -> None:
         module.eval()
 
 
-def load_vae(path: str, revision: str | None = None) -> AutoencoderKL:
-    """The frozen VAE of a base (its ``vae/``), or of a VAE folder given directly."""
-    if looks_local(path) and not os.path.isdir(path):
+def load_vae(path: str, revision: str | None = None, variant: str | None = None) -> AutoencoderKL:
+    """The frozen VAE of a base (its ``vae/``), or of a VAE folder given directly (a folder or a Hub id)."""
+    local = resolve(path, revision, variant, what="VAE")
+    if not os.path.isdir(local):
         raise FileNotFoundError(f"VAE folder not found: {path}")
-    own_folder = os.path.isfile(os.path.join(path, "config.json"))
-    vae = AutoencoderKL.from_pretrained(path, subfolder=None if own_folder else "vae", revision=revision)
+    own_folder = os.path.isfile(os.path.join(local, "config.json"))
+    vae = AutoencoderKL.from_pretrained(local, subfolder=None if own_folder else "vae", variant=variant)
     freeze(vae)
     return vae
 
 
-def load_components(path: str | None, revision: str | None = None, given: Mapping[str, Any] | None = None) -> Parts:
-    """The base's parts, loaded exactly like diffusers does (a plain image U-Net). Parts ``given`` replace the
-    base's and are not loaded (``None`` leaves a part out, e.g. the text encoder when training from cached text
-    embeddings); with all five given, no base is needed."""
+def load_components(path: str | None, revision: str | None = None, given: Mapping[str, Any] | None = None,
+                    variant: str | None = None) -> Parts:
+    """The base's parts (a folder or a Hub id at ``revision``, weights of ``variant``), loaded exactly like
+    diffusers does (a plain image U-Net). Parts ``given`` replace the base's and are not loaded (``None`` leaves a
+    part out, e.g. the text encoder when training from cached text embeddings); with all five given, no base is
+    needed."""
     given = dict(given or {})
     check_parts(given, complete=False)
     missing = [k for k in PART_NAMES if k not in given]
@@ -114,20 +116,22 @@ def load_components(path: str | None, revision: str | None = None, given: Mappin
         return Parts(**given)
     if path is None:
         raise UsageError(f"pass pretrained_model_name_or_path or every component (missing {missing})")
-    check_base_path(path)
+    local = check_base_path(path, revision, variant)
     loaders = dict(
-        vae=lambda: load_vae(path, revision),
-        text_encoder=lambda: load_text_encoder(path, revision),
-        tokenizer=lambda: AutoTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision),
-        unet=lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", revision=revision),
-        noise_scheduler=lambda: DDPMScheduler.from_pretrained(path, subfolder="scheduler", revision=revision),
+        vae=lambda: load_vae(local, variant=variant),
+        text_encoder=lambda: load_text_encoder(local, variant=variant),
+        tokenizer=lambda: AutoTokenizer.from_pretrained(local, subfolder="tokenizer"),
+        unet=lambda: UNet2DConditionModel.from_pretrained(local, subfolder="unet", variant=variant),
+        noise_scheduler=lambda: DDPMScheduler.from_pretrained(local, subfolder="scheduler"),
     )
     return Parts(**{k: given[k] if k in given else loaders[k]() for k in PART_NAMES})  # only the missing ones load
 
 
-def load_text_encoder(path: str, revision: str | None = None) -> PreTrainedModel:
-    """The frozen text encoder of a base (its ``text_encoder/``, the class ``model_index.json`` names)."""
-    encoder = text_encoder_class(path).from_pretrained(path, subfolder="text_encoder", revision=revision)
+def load_text_encoder(path: str, revision: str | None = None, variant: str | None = None) -> PreTrainedModel:
+    """The frozen text encoder of a base (a folder or a Hub id; its ``text_encoder/``, the class
+    ``model_index.json`` names)."""
+    local = resolve(path, revision, variant, what="base model")
+    encoder = text_encoder_class(local).from_pretrained(local, subfolder="text_encoder", variant=variant)
     freeze(encoder)
     return encoder
 
@@ -138,11 +142,12 @@ def unet_folder(path: str | os.PathLike) -> str:
     return os.path.join(path, "unet") if os.path.isdir(os.path.join(path, "unet")) else path
 
 
-def load_unet(path: str) -> UNet2DConditionModel:
-    """The plain (image) U-Net of a local pipeline folder or U-Net folder, in float32."""
-    if not os.path.isdir(path):
+def load_unet(path: str, revision: str | None = None) -> UNet2DConditionModel:
+    """The plain (image) U-Net of a pipeline folder or U-Net folder (local or a Hub id), in float32."""
+    local = resolve(path, revision, what="model")
+    if not os.path.isdir(local):
         raise FileNotFoundError(f"model folder not found: {path}")
-    return UNet2DConditionModel.from_pretrained(unet_folder(path)).float()
+    return UNet2DConditionModel.from_pretrained(unet_folder(local)).float()
 
 
 def load_video_unet(unet: UNet2DConditionModel, config: TemporalConfig | None = None,

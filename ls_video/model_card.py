@@ -17,10 +17,12 @@ from typing import Any
 
 import yaml
 
-from ls_video.checkpoint import load_checkpoint
+from ls_video.checkpoint import ema_decay, load_checkpoint
 
 METRICS = ("direction_acc", "step_acc", "color_acc", "shape_acc", "image_color_acc", "image_shape_acc",
            "consistency", "clipsim", "fvd", "fid")
+TRAINED_SCHEDULER = ("prediction_type", "timestep_spacing", "rescale_betas_zero_snr", "beta_schedule",
+                     "num_train_timesteps")  # the noise-schedule entries a card names
 
 
 def recipe(ckpt: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -29,7 +31,8 @@ def recipe(ckpt: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(ckpt)
     hp = checkpoint.get("hyper_parameters", {})
     out = {"base_model": hp.get("pretrained_model_name_or_path"), "steps": checkpoint.get("global_step"),
-           "temporal": hp.get("temporal"), "learning_rate": (hp.get("optim") or {}).get("learning_rate")}
+           "temporal": hp.get("temporal"), "learning_rate": (hp.get("optim") or {}).get("learning_rate"),
+           "ema_decay": ema_decay(checkpoint)}
     run_root = os.path.dirname(os.path.dirname(os.path.abspath(ckpt)))
     configs = sorted(glob.glob(os.path.join(run_root, "**", "config.yaml"), recursive=True), key=os.path.getmtime)
     if configs:
@@ -40,6 +43,15 @@ def recipe(ckpt: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any
         out.update(data=data.get("class_path"), batch_size=args.get("batch_size"),
                    frames=args.get("num_frames") or world.get("num_frames"), size=world.get("size"))
     return out
+
+
+def read_scheduler_config(out: str) -> dict[str, Any]:
+    """``out/scheduler/scheduler_config.json`` (empty when absent)."""
+    path = os.path.join(out, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def sample_gifs(samples: str, out: str, limit: int = 4) -> list[str]:
@@ -71,6 +83,13 @@ def render(info: dict[str, Any], metrics: dict | None, gifs: list[str], name: st
              f"- steps: {info.get('steps')}; learning rate {info.get('learning_rate')}",
              f"- temporal mixing: {temporal.get('temporal_mixing')}, shift fraction {temporal.get('shift_fraction')}"
              f" each way, placement {temporal.get('shift_placement')}"]
+    scheduler = info.get("scheduler") or {}
+    if scheduler:
+        trained = ", ".join(f"{k} {scheduler[k]}" for k in TRAINED_SCHEDULER if k in scheduler)
+        lines.append(f"- objective: {trained} (`scheduler/` is set for it)")
+    if info.get("ema") is not None:
+        decay = f" (decay {info['ema_decay']:g})" if info["ema"] and info.get("ema_decay") is not None else ""
+        lines.append(f"- weights: {'EMA' + decay if info['ema'] else 'raw (not the EMA average)'}")
     if info.get("data"):
         lines.append(f"- data: `{info['data']}`, batch {info.get('batch_size')}, {info.get('frames')} frames"
                      + (f", {info['size']}x{info['size']} pixels" if info.get("size") else ""))
@@ -89,9 +108,10 @@ def render(info: dict[str, Any], metrics: dict | None, gifs: list[str], name: st
 
 
 def write_model_card(out: str, ckpt: str, metrics: str | None = None, samples: str | None = None,
-                     checkpoint: dict[str, Any] | None = None) -> str:
+                     checkpoint: dict[str, Any] | None = None, ema: bool | None = None) -> str:
     """Write ``out/README.md``; ``metrics`` / ``samples`` default to what lies beside ``out``
-    (``checkpoint``: the file at ``ckpt``, when already loaded)."""
+    (``checkpoint``: the file at ``ckpt``, when already loaded; ``ema``: whether ``unet/`` holds its EMA weights).
+    The objective is read from ``out/scheduler/`` (what the export wrote, the run's training scheduler)."""
     beside = os.path.dirname(os.path.abspath(out))
     metrics = metrics or next((p for p in (os.path.join(out, "metrics.json"), os.path.join(beside, "metrics.json"))
                                if os.path.isfile(p)), None)
@@ -103,6 +123,8 @@ def write_model_card(out: str, ckpt: str, metrics: str | None = None, samples: s
     gifs = sample_gifs(samples, out) if samples else []
     path = os.path.join(out, "README.md")
     with open(path, "w") as f:
-        f.write(render(recipe(ckpt, checkpoint), scores, gifs, os.path.basename(os.path.abspath(out))))
+        info = recipe(ckpt, checkpoint)
+        info.update(ema=ema, scheduler=read_scheduler_config(out))
+        f.write(render(info, scores, gifs, os.path.basename(os.path.abspath(out))))
     return path
 

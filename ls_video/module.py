@@ -27,6 +27,7 @@ from ls_video.components import (
     load_video_unet,
 )
 from ls_video.errors import UsageError
+from ls_video.hub import resolve
 from ls_video.lora import LoraSettings
 from ls_video.nonfinite import NonFiniteGuard
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
@@ -70,7 +71,9 @@ class LatentShiftModule(NonFiniteGuard):
             seeded with ``(noise_seed, s, r)``, so a resumed run draws exactly what an uninterrupted one would.
         max_nonfinite_steps: a non-finite loss on any rank skips the step on every rank (see
             :class:`~ls_video.nonfinite.NonFiniteGuard`); this many in a row stop the run.
-        revision: hub revision of the base.
+        revision: Hub revision of the base (a Hub id ``ORG/NAME``; a path that exists or starts with ``/``,
+            ``./``, ``../``, ``~`` is a local folder: :func:`ls_video.hub.is_local`).
+        variant: weights variant of the base's files (e.g. ``fp16``), as diffusers' ``variant``.
         components: explicit parts from Python (``vae``, ``text_encoder``, ``tokenizer``, ``unet``,
             ``noise_scheduler``); they override the base's.
     """
@@ -88,6 +91,7 @@ class LatentShiftModule(NonFiniteGuard):
         max_nonfinite_steps: int = 5,
         revision: str | None = None,
         components: dict[str, Any] | None = None,
+        variant: str | None = None,
     ) -> None:
         super().__init__()
         temporal, objective = _as(TemporalConfig, temporal), _as(ObjectiveConfig, objective)
@@ -96,14 +100,15 @@ class LatentShiftModule(NonFiniteGuard):
         if lora.enabled and optim.trainable_patterns is not None:
             raise UsageError("optim.trainable_patterns and lora.rank > 0 both choose what trains; set one of them")
         self.save_hyperparameters(dict(
-            pretrained_model_name_or_path=pretrained_model_name_or_path, revision=revision, noise_seed=noise_seed,
+            pretrained_model_name_or_path=pretrained_model_name_or_path, revision=revision, variant=variant,
+            noise_seed=noise_seed,
             max_nonfinite_steps=max_nonfinite_steps, cached_text_embeddings=cached_text_embeddings,
             **{name: dataclasses.asdict(group) for name, group in (
                 ("temporal", temporal), ("objective", objective), ("optim", optim), ("performance", performance),
                 ("lora", lora))}))
         self.optim_config, self.max_nonfinite_steps = optim, max_nonfinite_steps
         given = {"text_encoder": None, **(components or {})} if cached_text_embeddings else components or {}
-        parts = self._load_parts(pretrained_model_name_or_path, revision, given, temporal, lora)
+        parts = self._load_parts(pretrained_model_name_or_path, revision, given, temporal, lora, variant)
         self.vae, self.text_encoder, self.tokenizer, self.unet = (parts[k] for k in PART_NAMES[:4])
         self.objective = DiffusionObjective(parts["noise_scheduler"], objective, self.vae.config)
         self.noise_scheduler = self.objective.scheduler
@@ -117,11 +122,14 @@ class LatentShiftModule(NonFiniteGuard):
 
     @staticmethod
     def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig,
-                    lora: LoraSettings) -> Parts:
-        """The given parts, the missing ones from the base; the U-Net with its temporal mixing (and an exported
-        baseline's added-layer weights when resuming from one) and the LoRA adapter, if any."""
-        parts = load_components(path, revision, given)
-        load_video_unet(parts["unet"], temporal, folder=None if "unet" in given else os.path.join(path, "unet"),
+                    lora: LoraSettings, variant: str | None = None) -> Parts:
+        """The given parts, the missing ones from the base (a folder or a Hub id, resolved once); the U-Net with its
+        temporal mixing (and an exported baseline's added-layer weights when resuming from one) and the LoRA
+        adapter, if any."""
+        local = resolve(path, revision, variant, what="base model") if path is not None and (
+            set(PART_NAMES) - set(given)) else path
+        parts = load_components(local, given=given, variant=variant)
+        load_video_unet(parts["unet"], temporal, folder=None if "unet" in given else os.path.join(local, "unet"),
                         lora=lora)
         return parts
 
@@ -168,7 +176,7 @@ class LatentShiftModule(NonFiniteGuard):
             return self.text_encoder
         if not self._sampling_text_encoder:
             self._sampling_text_encoder.append(load_text_encoder(self.hparams.pretrained_model_name_or_path,
-                                                                 self.hparams.revision))
+                                                                 self.hparams.revision, self.hparams.get("variant")))
         return self._sampling_text_encoder[0]
 
     def empty_embedding(self) -> torch.Tensor:

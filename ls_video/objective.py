@@ -59,6 +59,11 @@ class ObjectiveConfig:
         if self.prediction_type not in (None, "epsilon", "v_prediction"):
             raise UsageError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
 
+    def scheduler_overrides(self) -> dict[str, Any]:
+        """The entries this objective sets in the base's noise-scheduler config (the training scheduler); an
+        export writes the same into its ``scheduler/`` (:func:`ls_video.checkpoint.pipeline_from_checkpoint`)."""
+        return {} if self.prediction_type is None else {"prediction_type": self.prediction_type}
+
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -77,8 +82,9 @@ class DiffusionObjective:
         self.config = config or ObjectiveConfig()
         if not isinstance(scheduler, DDPMScheduler):
             scheduler = DDPMScheduler.from_config(scheduler.config)
-        if self.config.prediction_type is not None:
-            scheduler.register_to_config(prediction_type=self.config.prediction_type)
+        overrides = self.config.scheduler_overrides()
+        if overrides:
+            scheduler.register_to_config(**overrides)
         if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
             raise UsageError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
         self.scheduler = scheduler

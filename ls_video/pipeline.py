@@ -74,11 +74,19 @@ class LatentShiftPipeline(DiffusionPipeline):
                         temporal: TemporalConfig | None = None, **kwargs):
         """Load like any diffusers pipeline, then make its own U-Net a video U-Net
         (:func:`ls_video.components.load_video_unet`): the mixing ``temporal``, by default the one in
-        ``unet/latent_shift.json``, else the shift (a plain SD folder)."""
+        ``unet/latent_shift.json``, else the shift (a plain SD folder). A Hub id is resolved first
+        (:func:`ls_video.hub.resolve`, with ``revision`` / ``variant``), so ``latent_shift.json`` and the added
+        layers are read from the snapshot folder diffusers loads."""
         from ls_video.components import load_video_unet  # (components builds pipelines: imported on use)
+        from ls_video.hub import resolve, split_download_kwargs
 
-        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        load_video_unet(pipe.unet, temporal, folder=os.path.join(pretrained_model_name_or_path, "unet"))
+        local = resolve(pretrained_model_name_or_path, variant=kwargs.get("variant"), what="model",
+                        **split_download_kwargs(kwargs))
+        if os.path.isdir(local) and not os.path.isfile(os.path.join(local, "model_index.json")):
+            raise FileNotFoundError(f"{pretrained_model_name_or_path} has no model_index.json (not a diffusers "
+                                    "pipeline folder)")
+        pipe = super().from_pretrained(local, **kwargs)
+        load_video_unet(pipe.unet, temporal, folder=os.path.join(local, "unet"))
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:

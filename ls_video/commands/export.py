@@ -4,7 +4,9 @@
     ls-video export CKPT OUT [--raw] [--base PATH] [--single-file FILE] [--adapter-only]
 
 OUT gets the base's ``vae/``, ``text_encoder/``, ``tokenizer/``, a DDIM ``scheduler/``, the trained
-``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``) plus ``unet/latent_shift.json``, and
+``unet/`` (EMA weights when the checkpoint has them, unless ``--raw``: :func:`ls_video.checkpoint.uses_ema`, the rule
+``sample`` and ``curve`` follow too) plus ``unet/latent_shift.json``, the noise schedule the run trained with
+(``scheduler/``: the base's with the objective's ``prediction_type``), and
 a model card ``README.md`` with Hub metadata (:mod:`ls_video.model_card`); ``--single-file FILE`` also writes
 the U-Net in the original Stable Diffusion key layout (:mod:`ls_video.single_file`). A LoRA run's adapter is
 folded into the U-Net (a plain diffusers folder, zero added parameters), or with ``--adapter-only`` written alone
@@ -37,14 +39,14 @@ def export(ckpt: str, out: str, ema: bool | None = None, base: str | None = None
         if not lora.enabled:
             raise UsageError(f"--adapter-only needs a LoRA checkpoint (model.lora.rank > 0); {ckpt} trained the "
                              "U-Net's weights")
-        pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base, merge=False)
+        pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base, merge=False, source=ckpt)
         sizes = save_adapter(pipe.unet, lora, out)
         print(f"wrote the rank-{lora.rank} adapter to {out}: " + ", ".join(f"{k} ({v / 1e6:.2f} MB)"
                                                                       for k, v in sizes.items()))
         return ema
-    pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base)
-    pipe.save_pretrained(out)
-    write_model_card(out, ckpt, checkpoint=checkpoint)
+    pipe = pipeline_from_checkpoint(checkpoint, ema=ema, base=base, source=ckpt)
+    pipe.save_pretrained(out)  # (scheduler/: the noise schedule and prediction type the run trained with)
+    write_model_card(out, ckpt, checkpoint=checkpoint, ema=ema)
     if single_file:
         temporal = TemporalConfig.load(os.path.join(out, "unet"))
         if temporal is not None and temporal.temporal_mixing not in ("shift", "none"):

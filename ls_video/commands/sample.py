@@ -4,7 +4,9 @@
     (or: python sample.py ...)
 
 ``--model`` takes a diffusers folder (a plain Stable Diffusion 1.x/2.x folder gets the shift added
-to its U-Net), a folder exported by ``python -m ls_video.commands.export``, or a Lightning ``.ckpt``.
+to its U-Net), a folder exported by ``python -m ls_video.commands.export``, or a Lightning ``.ckpt`` (its EMA
+weights when it holds them, unless ``--raw``: the rule ``export`` follows). A folder is a local path (it exists, or
+starts with ``/``, ``./``, ``../``, ``~``) or a Hugging Face Hub id ``ORG/NAME``.
 Writes one video per (prompt, seed), ``manifest.json`` and ``contact_sheet.png`` to ``--out``.
 """
 
@@ -24,7 +26,8 @@ EPILOG = "Example: ls-video sample --model outputs/demo/model --prompt 'a red sq
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0], epilog=EPILOG)
-    p.add_argument("--model", required=True, help="diffusers folder, exported folder or Lightning .ckpt")
+    p.add_argument("--model", required=True,
+                   help="diffusers folder or Hub id (ORG/NAME), exported folder, or Lightning .ckpt")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     p.add_argument("--prompts-file", help="text file with one prompt per line")
     p.add_argument("--negative-prompt", default=None, help="prompt to guide away from")
@@ -39,7 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="videos denoised together")
     p.add_argument("--fps", type=float, default=8, help="frame rate of the written files")
     p.add_argument("--format", default="mp4", choices=["mp4", "gif"], help="video file format")
-    p.add_argument("--ema", action="store_true", help="use EMA weights of a .ckpt when present")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--raw", action="store_true",
+                         help="a .ckpt's raw weights (default: its EMA weights when it holds them, as export does)")
+    weights.add_argument("--ema", action="store_true", help="a .ckpt's EMA weights; an error when it has none")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights dtype for sampling")
@@ -77,7 +83,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     from ls_video.video_io import contact_sheet, to_uint8, write_video
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args.model, ema=args.ema)
+    pipe = load_pipeline(args.model, ema=False if args.raw else (True if args.ema else None))
+    ema = getattr(pipe, "ema_weights", None)  # (a .ckpt: which weights checkpoint.uses_ema chose; said on stderr)
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if args.compile:
         pipe.compile_unet()
@@ -103,7 +110,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             samples.append(dict(prompt=prompt, seed=seed, file=name, num_frames=int(video.shape[0]),
                                 height=int(video.shape[1]), width=int(video.shape[2]), steps=args.num_inference_steps,
                                 guidance_scale=args.guidance_scale, scheduler=args.scheduler, fps=args.fps,
-                                ema=args.ema))
+                                ema=ema))
     Image.fromarray(contact_sheet(np.stack(firsts[:64]))).save(os.path.join(args.out, "contact_sheet.png"))
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump({"model": str(args.model), "samples": samples}, f, indent=2)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ls_video.components import load_unet, unet_folder
 from ls_video.errors import UsageError, command
+from ls_video.hub import resolve
 from ls_video.unet import TemporalConfig
 
 FORMAT = "ls-video-motion/1"
@@ -62,7 +63,7 @@ def extract(video: str, base: str, out: str, rank: int | None = None) -> dict:
     if rank is not None and rank < 1:
         raise UsageError(f"--rank must be >= 1, got {rank}")
     video_unet, base_unet = load_unet(video), load_unet(base)
-    config = TemporalConfig.load(unet_folder(video)) or TemporalConfig()
+    config = TemporalConfig.load(unet_folder(resolve(video, what="model"))) or TemporalConfig()
     if config.temporal_mixing not in ("shift", "none"):
         raise UsageError(f"{video} uses temporal_mixing={config.temporal_mixing!r}: motion transfer carries weight "
                          "deltas of the same layers (shift or none), not added layers")

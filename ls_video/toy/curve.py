@@ -2,7 +2,7 @@
 
     ls-video curve RUN_DIR [--num-videos-per-prompt 2] [--num-inference-steps 25] [--num-frames 6] [--device cuda]
 
-For each ``RUN_DIR/checkpoints/*.ckpt`` (EMA weights when present) it samples the 32 toy prompts
+For each ``RUN_DIR/checkpoints/*.ckpt`` (EMA weights when present, unless ``--raw``) it samples the 32 toy prompts
 x ``--num-videos-per-prompt`` seeds (seeds start at 1000, away from the demo's), scores them with
 ``ls_video.metrics.toy`` and prints one markdown row per checkpoint; ``RUN_DIR/curve.json`` keeps them.
 """
@@ -25,9 +25,10 @@ from ls_video.toy.world import all_prompts
 
 
 def evaluate_checkpoint(path: str, seeds: int, steps: int, frames: int, guidance: float, seed0: int = 1000,
-                        device: str = "cpu", return_videos: bool = False) -> dict:
+                        device: str = "cpu", return_videos: bool = False, raw: bool = False) -> dict:
     ckpt = load_checkpoint(path)
-    pipe = pipeline_from_checkpoint(ckpt, ema=None).to(device)  # EMA weights when present
+    # EMA weights when present, unless raw: checkpoint.uses_ema, the rule of export and sample (said on stderr)
+    pipe = pipeline_from_checkpoint(ckpt, ema=False if raw else None, source=path).to(device)
     prompts = [p for p in all_prompts() for _ in range(seeds)]
     start = time.perf_counter()
     scores, videos = sample_and_score(pipe, prompts, [seed0 + i % seeds for i in range(len(prompts))], frames, steps,
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where to sample (default: cuda when available)")
+    p.add_argument("--raw", action="store_true", help="score the raw weights (default: EMA weights when present)")
     args = p.parse_args(argv)
     paths = sorted(glob.glob(os.path.join(args.run_dir, "checkpoints", "step*.ckpt")))
     if not paths:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| step | direction | steps right | colour | shape | consistency |\n|---|---|---|---|---|---|")
     for path in paths:
         r = evaluate_checkpoint(path, args.num_videos_per_prompt, args.num_inference_steps, args.num_frames,
-                                args.guidance_scale, device=args.device)
+                                args.guidance_scale, device=args.device, raw=args.raw)
         rows.append(r)
         print(f"| {r['step']} | {r['direction_acc']:.2f} | {r['step_acc']:.2f} | {r['color_acc']:.2f} | "
               f"{r['shape_acc']:.2f} | {r['consistency']:.2f} |", flush=True)
