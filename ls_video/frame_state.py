@@ -3,9 +3,10 @@
 Inside the U-Net a video is a batch ``(B·F, C, h, w)`` with no trace of ``F``. The hooks that
 :func:`ls_video.unet.apply_temporal_mixing` installs (the shift, the added layers of
 :mod:`ls_video.temporal_layers`) read ``F`` from one :class:`FrameState` per U-Net: 1 (a batch of
-images) except inside :meth:`FrameState.frames`.
+images) except inside :meth:`FrameState.using_frames`. The count is per thread, so threads sampling
+clips of different lengths with one U-Net at the same time each get what they would get alone.
 
-Gradient checkpointing runs a block again during backward, after that ``frames`` block has ended, so
+Gradient checkpointing runs a block again during backward, after that ``using_frames`` block has ended, so
 the recomputation would see ``F = 1`` and compute other activations than the forward did (wrong
 gradients, no error). :class:`FrameAwareCheckpoint` wraps a checkpointing function so that the block it
 checkpoints runs, both times, at the frame count of its forward call. Installing the temporal mixing
@@ -15,6 +16,7 @@ wraps the function once (:func:`make_checkpointing_frame_aware`); nothing is che
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 
 import torch
@@ -22,15 +24,27 @@ import torch
 CheckpointFunction = Callable[..., object]  # diffusers' ``gradient_checkpointing_func(module, *args)``
 
 
-class FrameState:
-    """Frame count of the batch currently inside the U-Net, shared by all its temporal hooks."""
+class FrameState(threading.local):
+    """Frame count of the batch currently inside the U-Net, shared by all its temporal hooks.
+
+    A ``threading.local``: each thread has its own count (1 until it enters :meth:`using_frames`), so
+    concurrent calls of one U-Net never read each other's ``F``. A copy (``copy.deepcopy`` of the U-Net)
+    or a pickled U-Net starts at 1.
+    """
 
     def __init__(self) -> None:
         self.num_frames = 1
 
+    def __deepcopy__(self, memo: dict) -> FrameState:
+        return type(self)()
+
+    def __reduce__(self) -> tuple:
+        return (type(self), ())
+
     @contextlib.contextmanager
-    def frames(self, num_frames: int) -> Iterator[None]:
-        """Within the block the batch is clips of ``num_frames`` frames; the previous count comes back after."""
+    def using_frames(self, num_frames: int) -> Iterator[None]:
+        """Within the block this thread's batches are clips of ``num_frames`` frames; the previous count
+        comes back after."""
         previous, self.num_frames = self.num_frames, num_frames
         try:
             yield
@@ -52,7 +66,7 @@ class _AtFrames:
         self.num_frames = num_frames
 
     def __call__(self, *args: object, **kwargs: object) -> object:
-        with self.state.frames(self.num_frames):
+        with self.state.using_frames(self.num_frames):
             return self.module(*args, **kwargs)
 
 

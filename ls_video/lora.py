@@ -3,8 +3,10 @@
 The shift moves channels right before every ResNet block's ``conv1``, so an adapter that should learn motion
 the way Latent-Shift does must reach those convolutions: the default targets are every ResNet block's
 ``conv1``/``conv2`` plus the attention projections (diffusers' own default is attention only, ``"attention"``).
-The shift hook is re-installed on the adapter-wrapped ``conv1``, so the low-rank branch sees the shifted input
-exactly as the frozen convolution does.
+The shift hook is moved onto the adapter-wrapped ``conv1``, so the low-rank branch sees the shifted input
+exactly as the frozen convolution does; it moves back when the adapter is removed (here, or by diffusers'
+``load_lora_weights`` / ``unload_lora_weights`` or PEFT's ``unload``: :func:`ls_video.unet.refresh_shift_hooks`,
+run by every video call).
 
 * :class:`LoraSettings`: rank, alpha, dropout, targets (``model.lora`` in the configs; ``configs/lora.yaml``).
 * :func:`add_lora` / :func:`merge_lora`: add a trainable adapter; fold it into the weights (zero added parameters).
@@ -23,7 +25,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from ls_video.errors import UsageError
-from ls_video.unet import apply_temporal_mixing, get_temporal_config
+from ls_video.unet import get_temporal_config, refresh_shift_hooks
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 RESNET = ["conv1", "conv2"]  # only ResnetBlock2D has modules named so in a diffusers U-Net
@@ -91,7 +93,7 @@ def settings_from_hparams(hparams: dict) -> LoraSettings:
 
 def add_lora(unet: UNet2DConditionModel, settings: LoraSettings) -> UNet2DConditionModel:
     """Add a trainable adapter to ``unet`` in place; every other U-Net weight is frozen. The temporal mixing is
-    re-installed so that the shift acts on the adapter-wrapped convolutions' input (both branches)."""
+    shift hooks move onto the adapter-wrapped convolutions, so the shift acts on both branches' input."""
     if not settings.enabled:
         return unet
     unet.requires_grad_(False)
@@ -99,7 +101,7 @@ def add_lora(unet: UNet2DConditionModel, settings: LoraSettings) -> UNet2DCondit
         unet.add_adapter(settings.peft_config(), adapter_name=ADAPTER)
     except ValueError as err:  # PEFT: a target list that names no module of this U-Net
         raise UsageError(f"lora.target_modules {settings.targets()} do not fit this U-Net: {err}") from None
-    _reinstall_mixing(unet)
+    refresh_shift_hooks(unet)
     return unet
 
 
@@ -109,14 +111,8 @@ def merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
         return unet
     unet.fuse_lora()
     unet.unload_lora()
-    _reinstall_mixing(unet)
+    refresh_shift_hooks(unet)
     return unet
-
-
-def _reinstall_mixing(unet: UNet2DConditionModel) -> None:
-    config = get_temporal_config(unet)
-    if config is not None:
-        apply_temporal_mixing(unet, config)
 
 
 def adapter_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:

@@ -12,7 +12,12 @@ The baselines of the ablation (``temporal_conv``, ``temporal_attention``) add ze
 layers instead; they live in :mod:`ls_video.temporal_layers`.
 
 Outside the U-Net videos are ``(B, F, C, H, W)``; :func:`video_unet_forward` folds frames into
-the batch, tells the hooks ``F`` for that call only (:func:`frames`), and unfolds the result.
+the batch, tells the hooks ``F`` for that call and thread only (:func:`using_frames`), and unfolds the result.
+
+The shift never goes away unnoticed: :func:`using_frames` reaches the U-Net inside DDP, accelerate,
+``torch.compile`` and PEFT wrappers (:func:`unwrap_unet`) or raises; it re-installs a shift hook whose
+``conv1`` was replaced since (diffusers' ``load_lora_weights`` / ``unload_lora_weights``, PEFT's
+``unload``: :func:`refresh_shift_hooks`); :func:`num_shift_hooks` counts the hooks registered now.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -72,8 +78,8 @@ class TemporalConfig:
         if self.shift_placement not in ("residual", "input"):
             raise UsageError(f"shift_placement must be 'residual' or 'input', got {self.shift_placement!r}")
         shift_channels(1, self.shift_fraction)  # validates the range
-        if self.deep_shift_frames < 1:
-            raise ValueError(f"deep_shift_frames must be >= 1, got {self.deep_shift_frames}")
+        if not isinstance(self.deep_shift_frames, int) or self.deep_shift_frames < 1:
+            raise UsageError(f"deep_shift_frames must be an integer >= 1, got {self.deep_shift_frames!r}")
 
     def save(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -87,13 +93,73 @@ class TemporalConfig:
         if not os.path.isfile(path):
             return None
         with open(path) as f:
-            return cls(**json.load(f))
+            try:
+                settings = json.load(f)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{path} is not JSON: {err}") from None
+        if not isinstance(settings, dict):
+            raise UsageError(f"{path} must hold an object of temporal settings, got {type(settings).__name__}")
+        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UsageError(f"{path}: unknown temporal settings {unknown} "
+                             f"(known: {', '.join(cls.__dataclass_fields__)})")
+        return cls(**settings)
 
 
-def frames(unet: torch.nn.Module, num_frames: int) -> contextlib.AbstractContextManager[None]:
-    """Within the block, calls of ``unet`` treat their batch as clips of ``num_frames`` frames."""
-    temporal = getattr(unet, "_latent_shift", None)
-    return temporal.state.frames(num_frames) if temporal is not None else contextlib.nullcontext()
+# DDP / accelerate, FSDP, torch.compile, PEFT's PeftModel (its .base_model.model)
+WRAPPED = ("module", "_fsdp_wrapped_module", "_orig_mod", "base_model")
+
+
+def unwrap_unet(model: torch.nn.Module) -> torch.nn.Module:
+    """The module carrying the temporal mixing inside ``model``'s wrappers, else the innermost one.
+
+    Follows ``.module`` (DDP, accelerate), FSDP's wrapped module, ``._orig_mod`` (``torch.compile``'s
+    ``OptimizedModule``) and ``.base_model.model`` (PEFT's ``PeftModel``), nested in any order.
+    ``torch.nn.DataParallel`` is refused: it splits the folded frames of a clip across devices and runs them
+    in other threads.
+    """
+    for _ in range(16):  # wrappers nest a few levels at most
+        if getattr(model, "_latent_shift", None) is not None:
+            return model
+        if isinstance(model, torch.nn.DataParallel):
+            raise UsageError("torch.nn.DataParallel splits the frames of a clip across devices: use DDP "
+                             "(Lightning's strategy='ddp') or one device")
+        inner = None
+        for name in WRAPPED:
+            inner = model._modules.get(name) if isinstance(model, torch.nn.Module) else None
+            if name == "base_model" and inner is not None:
+                inner = inner._modules.get("model")  # PeftModel.base_model is the tuner; .model the U-Net
+            if inner is not None:
+                break
+        if inner is None:
+            return model
+        model = inner
+    return model
+
+
+def _temporal(unet: torch.nn.Module) -> tuple[torch.nn.Module, _Temporal | None]:
+    inner = unwrap_unet(unet)
+    return inner, getattr(inner, "_latent_shift", None)
+
+
+def using_frames(unet: torch.nn.Module, num_frames: int) -> contextlib.AbstractContextManager[None]:
+    """Within the block, calls of ``unet`` from this thread treat their batch as clips of ``num_frames`` frames.
+
+    ``unet`` may be wrapped (:func:`unwrap_unet`). A plain image U-Net (no temporal mixing anywhere in it) gets
+    a no-op: its frames stay independent. A video U-Net that cannot be reached is a :class:`UsageError`, never
+    a silent image model. Shift hooks whose ``conv1`` was replaced are re-installed first
+    (:func:`refresh_shift_hooks`).
+    """
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise UsageError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    inner, temporal = _temporal(unet)
+    if temporal is None:
+        if any(getattr(m, "_latent_shift", None) is not None for m in inner.modules()):
+            raise UsageError(f"{type(unet).__name__} holds a video U-Net that using_frames cannot reach (through "
+                             ".module, ._orig_mod or .base_model.model): pass that U-Net itself")
+        return contextlib.nullcontext()
+    temporal.refresh(inner)
+    return temporal.state.using_frames(num_frames)
 
 
 class _ShiftHook:
@@ -126,13 +192,58 @@ class _ShiftHook:
         return (x, *args[1:])
 
 
+_REFRESH_LOCK = threading.Lock()  # taken only when a hook must move (two threads must not both move it)
+
+
+def _install_shift_hooks(unet: torch.nn.Module, config: TemporalConfig, state: FrameState) -> tuple[list, list]:
+    """Register the shift hooks; returns their handles and, for the residual placement, ``(block, conv1)``
+    pairs: the module each hook sits on, to notice when a wrapper (LoRA) replaced it or was removed."""
+    handles, targets = [], []
+    deep = set()  # the lowest-resolution blocks, where the shift may move more than one frame
+    if config.deep_shift_frames > 1:
+        deep = {id(m) for part in (unet.down_blocks[-1], unet.mid_block, unet.up_blocks[0]) for m in part.modules()}
+    residual = config.shift_placement == "residual"
+    for module in list(unet.modules()):
+        if not isinstance(module, ResnetBlock2D):
+            continue
+        target = module.conv1 if residual else module
+        n = shift_channels(module.in_channels, config.shift_fraction)  # (conv1 may be a LoRA wrapper)
+        moved = config.deep_shift_frames if id(module) in deep else 1
+        hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved,
+                          in_place_grad=isinstance(module.nonlinearity, KEEPS_INPUT))
+        handles.append(target.register_forward_pre_hook(hook))
+        if residual:
+            targets.append((module, target))
+    return handles, targets
+
+
 class _Temporal:
     """What :func:`apply_temporal_mixing` attaches to a U-Net (a plain attribute, not a module)."""
 
-    def __init__(self, config: TemporalConfig, state: FrameState, handles: list) -> None:
+    def __init__(self, config: TemporalConfig, state: FrameState, handles: list, targets: list) -> None:
         self.config = config
         self.state = state
         self.handles = handles  # one per hooked block
+        self.targets = targets  # (ResnetBlock2D, the conv1 its shift hook is on): residual shift only
+
+    def stale(self) -> bool:
+        """Whether a block's ``conv1`` is no longer the module its hook was registered on."""
+        for block, target in self.targets:  # (runs every call: a plain loop over dict lookups, ~0.1 us a block)
+            if block._modules.get("conv1") is not target:
+                return True
+        return False
+
+    def refresh(self, unet: torch.nn.Module) -> bool:
+        """Move the shift hooks onto the current ``conv1`` modules when any was replaced; whether they moved."""
+        if not self.stale():
+            return False
+        with _REFRESH_LOCK:
+            if not self.stale():
+                return False
+            for handle in self.handles:
+                handle.remove()
+            self.handles, self.targets = _install_shift_hooks(unet, self.config, self.state)
+        return True
 
 
 def apply_temporal_mixing(
@@ -156,21 +267,12 @@ def apply_temporal_mixing(
             handle.remove()
     remove_added_layers(unet)
     state = old.state if old is not None else FrameState()
-    handles = []
+    handles, targets = [], []
+    if config.temporal_mixing == "shift":
+        handles, targets = _install_shift_hooks(unet, config, state)
     ref = next(unet.parameters())
-    deep = set()  # the lowest-resolution blocks, where the shift may move more than one frame
-    if config.deep_shift_frames > 1:
-        deep = {id(m) for part in (unet.down_blocks[-1], unet.mid_block, unet.up_blocks[0]) for m in part.modules()}
     for module in list(unet.modules()):
-        if config.temporal_mixing == "shift" and isinstance(module, ResnetBlock2D):
-            residual = config.shift_placement == "residual"
-            target = module.conv1 if residual else module
-            n = shift_channels(module.in_channels, config.shift_fraction)  # (conv1 may be a LoRA wrapper)
-            moved = config.deep_shift_frames if id(module) in deep else 1
-            hook = _ShiftHook(state, n, in_place=residual, frames_moved=moved,
-                              in_place_grad=isinstance(module.nonlinearity, KEEPS_INPUT))
-            handles.append(target.register_forward_pre_hook(hook))
-        elif config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
+        if config.temporal_mixing == "temporal_conv" and isinstance(module, ResnetBlock2D):
             with torch.device(ref.device):
                 module.temporal_conv = TemporalConvLayer(module.conv2.out_channels,
                                                          norm_num_groups=module.norm2.num_groups)
@@ -181,21 +283,37 @@ def apply_temporal_mixing(
                 module.temporal_attention = temporal_attention_like(module)
             torch.nn.Module.to(module.temporal_attention, ref.dtype)  # (ModelMixin.to warns on dtype casts)
             handles.append(module.register_forward_hook(AddedLayerHook(state, "temporal_attention")))
-    unet._latent_shift = _Temporal(config, state, handles)
+    unet._latent_shift = _Temporal(config, state, handles, targets)
     make_checkpointing_frame_aware(unet, state)
     return unet
 
 
 def get_temporal_config(unet: torch.nn.Module) -> TemporalConfig | None:
-    """The temporal settings installed on ``unet``, or ``None`` for a plain image U-Net."""
-    temporal = getattr(unet, "_latent_shift", None)
-    return temporal.config if temporal is not None else None
+    """The temporal settings installed on ``unet`` (or the U-Net it wraps), or ``None`` for a plain image U-Net."""
+    return getattr(_temporal(unet)[1], "config", None)
 
 
 def num_shift_hooks(unet: torch.nn.Module) -> int:
-    """How many blocks carry a temporal hook (shift or added layer; for tests and logs)."""
-    temporal = getattr(unet, "_latent_shift", None)
-    return len(temporal.handles) if temporal is not None else 0
+    """How many temporal hooks (shift or added layer) of ``unet`` are registered on its modules now.
+
+    Hooks are counted where they live, not as installed: one left on a module that a wrapper replaced
+    (e.g. a LoRA layer removed by ``unload_lora``) does not count until :func:`refresh_shift_hooks` (or the
+    next :func:`using_frames`) moves it.
+    """
+    inner, temporal = _temporal(unet)
+    if temporal is None:
+        return 0
+    return sum(isinstance(hook, (_ShiftHook, AddedLayerHook)) and hook.state is temporal.state
+               for module in inner.modules()
+               for hook in (*module._forward_pre_hooks.values(), *module._forward_hooks.values()))
+
+
+def refresh_shift_hooks(unet: torch.nn.Module) -> bool:
+    """Re-install the shift hooks if a block's ``conv1`` was replaced since they were installed (a LoRA
+    adapter loaded, fused or unloaded by diffusers or PEFT); returns whether they moved. :func:`using_frames`
+    does it on every call, so this is only needed to count hooks (:func:`num_shift_hooks`) after a change."""
+    inner, temporal = _temporal(unet)
+    return temporal.refresh(inner) if temporal is not None else False
 
 
 def video_unet_forward(
@@ -221,6 +339,6 @@ def video_unet_forward(
         timesteps = timesteps.expand(b)
     t = timesteps.repeat_interleave(f)
     context = encoder_hidden_states.repeat_interleave(f, dim=0)
-    with frames(unet, f):
+    with using_frames(unet, f):
         out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
     return rearrange(out, "(b f) c h w -> b f c h w", b=b)

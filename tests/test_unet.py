@@ -7,9 +7,9 @@ from ls_video.testing.tiny import tiny_unet
 from ls_video.unet import (
     TemporalConfig,
     apply_temporal_mixing,
-    frames,
     get_temporal_config,
     num_shift_hooks,
+    using_frames,
     video_unet_forward,
 )
 
@@ -224,7 +224,7 @@ def test_video_forward_walks_no_modules(monkeypatch):
 
 def test_frames_is_reset_even_when_the_call_fails():
     unet = apply_temporal_mixing(tiny_unet().eval())
-    with pytest.raises(RuntimeError), frames(unet, 3):
+    with pytest.raises(RuntimeError), using_frames(unet, 3):
         assert unet._latent_shift.state.num_frames == 3
         raise RuntimeError("boom")
     assert unet._latent_shift.state.num_frames == 1
@@ -241,7 +241,7 @@ def test_frame_aware_checkpointing_survives_a_deepcopy():
     checkpointed = copy.deepcopy(original)
     func = checkpointed.down_blocks[0]._gradient_checkpointing_func
     assert func.state is checkpointed._latent_shift.state is not original._latent_shift.state
-    with frames(original, 5):  # the original's frame count must not leak into the copy's recompute
+    with using_frames(original, 5):  # the original's frame count must not leak into the copy's recompute
         for unet in (plain, checkpointed):
             two_clip_lengths_loss(unet).backward()
     assert_same_grads(checkpointed, plain)
