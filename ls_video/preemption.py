@@ -12,7 +12,7 @@ IO) and leaves with ``128 + signal`` as its exit status, the status of a process
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import gc
 import os
 import signal
 import subprocess
@@ -62,19 +62,20 @@ def next_batch(iterator: Any) -> Any:
 def stop_loader_workers() -> None:
     """SIGKILL this process's DataLoader workers (they ignore SIGTERM, and one blocked on dead storage would
     keep the process from exiting); torch's SIGCHLD check is switched off first, we are leaving."""
-    from torch.utils.data._utils.worker import _worker_loop
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-    workers = [p for p in multiprocessing.active_children() if getattr(p, "_target", None) is _worker_loop]
+    workers = [w for o in gc.get_objects() if issubclass(type(o), _MultiProcessingDataLoaderIter)
+               for w in getattr(o, "_workers", []) if w.is_alive()]
     if not workers:
         return
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for p in workers:
-        if p.pid is not None:
+    for w in workers:
+        if w.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)
-    for p in workers:
-        p.join(timeout=10)
+                os.kill(w.pid, signal.SIGKILL)
+    for w in workers:
+        w.join(timeout=10)
 
 
 def _gather_text(trainer: L.Trainer, text: str) -> list[str]:
