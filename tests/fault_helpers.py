@@ -25,7 +25,7 @@ def dead_urls(n: int = 4) -> str:
 
 def shard_config(tmp_path: Path, base: str, train_urls: str, *, trainer: dict | None = None, **data) -> Path:
     """A ``fit`` config: the tiny base on ``LatentVideoDataModule(train_urls)``, 2-clip batches, fast remote
-    timeouts (one attempt per shard), no logger; ``data`` and ``trainer`` override."""
+    timeouts (two attempts per shard), no logger; ``data`` and ``trainer`` override."""
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 4, "default_root_dir": str(tmp_path / "run"),
@@ -35,8 +35,8 @@ def shard_config(tmp_path: Path, base: str, train_urls: str, *, trainer: dict | 
         "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3}},
         "data": {"class_path": "datamodules.LatentVideoDataModule",
                  "init_args": {"train_urls": train_urls, "batch_size": 2, "num_workers": 1, "shuffle_buffer": 0,
-                               "remote": {"connect_timeout": 1.0, "read_timeout": 2.0, "retries": 0,
-                                          "backoff": 0.1}, **data}},
+                               "remote": {"connect_timeout": 1.0, "read_timeout": 2.0, "retries": 1,
+                                          "backoff": 0.2}, **data}},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

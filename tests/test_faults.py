@@ -26,7 +26,7 @@ from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.errors import DiskFullError, UsageError
 from ls_video.preemption import DATA_STOP
 
-FAST = RemoteOptions(connect_timeout=1.0, read_timeout=2.0, retries=0, backoff=0.1)
+FAST = RemoteOptions(connect_timeout=1.0, read_timeout=2.0, retries=1, backoff=0.2)
 OUTAGE = "skipping bad sample (connection"  # the stream's log line once it is reading dead storage
 
 
