@@ -25,7 +25,8 @@ def dead_urls(n: int = 4) -> str:
 
 def shard_config(tmp_path: Path, base: str, train_urls: str, *, trainer: dict | None = None, **data) -> Path:
     """A ``fit`` config: the tiny base on ``LatentVideoDataModule(train_urls)``, 2-clip batches, fast remote
-    timeouts (two attempts per shard), no logger; ``data`` and ``trainer`` override."""
+    timeouts (two attempts per shard), no logger; ``data`` and ``trainer`` override (``None`` values: left out)."""
+    data = {k: v for k, v in data.items() if v is not None}
     config = {
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 4, "default_root_dir": str(tmp_path / "run"),
