@@ -79,8 +79,14 @@ def test_a_signal_while_waiting_for_data_stops_at_once_with_a_checkpoint(tiny_ba
         wait_for_text(log, OUTAGE, proc)
         time.sleep(1.0)  # inside the training loop's wait for the first batch
         second, second_log = start(tmp_path, "fit", "-c", str(config), name="second")
-        assert second.wait(timeout=120) == 2, second_log.read_text()[-3000:]
+        try:
+            second.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("a second run into the live run's folder was not refused") from None
+        finally:
+            kill_session(second)
         text = second_log.read_text()
+        assert second.returncode == 2, text[-3000:]
         assert "is in use by another run (pid" in text and "Traceback" not in text, text[-3000:]
         sent = time.monotonic()
         os.kill(proc.pid, getattr(signal, sig))
