@@ -190,6 +190,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             yield {DATA_STOP: {"stalled": str(err)}}
 
     def _samples(self, samples: Iterator[dict], rng: random.Random, worker: int, num_workers: int) -> Iterator[dict]:
+        """Decoded, cropped samples of this rank / worker (``split_by="sample"``: its equal share), up to the limit."""
         slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
         good, held = 0, None  # split_by="sample": good samples seen by this worker, its latest one
         if self.shuffle_buffer > 0:
