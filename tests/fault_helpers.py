@@ -97,3 +97,4 @@ def kill_session(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+

@@ -240,19 +240,21 @@ def test_datamodule_mistakes_are_usage_errors(kwargs, match):
 
 @pytest.mark.slow
 def test_odd_validation_count_on_two_processes_finishes(tiny_base, tmp_path):
-    """DDP, 2 CPU processes, 5 validation clips in batches of 2: both ranks run 1 validation batch and fit ends
-    (before: rank 0 had 2 batches, rank 1 one, and rank 0 waited in the second batch's ``sync_dist`` forever)."""
+    """DDP, 2 CPU processes, 5 validation clips in batches of 2, a collective in every validation batch (as a
+    sharded forward has): both ranks run 1 validation batch and fit ends (before: rank 0 had 2 batches, rank 1
+    one, and rank 0 waited in its second batch's collective forever)."""
     write_synthetic_shards(tmp_path / "train", num_shards=2, per_shard=4, shape=(2, 4, 8, 8))
     write_synthetic_shards(tmp_path / "val", num_shards=1, per_shard=5, shape=(2, 4, 8, 8), seed=1)
     config = shard_config(tmp_path, tiny_base, str(tmp_path / "train" / "shard-{000000..000001}.tar"),
                           val_urls=str(tmp_path / "val" / "shard-000000.tar"), num_workers=0,
                           trainer={"devices": 2, "strategy": "ddp", "max_steps": 2, "val_check_interval": 2,
-                                   "check_val_every_n_epoch": None})
+                                   "check_val_every_n_epoch": None,
+                                   "callbacks": [{"class_path": "val_collective.CollectivePerValBatch"}]})
     proc, log = start(tmp_path, "fit", "-c", str(config))
     try:
-        rc = proc.wait(timeout=300)
+        rc = proc.wait(timeout=240)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"no end within 300 s (a rank waits in validation):\n{log.read_text()[-2000:]}") from None
+        raise AssertionError(f"no end within 240 s (a rank waits in validation):\n{log.read_text()[-2000:]}") from None
     finally:
         kill_session(proc)
     assert rc == 0, log.read_text()[-3000:]
