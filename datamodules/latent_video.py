@@ -146,7 +146,7 @@ class LatentVideoDataModule(L.LightningDataModule):
         First, on every rank: a ``DATA_STOP`` batch on any rank (a stall, a signal while waiting for data) ends
         the run with a checkpoint (:func:`~ls_video.preemption.stop_for_data`)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and (trainer.training or trainer.validating or trainer.sanity_checking):
+        if any(getattr(trainer, stage, False) for stage in ("training", "validating", "sanity_checking")):
             stop_for_data(trainer, batch)
         if self.empty_text_embeds is not None and isinstance(batch, dict) and "text_embeds" in batch:
             batch["empty_text_embeds"] = self.empty_text_embeds
