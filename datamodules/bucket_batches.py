@@ -21,6 +21,7 @@ import torch
 
 from datamodules.storage import RemoteOptions, open_shard
 from datamodules.stream import LatentClipStream, collate
+from ls_video.preemption import DATA_STOP
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,9 @@ class BucketBatches(torch.utils.data.IterableDataset):
         pending: dict[tuple[int, ...], list[dict]] = {}
         produced = 0
         for sample in self.stream:
+            if DATA_STOP in sample:  # the stream stalled: passed on as a whole batch
+                yield sample
+                return
             shape = tuple(sample["latents"].shape)
             group = pending.setdefault(shape, [])
             group.append(sample)

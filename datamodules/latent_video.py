@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +16,29 @@ from datamodules.stream import LatentClipStream, collate, expand, ignore_stop_si
 from datamodules.text_cache import check_text, read_empty
 from datamodules.vae_check import check_vae, first_meta
 from ls_video.errors import UsageError
+from ls_video.preemption import next_batch, stop_for_data
+
+
+class StoppableLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose wait for the next batch a stop signal ends (:func:`ls_video.preemption.next_batch`)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        return _Stoppable(iterator)
+
+
+class _Stoppable:
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self.iterator = iterator
+
+    def __iter__(self) -> _Stoppable:
+        return self
+
+    def __next__(self) -> Any:
+        return next_batch(self.iterator)
+
+    def __len__(self) -> int:
+        return len(self.iterator)
 
 
 class LatentVideoDataModule(L.LightningDataModule):
@@ -51,6 +75,12 @@ class LatentVideoDataModule(L.LightningDataModule):
             :class:`~datamodules.bucket_batches.BucketOptions`: ``index``, ``budget``, ``batch_sizes``);
             ``batch_size`` is then the batch of the largest bucket, smaller buckets get proportionally more
             clips, and an epoch is ``epoch_length // batch_size`` batches per device. ``None``: one shape.
+        stall_timeout: seconds without any shard data (every shard unreadable: the storage is down) before the
+            run stops, on every rank, with ``last.ckpt`` and one ``DataStalledError`` line naming the last storage
+            error; ``null``: wait forever. Set it well above ``remote.read_timeout``.
+
+    Every rank gets the same number of batches: validation keeps ``N // (ranks x workers)`` samples per worker;
+    a non-resampled training pass gives every rank as many shards (and needs at least ``ranks x num_workers``).
     """
 
     def __init__(
@@ -69,11 +99,12 @@ class LatentVideoDataModule(L.LightningDataModule):
         allow_vae_mismatch: bool = False,
         buckets: BucketOptions | None = None,
         storage_options: dict[str, Any] | None = None,
+        stall_timeout: float | None = 600.0,
     ) -> None:
         super().__init__()
         self.buckets = BucketOptions(**buckets) if isinstance(buckets, dict) else buckets
         if self.buckets is not None and num_frames is not None:
-            raise ValueError("num_frames crops every clip to one length; with buckets, clip lengths are the shards' "
+            raise UsageError("num_frames crops every clip to one length; with buckets, clip lengths are the shards' "
                              "frame buckets: drop num_frames")
         self._table: BucketTable | None = None
         self.allow_vae_mismatch = allow_vae_mismatch
@@ -84,6 +115,9 @@ class LatentVideoDataModule(L.LightningDataModule):
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if num_frames is not None and num_frames < 1:
             raise UsageError(f"num_frames must be >= 1, got {num_frames}")
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise UsageError(f"stall_timeout must be > 0 seconds (or null: wait forever), got {stall_timeout}")
+        self.stall_timeout = stall_timeout
         self.train_urls, self.val_urls = train_urls, val_urls
         self.batch_size, self.num_workers = batch_size, num_workers
         self.shuffle_buffer, self.resampled, self.epoch_length = shuffle_buffer, resampled, epoch_length
@@ -115,7 +149,12 @@ class LatentVideoDataModule(L.LightningDataModule):
         check_text(meta, module, self.empty_text_embeds, bool(module.hparams.get("cached_text_embeddings")))
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Batches with cached text embeddings carry the cached empty-prompt one too (caption dropout's target)."""
+        """Batches with cached text embeddings carry the cached empty-prompt one too (caption dropout's target).
+        First, on every rank: a ``DATA_STOP`` batch on any rank (a stall, a signal while waiting for data) ends
+        the run with a checkpoint (:func:`~ls_video.preemption.stop_for_data`)."""
+        trainer = getattr(self, "trainer", None)
+        if any(getattr(trainer, stage, False) for stage in ("training", "validating", "sanity_checking")):
+            stop_for_data(trainer, batch)
         if self.empty_text_embeds is not None and isinstance(batch, dict) and "text_embeds" in batch:
             batch["empty_text_embeds"] = self.empty_text_embeds
         return batch
@@ -153,7 +192,14 @@ class LatentVideoDataModule(L.LightningDataModule):
         stream = LatentClipStream(self.train_urls, rank, world, resampled=self.resampled,
                                   epoch_length=self.epoch_length if self.resampled and not bucketed else None,
                                   shuffle_buffer=self.shuffle_buffer, num_frames=self.num_frames,
-                                  seed=self.train_seed(), remote=self.remote, mixed_shapes=bucketed)
+                                  seed=self.train_seed(), remote=self.remote, mixed_shapes=bucketed,
+                                  stall_timeout=self.stall_timeout)
+        slots = world * max(1, self.num_workers)
+        if not self.resampled and len(stream.urls) < slots:
+            raise UsageError(f"resampled: false with {len(stream.urls)} training shards for {world} rank(s) x "
+                             f"{max(1, self.num_workers)} worker(s): some would get no data (and the ranks "
+                             f"different numbers of batches); give at least {slots} shards, fewer num_workers, or "
+                             "resampled: true")
         if not bucketed:
             return stream
         batches = max(1, self.epoch_length // self.batch_size) if self.resampled and self.epoch_length else None
@@ -163,13 +209,14 @@ class LatentVideoDataModule(L.LightningDataModule):
         rank, world = self._rank()
         table = self.bucket_table()
         stream = LatentClipStream(self.val_urls, rank, world, num_frames=self.num_frames, seed=self.seed,
-                                  split_by="sample", remote=self.remote, mixed_shapes=table is not None)
+                                  split_by="sample", remote=self.remote, mixed_shapes=table is not None,
+                                  stall_timeout=self.stall_timeout)
         return stream if table is None else BucketBatches(stream, table)
 
     def _loader(self, stream: LatentClipStream | BucketBatches, workers: int) -> torch.utils.data.DataLoader:
         use_cuda = torch.cuda.is_available()
         whole = isinstance(stream, BucketBatches)  # the dataset yields whole batches
-        return torch.utils.data.DataLoader(
+        return StoppableLoader(
             stream, batch_size=None if whole else self.batch_size, num_workers=workers,
             collate_fn=unbatched if whole else collate,
             pin_memory=use_cuda, persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,

@@ -3,10 +3,14 @@ decoding, bad samples skipped and counted, shuffle buffer, random temporal crop.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
 import random
 import signal
 import tarfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,8 +22,14 @@ from webdataset.shardlists import expand_urls
 from datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
 from datamodules.storage import RemoteOptions, ShardReadError, check_protocols, open_shard
 from ls_video.errors import UsageError
+from ls_video.preemption import DATA_STOP
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class _Stalled(Exception):
+    """No data for ``stall_timeout`` seconds (raised inside the stream, turned into a ``DATA_STOP`` sample)."""
 
 
 def expand(urls: str | list[str]) -> list[str]:
@@ -49,18 +59,32 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         mixed_shapes: let samples differ in shape (bucketed shards, batched by
             :class:`~datamodules.bucket_batches.BucketBatches`); by default a sample whose ``(C, h, w)``
             differs from the stream's first is skipped as ``bad_shape``.
+        stall_timeout: seconds without a byte of shard data (every shard failing: the storage is down) after
+            which the stream ends with a ``DATA_STOP`` sample naming the last error (the trainer then stops
+            with a checkpoint, :func:`ls_video.preemption.stop_for_data`); ``None``: wait forever. Checked
+            between shard attempts, so the stop comes at most one shard's ``read_timeout`` (and retries) later.
+
+    With ``split_by="sample"`` every rank / worker keeps the same number of samples (``N // (ranks x workers)``
+    of the ``N`` good ones; the last few are dropped), so ranks never run different numbers of batches.
     """
 
     def __init__(self, urls: str | list[str], rank: int = 0, world_size: int = 1, resampled: bool = False,
                  epoch_length: int | None = None, shuffle_buffer: int = 0, num_frames: int | None = None,
                  seed: int = 0, split_by: str = "shard", remote: RemoteOptions | None = None,
-                 mixed_shapes: bool = False) -> None:
+                 mixed_shapes: bool = False, stall_timeout: float | None = None) -> None:
         super().__init__()
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise UsageError(f"stall_timeout must be > 0 seconds (or null: wait forever), got {stall_timeout}")
+        self.stall_timeout = stall_timeout
+        self.last_error: str | None = None
+        self._progress = time.monotonic()  # when data last arrived
         self.remote = remote or RemoteOptions()
         if split_by not in ("shard", "sample"):
             raise UsageError(f"split_by must be 'shard' or 'sample', got {split_by!r}")
         if split_by == "sample" and resampled:
             raise UsageError("split_by='sample' reads every shard once; it cannot be resampled")
+        if split_by == "sample" and shuffle_buffer > 0:
+            raise UsageError("split_by='sample' keeps every rank's share of one order; it cannot be shuffled")
         self.split_by, self.mixed_shapes = split_by, mixed_shapes
         self.urls = expand(urls)
         if not self.urls:
@@ -90,15 +114,26 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             yield from ({"url": url} for url in order)
             return
         random.Random(f"{self.seed}-{self._iteration}").shuffle(order)  # same order on every rank
-        for url in order[self.rank :: self.world_size][worker::num_workers]:
+        order = order[: len(order) - len(order) % self.world_size]  # as many shards on every rank (the rest:
+        for url in order[self.rank :: self.world_size][worker::num_workers]:  # next pass, in another order)
             yield {"url": url}
 
     def _skip(self, reason: str, detail: str, url: str | None = None) -> None:
         self.skipped[reason] += 1
         if url:
             self.skipped_by_shard[url] += 1
+        self.last_error = f"{reason}: {detail}"
         if self.skipped[reason] <= 3 or self.skipped[reason] % 100 == 0:
             log.warning("skipping bad sample (%s, %d so far): %s", reason, self.skipped[reason], detail)
+        self._check_stall()
+
+    def _check_stall(self) -> None:
+        if self.stall_timeout is None or time.monotonic() - self._progress <= self.stall_timeout:
+            return
+        worker, _ = self._worker()
+        failed = sum(self.skipped_by_shard.values())
+        raise _Stalled(f"no shard data for {self.stall_timeout:g} s on rank {self.rank} (worker {worker}; "
+                       f"{failed} shard reads failed so far), last error: {self.last_error or 'none'}")
 
     def _member_error(self, err: Exception) -> bool:
         """A bad tar member: skip it and go on, unless the shard's stream itself broke."""
@@ -112,6 +147,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         breaks while read (timeout, truncated transfer, corrupt tar) is skipped and counted by reason."""
         for source in sources:
             url = source["url"]
+            self._check_stall()
             try:
                 stream = open_shard(url, self.remote)
             except ShardReadError as err:
@@ -119,7 +155,11 @@ class LatentClipStream(torch.utils.data.IterableDataset):
                 continue
             try:
                 for member in wds.tariterators.tar_file_iterator(stream, handler=self._member_error):
+                    self._progress = time.monotonic()
                     yield {**member, "__url__": url}
+                    self._progress = time.monotonic()
+            except _Stalled:
+                raise
             except Exception as err:  # any broken shard is skipped and counted, never fatal
                 reason = err.reason if isinstance(err, ShardReadError) else "bad_shard"
                 self._skip(reason, f"{type(err).__name__}: {err}", url)
@@ -143,10 +183,18 @@ class LatentClipStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = self._worker()
         rng = random.Random(f"crop-{self.seed}-{self.rank}-{worker}-{self._iteration}")
+        self._progress = time.monotonic()
         samples = wds.tariterators.group_by_keys(self._expand(self.shard_urls()), handler=self._member_error)
-        if self.split_by == "sample":
-            slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
-            samples = (s for i, s in enumerate(samples) if i % slots == slot)
+        try:
+            yield from self._samples(samples, rng, worker, num_workers)
+        except _Stalled as err:
+            log.error("%s", err)
+            yield {DATA_STOP: {"stalled": str(err)}}
+
+    def _samples(self, samples: Iterator[dict], rng: random.Random, worker: int, num_workers: int) -> Iterator[dict]:
+        """Decoded, cropped samples of this rank / worker (``split_by="sample"``: its equal share), up to the limit."""
+        slot, slots = self.rank * num_workers + worker, self.world_size * num_workers
+        good, held = 0, None  # split_by="sample": good samples seen by this worker, its latest one
         if self.shuffle_buffer > 0:
             samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(samples)
         limit = None if self.epoch_length is None else max(1, self.epoch_length // num_workers)
@@ -166,12 +214,20 @@ class LatentClipStream(torch.utils.data.IterableDataset):
             except BadSampleError as err:
                 self._skip(err.reason, f"{raw.get('__url__')}:{raw.get('__key__')} {err}", raw.get("__url__"))
                 continue
+            if self.split_by == "sample":  # every worker decodes every sample; each keeps its slot's, and
+                index, good = good, good + 1  # yields it once the last slot has one too (equal counts)
+                if index % slots == slot:
+                    held = (latents, sample)
+                if index % slots != slots - 1 or held is None:
+                    continue
+                (latents, sample), held = held, None
             self.yielded += 1
             out = {"latents": torch.from_numpy(np.ascontiguousarray(latents)), "caption": sample["caption"],
                    "key": sample["key"], "stats": self.stats(worker)}
             if "text_embeds" in sample:
                 out["text_embeds"] = torch.from_numpy(sample["text_embeds"])
             yield out
+            self._progress = time.monotonic()
             produced += 1
             if limit is not None and produced >= limit:
                 return
@@ -180,9 +236,26 @@ class LatentClipStream(torch.utils.data.IterableDataset):
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: workers ignore SIGTERM / SIGUSR1. Launchers that signal a whole
     process group (torchrun, SLURM) would otherwise kill them mid-batch, and the trainer could not reach the
-    step boundary where it writes its preemption checkpoint; it ends its workers itself when it leaves."""
+    step boundary where it writes its preemption checkpoint; it ends its workers itself when it leaves.
+    And a worker never outlives its trainer: :func:`die_with_parent`."""
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this process when its parent dies, whatever killed the parent (SIGKILL, the
+    OOM killer); without it, a worker retrying dead storage lives on as an orphan. A parent already gone before
+    this ran is caught by comparing ``getppid()`` with the parent that started us."""
+    parent = multiprocessing.parent_process()
+    expected = parent.pid if parent is not None else None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if expected is not None and os.getppid() != expected:
+        os._exit(1)
 
 
 def resumed_seed(seed: int, step: int) -> int:
@@ -192,7 +265,11 @@ def resumed_seed(seed: int, step: int) -> int:
 
 
 def collate(samples: list[dict]) -> dict:
-    """-> ``{"latents": (B, F, C, h, w), "captions": list[str], "keys": list[str], "data_stats": {...}}``."""
+    """-> ``{"latents": (B, F, C, h, w), "captions": list[str], "keys": list[str], "data_stats": {...}}``
+    (a ``DATA_STOP`` batch if the stream ended with a ``DATA_STOP`` sample)."""
+    stop = next((s for s in samples if DATA_STOP in s), None)
+    if stop is not None:
+        return stop
     batch = {"latents": torch.stack([s["latents"] for s in samples]),
              "captions": [s["caption"] for s in samples], "keys": [s["key"] for s in samples],
              "data_stats": samples[-1]["stats"]}

@@ -28,14 +28,22 @@ class UnreachableError(OSError):
     """Data the run needs could not be read from its storage (network, object store): the environment, not a bug."""
 
 
+class DataStalledError(UnreachableError):
+    """No training data arrived for ``stall_timeout`` seconds (every shard unreadable): the storage is down."""
+
+
+class DiskFullError(OSError):
+    """A checkpoint could not be written: its disk is full (the earlier checkpoints are intact)."""
+
+
 class DivergedError(FloatingPointError):
     """Training stopped after too many non-finite losses in a row (raised by ``ls_video.nonfinite``)."""
 
 
-USER_ERRORS = (UsageError, BadDataError, DivergedError, UnreachableError, ArgumentError, FileNotFoundError,
-               NotADirectoryError)
+USER_ERRORS = (UsageError, BadDataError, DivergedError, UnreachableError, DiskFullError, ArgumentError,
+               FileNotFoundError, NotADirectoryError)
 # Raised by every rank at the same step (the decision is agreed first): only rank zero prints it.
-EVERY_RANK = (BadDataError, DivergedError)
+EVERY_RANK = (BadDataError, DivergedError, DataStalledError)
 
 
 def one_line(err: BaseException) -> str:

@@ -11,6 +11,8 @@ IO) and leaves with ``128 + signal`` as its exit status, the status of a process
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -23,7 +25,93 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ls_video.errors import UsageError
+from ls_video.errors import DataStalledError, UsageError
+
+# A batch that stands for "no batch came": ``{DATA_STOP: {"signal": n}}`` (a stop signal while the trainer waited
+# for data, :func:`next_batch`) or ``{DATA_STOP: {"stalled": message}}`` (the stream found no data for its
+# ``stall_timeout``, datamodules.stream); :func:`stop_for_data` ends the run on every rank when any rank has one.
+DATA_STOP = "__data_stop__"
+_signalled = 0  # the first stop signal of this process's fit (set by Preemption's handler)
+_waiting = False  # the main thread is blocked in next_batch
+
+
+class _DataWaitInterrupted(BaseException):
+    """Raised by the signal handler into a wait for data (and only there)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def next_batch(iterator: Any) -> Any:
+    """``next(iterator)``, unless a stop signal comes first: then a ``DATA_STOP`` batch, at once, instead of
+    waiting on for data that may never come (a storage outage)."""
+    global _waiting
+    try:
+        _waiting = True
+        try:
+            if _signalled:
+                return {DATA_STOP: {"signal": _signalled}}
+            return next(iterator)
+        finally:
+            _waiting = False
+    except _DataWaitInterrupted as err:
+        return {DATA_STOP: {"signal": err.signum}}
+
+
+def stop_loader_workers() -> None:
+    """SIGKILL this process's DataLoader workers (they ignore SIGTERM, and one blocked on dead storage would
+    keep the process from exiting); torch's SIGCHLD check is switched off first, we are leaving."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    workers = [w for o in gc.get_objects() if issubclass(type(o), _MultiProcessingDataLoaderIter)
+               for w in getattr(o, "_workers", []) if w.is_alive()]
+    if not workers:
+        return
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for w in workers:
+        if w.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, signal.SIGKILL)
+    for w in workers:
+        w.join(timeout=10)
+
+
+def _gather_text(trainer: L.Trainer, text: str) -> list[str]:
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return [text]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, text)
+    return [str(t) for t in out]
+
+
+def stop_for_data(trainer: L.Trainer, batch: Any) -> None:
+    """Called with every batch before it is used, on every rank: if any rank's is a ``DATA_STOP`` batch, every
+    rank writes (its part of) ``last.ckpt``, stops its DataLoader workers and leaves: ``Preempted`` for a signal,
+    :class:`~ls_video.errors.DataStalledError` naming the storage error for a stall. One all-reduce."""
+    mine = batch.get(DATA_STOP) if isinstance(batch, dict) else None
+    signum, stalled = (int(mine.get("signal", 0)), str(mine.get("stalled", ""))) if mine else (0, "")
+    any_stalled = bool(stalled)
+    if trainer.world_size > 1:
+        flags = torch.tensor([float(signum), float(any_stalled)], device=trainer.strategy.root_device)
+        flags = trainer.strategy.reduce(flags, reduce_op="max")
+        signum, any_stalled = int(flags[0].item()), bool(flags[1].item())
+        if any_stalled:
+            stalled = next(t for t in _gather_text(trainer, stalled) if t)
+    if not signum and not any_stalled:
+        return
+    path = save_last_checkpoint(trainer)
+    stop_loader_workers()
+    if signum:
+        name = signal.Signals(signum).name
+        rank_zero_info(f"{name} while waiting for data: stopped at step {trainer.global_step}, checkpoint {path}; "
+                       "resume with --ckpt_path last")
+        if signum == signal.SIGUSR1 and SLURMEnvironment.detect():
+            requeue_slurm_job(trainer)
+        raise Preempted(128 + signum)
+    raise DataStalledError(f"{stalled}; stopped at step {trainer.global_step}, checkpoint {path} (fix the storage, "
+                           "then --ckpt_path last)")
 
 
 class Preempted(SystemExit):
@@ -56,6 +144,7 @@ class Preemption(L.Callback):
     def _note(self, signum: int, frame: Any) -> None:
         """The handler: no I/O, no collective; the step boundary does the work. (DataLoader workers ignore the
         signals: ``datamodules.stream.ignore_stop_signals``; a forked copy of this handler ignores them too.)"""
+        global _signalled
         if os.getpid() != self._pid:
             return
         if not self._active:  # left installed by Lightning's teardown after fit: behave as if absent
@@ -63,10 +152,16 @@ class Preemption(L.Callback):
             os.kill(os.getpid(), signum)
             return
         self.received = self.received or signum
+        _signalled = _signalled or signum
+        if _waiting:  # blocked waiting for data (perhaps forever): next_batch returns a DATA_STOP batch
+            raise _DataWaitInterrupted(signum)
 
     def _install(self) -> None:
+        global _signalled
         if threading.current_thread() is not threading.main_thread():
             return
+        if not self._active:
+            _signalled = 0
         self._pid, self._active = os.getpid(), True
         for sig in self.signals:
             previous = signal.signal(sig, self._note)
@@ -86,7 +181,8 @@ class Preemption(L.Callback):
         self._install()  # (no sanity check ran: the first hook after Lightning's registration)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._active = False
+        global _signalled
+        self._active, _signalled = False, 0
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

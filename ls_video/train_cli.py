@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
 from ls_video.preemption import Preemption
+from ls_video.run_lock import acquire, is_first_process, release
 from ls_video.shipped import shipped_path
 
 # Lightning's test / predict need a test_step / predict_step, which this module does not have (sampling is
@@ -59,6 +60,15 @@ class LatentShiftCLI(LightningCLI):
         if config.get("checkpoint") is not None and config.checkpoint.get("dirpath") is None:
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.checkpoint.dirpath = os.path.join(root, "checkpoints")
+        if self.subcommand == "fit" and is_first_process():  # one live run per run folder (before the model loads)
+            self._lock = acquire(config.trainer.get("default_root_dir") or os.getcwd())
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            if getattr(self, "_lock", None):
+                release(self._lock)
 
 
 def build(args: list[str] | None = None) -> LatentShiftCLI:
