@@ -11,13 +11,13 @@ import torch
 from ls_video.components import (
     build_pipeline,
     load_components,
-    load_video_unet,
     temporal_config_from_hparams,
 )
 from ls_video.errors import UsageError
 from ls_video.lora import merge_lora, settings_from_hparams
 from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.pipeline import LatentShiftPipeline
+from ls_video.video_unet import load_video_unet
 
 EMA_KEY = "ema_unet"  # checkpoint entry with the EMA weights (U-Net parameter names), written by callbacks.EMA
 

@@ -4,8 +4,6 @@
 * :func:`load_components` / :func:`load_vae`: a diffusers folder or Hub id (:func:`ls_video.hub.resolve`: one
   rule for which is which), one part per subfolder; :func:`load_unet`: the U-Net of a pipeline or U-Net folder
   (plain diffusers parts).
-* :func:`load_video_unet`: install the temporal mixing on a U-Net, then load the weights diffusers' loader
-  does not (added temporal layers, a checkpoint's trained tensors). The only place that does.
 * :func:`build_pipeline`: a :class:`~ls_video.pipeline.LatentShiftPipeline` from parts (DDIM sampler);
   :func:`save_sd_folder`: parts saved as a Stable Diffusion 1.x folder.
 * :func:`temporal_config_from_hparams`: the temporal settings a training checkpoint recorded.
@@ -30,10 +28,8 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.errors import UsageError
 from ls_video.hub import resolve
-from ls_video.lora import LoraSettings, add_lora
 from ls_video.pipeline import LatentShiftPipeline
-from ls_video.temporal_layers import load_added_weights
-from ls_video.unet import TemporalConfig, apply_temporal_mixing
+from ls_video.unet import TemporalConfig
 
 SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")  # of a Stable-Diffusion-layout folder
 
@@ -148,34 +144,6 @@ def load_unet(path: str, revision: str | None = None) -> UNet2DConditionModel:
     if not os.path.isdir(local):
         raise FileNotFoundError(f"model folder not found: {path}")
     return UNet2DConditionModel.from_pretrained(unet_folder(local)).float()
-
-
-def load_video_unet(unet: UNet2DConditionModel, config: TemporalConfig | None = None,
-                    folder: str | os.PathLike | None = None, state: dict[str, torch.Tensor] | None = None,
-                    lora: LoraSettings | None = None) -> UNet2DConditionModel:
-    """Make ``unet`` (as diffusers loaded it) a video U-Net, in place: install the temporal mixing first, then
-    load the weights that need it.
-
-    Args:
-        config: the mixing to install; default: the one saved in ``folder``, else the shift.
-        folder: the U-Net folder ``unet`` came from; when it saved the same mixing, its added temporal layers'
-            weights (which diffusers' loader drops) are loaded.
-        state: a checkpoint's trained U-Net tensors (U-Net parameter names), loaded last.
-        lora: add this trainable adapter (:mod:`ls_video.lora`) before ``state`` loads (a LoRA run's checkpoint
-            holds only the adapter's tensors); the rest of the U-Net is then frozen.
-    """
-    saved = TemporalConfig.load(folder) if folder is not None and os.path.isdir(folder) else None
-    config = config or saved or TemporalConfig()
-    apply_temporal_mixing(unet, config)
-    if saved is not None and saved.temporal_mixing == config.temporal_mixing:
-        load_added_weights(unet, folder)
-    if lora is not None:
-        add_lora(unet, lora)
-    if state is not None:
-        _, unexpected = unet.load_state_dict(state, strict=False)
-        if unexpected:
-            raise UsageError(f"checkpoint U-Net keys do not match the base: {unexpected[:3]} ...")
-    return unet
 
 
 def sampler(parts: Parts) -> DDIMScheduler:

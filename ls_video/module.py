@@ -24,7 +24,6 @@ from ls_video.components import (
     freeze,
     load_components,
     load_text_encoder,
-    load_video_unet,
 )
 from ls_video.errors import UsageError
 from ls_video.hub import resolve
@@ -37,6 +36,7 @@ from ls_video.pipeline import LatentShiftPipeline
 from ls_video.sharding import is_sharded, shard_unet
 from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, video_unet_forward
+from ls_video.video_unet import load_video_unet
 
 FROZEN = ("vae.", "text_encoder.")
 T = TypeVar("T")

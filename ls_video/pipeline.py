@@ -25,6 +25,7 @@ from ls_video.errors import UsageError
 from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
 from ls_video.vae_space import LatentScale
+from ls_video.video_unet import load_video_unet
 
 
 @dataclass
@@ -73,11 +74,10 @@ class LatentShiftPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
                         temporal: TemporalConfig | None = None, **kwargs):
         """Load like any diffusers pipeline, then make its own U-Net a video U-Net
-        (:func:`ls_video.components.load_video_unet`): the mixing ``temporal``, by default the one in
+        (:func:`ls_video.video_unet.load_video_unet`): the mixing ``temporal``, by default the one in
         ``unet/latent_shift.json``, else the shift (a plain SD folder). A Hub id is resolved first
         (:func:`ls_video.hub.resolve`, with ``revision`` / ``variant``), so ``latent_shift.json`` and the added
         layers are read from the snapshot folder diffusers loads."""
-        from ls_video.components import load_video_unet  # (components builds pipelines: imported on use)
         from ls_video.hub import resolve, split_download_kwargs
 
         local = resolve(pretrained_model_name_or_path, variant=kwargs.get("variant"), what="model",

@@ -70,9 +70,10 @@ def test_export_in_the_cache_reloads_with_its_shift(offline_cache, components, t
     """A folder exported with a 1/4 shift, put into the cache as ``ORG/OTHER``: ``from_pretrained`` and
     ``ls-video sample --model ORG/OTHER`` use the shift it was saved with, read from the resolved snapshot."""
     from ls_video.commands import sample
-    from ls_video.components import build_pipeline, load_video_unet
+    from ls_video.components import build_pipeline
     from ls_video.pipeline import LatentShiftPipeline
     from ls_video.unet import TemporalConfig, get_temporal_config
+    from ls_video.video_unet import load_video_unet
 
     load_video_unet(components["unet"], TemporalConfig(shift_fraction=0.25))
     build_pipeline(components).save_pretrained(tmp_path / "export")
