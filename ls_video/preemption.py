@@ -6,7 +6,8 @@ point of the step, which can pair with another rank's gradient all-reduce) and t
 and no checkpoint. :class:`Preemption` replaces it: the handler only notes the signal; at the end of
 every optimizer step (never inside a gradient-accumulation window) all ranks agree (one all-reduce of
 the signal number) and, if any rank was signalled, every rank takes part in writing ``last.ckpt``
-(atomically, through the trainer's checkpoint IO) and leaves with ``128 + signal`` as its exit status, the status of a process the signal killed.
+(atomically, through the trainer's checkpoint IO) and leaves with ``128 + signal`` as its exit status,
+the status of a process the signal killed.
 """
 
 from __future__ import annotations
