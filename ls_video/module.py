@@ -218,7 +218,8 @@ class LatentShiftModule(NonFiniteGuard):
         """The diffusion loss of the batch; plus that of ``batch[IMAGE_BATCH]`` when a callback added one. Each
         is logged as ``train/loss_image`` if it is an image batch, else as ``train/loss`` (:mod:`ls_video.batch`)."""
         generator = self.step_generator()
-        self.micro_batch += 1  # (back to 0 when the window's optimizer step is taken: NonFiniteGuard)
+        if self._trainer is not None:  # (back to 0 when the window's optimizer step is taken: NonFiniteGuard)
+            self.micro_batch += 1
         parts = [part for part in (batch, batch.get(IMAGE_BATCH)) if part is not None]
         losses = [self.batch_loss(part, generator) for part in parts]
         total = sum(losses[1:], losses[0])

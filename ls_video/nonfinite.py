@@ -36,6 +36,10 @@ class NonFiniteGuard(L.LightningModule):
         self.micro_batch = 0  # index of the next micro-batch within the accumulation window
         self._window_nonfinite: torch.Tensor | None = None  # a non-finite loss so far in this window (this rank)
 
+    def on_train_start(self) -> None:
+        """A fit starts at a window's start (checkpoints are written at optimizer steps only)."""
+        self.micro_batch, self._window_nonfinite = 0, None
+
     def note_loss(self, loss: torch.Tensor) -> bool:
         """Record a micro-batch's loss for this window's decision; whether it is finite on this rank."""
         bad = (~torch.isfinite(loss.detach())).float().reshape(())
