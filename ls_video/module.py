@@ -35,6 +35,7 @@ from ls_video.performance import PerformanceConfig, apply_performance
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.sharding import is_sharded, shard_unet
 from ls_video.text import encode_prompts
+from ls_video.trainer_options import check_trainer
 from ls_video.unet import TemporalConfig, video_unet_forward
 
 FROZEN = ("vae.", "text_encoder.")
@@ -129,7 +130,9 @@ class LatentShiftModule(NonFiniteGuard):
     # ----------------------------------------------------------------------------- helpers
     def setup(self, stage: str) -> None:
         """Under mixed precision the frozen parts run in it (they never train): ``bf16-mixed`` casts the
-        text encoder and the VAE to bf16, ``16-mixed`` the text encoder only (fp16 SD VAEs overflow)."""
+        text encoder and the VAE to bf16, ``16-mixed`` the text encoder only (fp16 SD VAEs overflow). Trainer
+        options that cannot work are refused first (:mod:`ls_video.trainer_options`)."""
+        check_trainer(self.trainer)
         precision = str(self.trainer.precision)
         if precision.startswith("bf16"):
             frozen = {self.text_encoder: torch.bfloat16, self.vae: torch.bfloat16}
