@@ -62,6 +62,10 @@ def check_trainer(trainer: Any) -> None:
             and trainer.gradient_clip_val:
         raise UsageError("trainer.gradient_clip_algorithm value is not supported with ModelParallelStrategy "
                          "(FSDP2); use norm")
+    for option in ("limit_test_batches", "limit_predict_batches"):
+        if getattr(trainer, option, 1.0) not in (1.0, None):
+            raise UsageError(f"trainer.{option} has no effect: there is no test / predict stage (ls-video offers fit "
+                             "and validate; sampling is ls-video sample); use limit_val_batches")
     for logger in trainer.loggers:
         if type(logger).__name__ not in SUPPORTED_LOGGERS:
             raise UsageError(f"trainer.logger {type(logger).__name__} is not supported; use one of "

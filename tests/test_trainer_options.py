@@ -41,6 +41,8 @@ class OtherLogger(DummyLogger):
     ({"strategy": "ddp_spawn", "devices": 2}, "ddp_spawn is not supported"),
     ({"strategy": "ddp_fork", "devices": 2}, "ddp_fork is not supported"),
     ({"logger": OtherLogger()}, "OtherLogger is not supported"),
+    ({"limit_test_batches": 2}, "limit_test_batches has no effect"),
+    ({"limit_predict_batches": 0.5}, "limit_predict_batches has no effect"),
     ({"enable_checkpointing": True, "callbacks": [ModelCheckpoint(train_time_interval=datetime.timedelta(hours=1))]},
      "train_time_interval is not supported"),
 ], ids=lambda v: v if isinstance(v, str) else None)
@@ -178,3 +180,24 @@ def test_16_mixed_on_a_gpu_with_accumulation_skips_a_nonfinite_micro_batch(tiny_
                     precision="16-mixed", accelerator="cuda", devices=1)
     assert all(torch.equal(record.weights[2][n], w) for n, w in record.weights[1].items())
     assert all(torch.isfinite(w).all() for w in trainable(module).values()) and module.nonfinite_steps == 1
+
+
+def test_checkpoint_options_with_accumulation(tiny_base, tmp_path):
+    """Supported rows (``every_n_train_steps``, ``save_top_k``, ``monitor``/``mode``, ``save_last``, ``dirpath``,
+    ``filename``) under accumulation 2: checkpoints are written at optimizer steps only (each at a window's
+    end, so a resume never splits one), the best ``save_top_k`` by ``val/loss`` kept beside ``last.ckpt``."""
+    torch.manual_seed(0)
+    module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0, learning_rate=1e-2))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="step{step}", every_n_train_steps=1,
+                                 save_top_k=2, monitor="val/loss", mode="min", save_last=True)
+    t = trainer(default_root_dir=tmp_path, max_steps=4, accumulate_grad_batches=2, val_check_interval=2,
+                limit_val_batches=1, enable_checkpointing=True, callbacks=[checkpoint])
+    t.fit(module, torch.utils.data.DataLoader(batches(8), batch_size=None),
+          torch.utils.data.DataLoader(batches(1), batch_size=None))
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert len(files) == 3 and "last.ckpt" in files, files
+    for name in files:
+        state = torch.load(tmp_path / "ckpt" / name, weights_only=True, map_location="cpu")
+        ready = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"]
+        assert ready == 2 * state["global_step"], name  # written at the end of a window
+    assert checkpoint.best_model_score == min(checkpoint.best_k_models.values())
