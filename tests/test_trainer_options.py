@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers.logger import DummyLogger
+from lightning.pytorch.strategies import ModelParallelStrategy, SingleDeviceStrategy
 from test_accumulation import NanMicroBatch, StepWeights, batches, today_key, trainable
 
 from ls_video.errors import UsageError
@@ -33,6 +34,10 @@ class OtherLogger(DummyLogger):
     """A logger no test covers (as MLFlowLogger, CometLogger, ... are)."""
 
 
+class FSDPStrategy(SingleDeviceStrategy):
+    """Named as Lightning's FSDP1 strategy, which needs a GPU to be built (and DeepSpeed an install)."""
+
+
 @pytest.mark.parametrize("options,message", [
     ({"precision": "64-true"}, "precision 64-true is not supported"),
     ({"precision": "64"}, "precision 64-true is not supported"),
@@ -40,6 +45,9 @@ class OtherLogger(DummyLogger):
     ({"precision": "16-true"}, "precision 16-true is not supported"),
     ({"strategy": "ddp_spawn", "devices": 2}, "ddp_spawn is not supported"),
     ({"strategy": "ddp_fork", "devices": 2}, "ddp_fork is not supported"),
+    ({"strategy": FSDPStrategy(torch.device("cpu"))}, "FSDPStrategy is not supported"),
+    ({"strategy": ModelParallelStrategy(), "devices": 2, "gradient_clip_val": 1.0, "gradient_clip_algorithm": "value"},
+     "gradient_clip_algorithm value is not supported with ModelParallelStrategy"),
     ({"logger": OtherLogger()}, "OtherLogger is not supported"),
     ({"limit_test_batches": 2}, "limit_test_batches has no effect"),
     ({"limit_predict_batches": 0.5}, "limit_predict_batches has no effect"),
