@@ -175,8 +175,8 @@ def test_limit_train_batches_with_a_partial_window_at_the_epoch_end(tiny_base, t
 
 def test_detect_anomaly_trains(tiny_base, tmp_path):
     """Supported row (``detect_anomaly``): autograd's anomaly mode runs the module's steps."""
-    module, t = fit(tiny_base, tmp_path, max_steps=2, detect_anomaly=True)
-    assert t.global_step == 2 and all(torch.isfinite(w).all() for w in trainable(module).values())
+    module, t = fit(tiny_base, tmp_path, max_steps=1, detect_anomaly=True)
+    assert t.global_step == 1 and all(torch.isfinite(w).all() for w in trainable(module).values())
 
 
 @pytest.mark.gpu
@@ -198,7 +198,7 @@ def test_checkpoint_options_with_accumulation(tiny_base, tmp_path):
     module = LatentShiftModule(tiny_base, optim=OptimConfig(warmup_steps=0, learning_rate=1e-2))
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="step{step}", every_n_train_steps=1,
                                  save_top_k=2, monitor="val/loss", mode="min", save_last=True)
-    t = trainer(default_root_dir=tmp_path, max_steps=4, accumulate_grad_batches=2, val_check_interval=2,
+    t = trainer(default_root_dir=tmp_path, max_steps=3, accumulate_grad_batches=2, val_check_interval=2,
                 limit_val_batches=1, enable_checkpointing=True, callbacks=[checkpoint])
     t.fit(module, torch.utils.data.DataLoader(batches(8), batch_size=None),
           torch.utils.data.DataLoader(batches(1), batch_size=None))
