@@ -4,12 +4,15 @@ one EMA update and one preemption point per optimizer step, and a resume equal t
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 
 import lightning as L
 import pytest
 import torch
+import yaml
+from test_train_cli import ROOT, train, write_config
 
 from callbacks import EMA
 from ls_video.module import LatentShiftModule
@@ -174,3 +177,23 @@ def test_preemption_inside_a_window_checkpoints_at_its_end_and_resumes_exactly(t
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0, msg=name)
         torch.testing.assert_close(resumed_ema.shadow[name], straight_ema.shadow[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_nonfinite_first_micro_batch_on_one_rank_skips_the_step_on_both(tiny_base, tmp_path):
+    """2 CPU processes, accumulation 2, only rank 1's first micro-batch of step 1 NaN. Guards against the
+    finite second micro-batch clearing the skip: the NaN gradients, all-reduced to both ranks, made every
+    weight NaN and every later step non-finite (3 skipped steps counted instead of 1)."""
+    config = write_config(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=4, accumulate_grad_batches=2)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["callbacks"].append({"class_path": "nonfinite_on_rank.NonFiniteOnRank", "init_args": {
+        "out": str(tmp_path / "state"), "rank": 1, "step": 1, "first_micro_batch": True}})
+    config.write_text(yaml.safe_dump(cfg))
+    env = {"PYTHONPATH": f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = train("fit", "-c", str(config), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    states = [json.loads((tmp_path / "state" / f"rank{i}.json").read_text()) for i in range(2)]
+    assert states[0] == states[1]
+    assert states[0]["global_step"] == 4 and states[0]["nonfinite_steps"] == 1 and states[0]["ema_updates"] == 3
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
