@@ -45,6 +45,7 @@ class EMA(L.Callback):
         self.num_updates = 0
         self._backup: dict[str, torch.Tensor] | None = None
         self._ctx: Any = None  # the swap around a validation run
+        self._seen_step: int | None = None  # the global step at the last train batch's end
 
     @staticmethod
     def _params(pl_module: LatentShiftModule) -> dict[str, torch.nn.Parameter]:
@@ -71,11 +72,17 @@ class EMA(L.Callback):
             raise UsageError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {sorted(missing)[:2]}")
         self.shadow = {n: like(self.shadow[n], p) for n, p in params.items()}
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: LatentShiftModule) -> None:
+        self._seen_step = trainer.global_step  # (restored by now when resuming)
+
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: LatentShiftModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        """Once per optimizer step: a micro-batch inside an accumulation window (``accumulate_grad_batches``)
+        changed no weight, so it is not averaged."""
         step = trainer.global_step
-        if step < self.start_step or step % self.update_every or self.shadow is None:
+        stepped, self._seen_step = step != self._seen_step, step
+        if not stepped or step < self.start_step or step % self.update_every or self.shadow is None:
             return
         if pl_module.skipping_step:  # a non-finite step made no update: nothing to average
             return

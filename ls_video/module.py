@@ -14,6 +14,7 @@ import hashlib
 import os
 from typing import Any, TypeVar
 
+import lightning as L
 import torch
 
 from ls_video.batch import IMAGE_BATCH, is_image_batch
@@ -35,6 +36,7 @@ from ls_video.performance import PerformanceConfig, apply_performance
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.sharding import is_sharded, shard_unet
 from ls_video.text import encode_prompts
+from ls_video.trainer_options import check_trainer
 from ls_video.unet import TemporalConfig, video_unet_forward
 from ls_video.video_unet import load_video_unet
 
@@ -67,9 +69,10 @@ class LatentShiftModule(NonFiniteGuard):
         cached_text_embeddings: train from shards that carry the text encoder's output (``ls-video preprocess
             --text-encoder``): the text encoder is not loaded for training (only, on the CPU, when videos are
             sampled, e.g. by ``VideoLogger``); caption dropout uses the shards' cached empty-prompt embedding.
-        noise_seed: noise, timesteps and caption dropout of step ``s`` on rank ``r`` come from a generator
-            seeded with ``(noise_seed, s, r)``, so a resumed run draws exactly what an uninterrupted one would.
-        max_nonfinite_steps: a non-finite loss on any rank skips the step on every rank (see
+        noise_seed: noise, timesteps and caption dropout of micro-batch ``m`` of step ``s`` on rank ``r`` come
+            from a generator seeded with ``(noise_seed, s, r, m)`` (``m`` left out for the first micro-batch), so
+            a resumed run draws exactly what an uninterrupted one would.
+        max_nonfinite_steps: a non-finite loss (of any micro-batch) on any rank skips the step on every rank (see
             :class:`~ls_video.nonfinite.NonFiniteGuard`); this many in a row stop the run.
         revision: Hub revision of the base (a Hub id ``ORG/NAME``; a path that exists or starts with ``/``,
             ``./``, ``../``, ``~`` is a local folder: :func:`ls_video.hub.is_local`).
@@ -136,7 +139,10 @@ class LatentShiftModule(NonFiniteGuard):
     # ----------------------------------------------------------------------------- helpers
     def setup(self, stage: str) -> None:
         """Under mixed precision the frozen parts run in it (they never train): ``bf16-mixed`` casts the
-        text encoder and the VAE to bf16, ``16-mixed`` the text encoder only (fp16 SD VAEs overflow)."""
+        text encoder and the VAE to bf16, ``16-mixed`` the text encoder only (fp16 SD VAEs overflow). Trainer
+        options that cannot work are refused first (:mod:`ls_video.trainer_options`)."""
+        if isinstance(self.trainer, L.Trainer):  # (benchmarks/frozen_memory.py runs this with a stand-in)
+            check_trainer(self.trainer)
         precision = str(self.trainer.precision)
         if precision.startswith("bf16"):
             frozen = {self.text_encoder: torch.bfloat16, self.vae: torch.bfloat16}
@@ -185,9 +191,13 @@ class LatentShiftModule(NonFiniteGuard):
             self._empty_embedding = self.encode_text([""])
         return self._empty_embedding
 
-    def step_generator(self) -> torch.Generator:
-        """Generator for this optimizer step and rank: randomness that survives a resume."""
-        key = f"{self.hparams.noise_seed}-{self.global_step}-{self.global_rank}".encode()
+    def step_generator(self, micro_batch: int | None = None) -> torch.Generator:
+        """Generator for this optimizer step, micro-batch of its accumulation window (default: the current one,
+        :attr:`micro_batch`) and rank: randomness that survives a resume. Micro-batch 0 has the key of a run
+        without accumulation, so ``accumulate_grad_batches: 1`` draws what it always drew."""
+        micro_batch = self.micro_batch if micro_batch is None else micro_batch
+        key = f"{self.hparams.noise_seed}-{self.global_step}-{self.global_rank}"
+        key = (key if micro_batch == 0 else f"{key}-{micro_batch}").encode()
         seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")  # distinct for every (seed, step, rank)
         return torch.Generator(self.device).manual_seed(seed)
 
@@ -221,11 +231,13 @@ class LatentShiftModule(NonFiniteGuard):
         """The diffusion loss of the batch; plus that of ``batch[IMAGE_BATCH]`` when a callback added one. Each
         is logged as ``train/loss_image`` if it is an image batch, else as ``train/loss`` (:mod:`ls_video.batch`)."""
         generator = self.step_generator()
+        if self._trainer is not None:  # (back to 0 when the window's optimizer step is taken: NonFiniteGuard)
+            self.micro_batch += 1
         parts = [part for part in (batch, batch.get(IMAGE_BATCH)) if part is not None]
         losses = [self.batch_loss(part, generator) for part in parts]
         total = sum(losses[1:], losses[0])
-        if self.guard_nonfinite(total):
-            return total  # backward still runs on every rank (DDP stays in step); the update is dropped
+        if not self.note_loss(total):  # the window's step is skipped on every rank (NonFiniteGuard); backward
+            return total  # still runs on every rank (DDP stays in step)
         for part, loss in zip(parts, losses, strict=True):
             name = "train/loss_image" if is_image_batch(part) else "train/loss"
             self.log(name, loss, prog_bar=True, batch_size=part["latents"].shape[0])

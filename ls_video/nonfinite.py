@@ -1,4 +1,4 @@
-"""Skipping a step whose loss is NaN/inf on any rank, the same way on every rank."""
+"""Skipping an optimizer step whose loss or gradients are NaN/inf on any rank, the same way on every rank."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ import torch
 from ls_video.errors import DivergedError
 
 
-class NonFiniteGuard(L.LightningModule):
-    """Mixin for the LightningModule: ``training_step`` calls :meth:`guard_nonfinite` on its loss.
+def _local(grad: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a gradient (a DTensor's local shard under FSDP2, else the tensor itself)."""
+    return grad.to_local() if hasattr(grad, "to_local") else grad
 
-    A non-finite loss on any rank skips the step on every rank (one all-reduce): backward still runs
-    everywhere (DDP stays in step), the update is dropped, the LR schedule and EMA do not advance, and
-    ``train/nonfinite_steps`` counts it; ``max_nonfinite_steps`` in a row stop the run.
+
+class NonFiniteGuard(L.LightningModule):
+    """Mixin for the LightningModule: ``training_step`` calls :meth:`note_loss` on each micro-batch's loss.
+
+    The decision is made once per optimizer step, over its whole accumulation window
+    (``accumulate_grad_batches``), in :meth:`on_before_optimizer_step`: if any micro-batch's loss was
+    non-finite on any rank (or, without an fp16 gradient scaler, any gradient is), the step is skipped on
+    every rank (one all-reduce per optimizer step): backward still ran everywhere (DDP stays in step), the
+    window's gradients are dropped, the LR schedule and EMA do not advance, and ``train/nonfinite_steps``
+    counts it once; ``max_nonfinite_steps`` skipped steps in a row stop the run.
     """
 
     max_nonfinite_steps: int = 5
@@ -24,47 +32,63 @@ class NonFiniteGuard(L.LightningModule):
         super().__init__()
         self.nonfinite_steps = 0
         self._nonfinite_in_a_row = 0
-        self.skipping_step = False  # read by callbacks (EMA) and the hooks below
+        self.skipping_step = False  # this optimizer step is skipped; read by callbacks (EMA) and the hooks below
+        self.micro_batch = 0  # index of the next micro-batch within the accumulation window
+        self._window_nonfinite: torch.Tensor | None = None  # a non-finite loss so far in this window (this rank)
 
-    def guard_nonfinite(self, loss: torch.Tensor) -> bool:
-        """Whether this step is skipped (its loss is non-finite on some rank)."""
-        self.skipping_step = self.any_rank_nonfinite(loss)
-        if self.skipping_step:
-            self.count_nonfinite(loss)
-        else:
-            self._nonfinite_in_a_row = 0
-        return self.skipping_step
+    def on_train_start(self) -> None:
+        """A fit starts at a window's start (checkpoints are written at optimizer steps only)."""
+        self.micro_batch, self._window_nonfinite = 0, None
 
-    def any_rank_nonfinite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is non-finite on this or any other rank (one all-reduce under DDP)."""
-        flag = (~torch.isfinite(loss.detach())).float()
+    def note_loss(self, loss: torch.Tensor) -> bool:
+        """Record a micro-batch's loss for this window's decision; whether it is finite on this rank."""
+        bad = (~torch.isfinite(loss.detach())).float().reshape(())
+        self._window_nonfinite = bad if self._window_nonfinite is None else self._window_nonfinite + bad
+        return not bool(bad)
+
+    def _grads_nonfinite(self, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return (~torch.stack([torch.isfinite(g).all() for g in grads]).all()).float()
+
+    def any_rank_nonfinite(self, flag: torch.Tensor) -> bool:
+        """Whether ``flag`` (> 0: non-finite) is set on this or any other rank (one all-reduce under DDP)."""
+        flag = flag.detach().float().to(self.device)
         if self._trainer is not None and self.trainer.world_size > 1:
             flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
         return bool(flag > 0)
 
-    def count_nonfinite(self, loss: torch.Tensor) -> None:
+    def count_nonfinite(self) -> None:
         """Count a skipped step (the same count on every rank); stop after too many in a row."""
         self.nonfinite_steps += 1
         self._nonfinite_in_a_row += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
-            raise DivergedError(f"loss was {loss.item()} for {self._nonfinite_in_a_row} steps in a row at step "
-                                f"{self.global_step}; stopping (the last checkpoint is intact). Lower the "
-                                "learning rate, check the data, or use bf16/fp32 instead of fp16.")
+            raise DivergedError(f"the loss or gradients were non-finite for {self._nonfinite_in_a_row} steps in a "
+                                f"row (optimizer steps) at step {self.global_step}; stopping (the last checkpoint is "
+                                "intact). Lower the learning rate, check the data, or use bf16/fp32 instead of "
+                                "fp16.")
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Drop the update of a skipped step on every rank: without gradients AdamW leaves every parameter
-        and its state as they were. Under fp16 the gradient scaler needs gradients to inspect, so they are
-        made non-finite instead and the scaler skips the step itself."""
-        if not self.skipping_step:
-            return
+        """Decide, once for the whole window and on every rank alike, whether this step is skipped, and drop
+        its update if so: without gradients AdamW leaves every parameter and its state as they were. (Under
+        fp16 the gradient scaler has unscaled and inspected the gradients already, before this hook; it skips
+        steps with non-finite gradients itself, so only non-finite losses are judged here.)"""
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer else None
+        flag = self._window_nonfinite if self._window_nonfinite is not None else torch.zeros(())
+        flag = flag.to(self.device)
+        if scaler is None:
+            flag = flag + self._grads_nonfinite(optimizer)
+        self._window_nonfinite, self.micro_batch = None, 0
+        self.skipping_step = self.any_rank_nonfinite(flag)
+        if not self.skipping_step:
+            self._nonfinite_in_a_row = 0
+            return
         for group in optimizer.param_groups:
             for p in group["params"]:
-                if scaler is not None and p.grad is not None:
-                    p.grad.fill_(float("nan"))
-                else:
-                    p.grad = None
+                p.grad = None
+        self.count_nonfinite()
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         """Skipped steps do not advance the learning-rate schedule."""

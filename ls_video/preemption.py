@@ -4,9 +4,10 @@ checkpoint and a non-zero exit status (or a SLURM requeue).
 Lightning's own SIGTERM handler broadcasts from inside the signal handler (a collective at an arbitrary
 point of the step, which can pair with another rank's gradient all-reduce) and then exits with status 0
 and no checkpoint. :class:`Preemption` replaces it: the handler only notes the signal; at the end of
-every optimizer step all ranks agree (one all-reduce of the signal number) and, if any rank was
-signalled, every rank takes part in writing ``last.ckpt`` (atomically, through the trainer's checkpoint
-IO) and leaves with ``128 + signal`` as its exit status, the status of a process the signal killed.
+every optimizer step (never inside a gradient-accumulation window) all ranks agree (one all-reduce of
+the signal number) and, if any rank was signalled, every rank takes part in writing ``last.ckpt``
+(atomically, through the trainer's checkpoint IO) and leaves with ``128 + signal`` as its exit status,
+the status of a process the signal killed.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class Preemption(L.Callback):
         self.received = 0
         self._previous: dict[int, Any] = {}
         self._pid, self._active = os.getpid(), False
+        self._seen_step: int | None = None  # the global step at the last train batch's end
 
     def _note(self, signum: int, frame: Any) -> None:
         """The handler: no I/O, no collective; the step boundary does the work. (DataLoader workers ignore the
@@ -179,6 +181,7 @@ class Preemption(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._install()  # (no sanity check ran: the first hook after Lightning's registration)
+        self._seen_step = trainer.global_step
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         global _signalled
@@ -196,6 +199,11 @@ class Preemption(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        """At a step boundary only: inside an accumulation window (no optimizer step since the last batch, the
+        same on every rank) the signal waits for the window's end, so a resume never splits a window."""
+        stepped, self._seen_step = trainer.global_step != self._seen_step, trainer.global_step
+        if not stepped:
+            return
         signum = self.agreed_signal(trainer)
         if not signum:
             return

@@ -24,6 +24,7 @@ from ls_video.module import LatentShiftModule
 from ls_video.preemption import Preemption
 from ls_video.run_lock import acquire, is_first_process, release
 from ls_video.shipped import shipped_path
+from ls_video.trainer_options import check_precision_request, check_trainer
 
 # Lightning's test / predict need a test_step / predict_step, which this module does not have (sampling is
 # `ls-video sample`); the CLI offers only what works.
@@ -50,10 +51,14 @@ class LatentShiftCLI(LightningCLI):
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         if not plugins:
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        check_trainer(trainer)  # before any process is launched (docs/TRAINING.md, "Trainer options")
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if config.get("trainer") is not None:  # (as written: Lightning turns 16-mixed on a CPU into bf16-mixed)
+            check_precision_request(config.trainer.get("precision"), config.trainer.get("accelerator"))
         if config.get("model") is not None and config.model.get("pretrained_model_name_or_path"):
             base = config.model.pretrained_model_name_or_path  # assets/toy-base also from an installed wheel
             config.model.pretrained_model_name_or_path = shipped_path(base)

@@ -12,15 +12,18 @@ from callbacks.ema import find_ema
 
 class NonFiniteOnRank(L.Callback):
     """Makes rank ``rank``'s batch NaN at optimizer step ``step`` (so only that rank's loss is non-finite)
-    and writes each rank's final state to ``{out}/rank{R}.json``."""
+    and writes each rank's final state to ``{out}/rank{R}.json``. ``first_micro_batch``: under gradient
+    accumulation, only the first micro-batch of that step's window (the others stay finite)."""
 
-    def __init__(self, out: str, rank: int = 1, step: int = 1) -> None:
-        self.out, self.rank, self.step = out, rank, step
+    def __init__(self, out: str, rank: int = 1, step: int = 1, first_micro_batch: bool = False) -> None:
+        self.out, self.rank, self.step, self.first_micro_batch = out, rank, step, first_micro_batch
         self.lrs: list[float] = []
+        self._done = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step and not self._done:
             batch["latents"].fill_(float("nan"))
+            self._done = self.first_micro_batch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
