@@ -84,7 +84,7 @@ def build_app(engine: Engine, title: str = TITLE):
                     width = gr.Slider(engine.stride, size_max, value=engine.native, step=engine.stride,
                                       label="Width")
                 with gr.Row():
-                    steps = gr.Slider(1, lim.max_steps, value=25, step=1, label="Steps")
+                    steps = gr.Slider(1, lim.max_steps, value=min(25, lim.max_steps), step=1, label="Steps")
                     guidance = gr.Slider(1.0, 15.0, value=4.0, step=0.5, label="Guidance")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed")
