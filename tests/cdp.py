@@ -23,7 +23,7 @@ def find_chromium() -> str | None:
 class Chromium:
     """One headless browser; :meth:`call` sends a CDP command and returns its result."""
 
-    def __init__(self, binary: str, width: int = 1280, height: int = 900) -> None:
+    def __init__(self, binary: str, width: int = 1280, height: int = 1250) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         self._profile = tempfile.mkdtemp(prefix="ls-video-chromium-")

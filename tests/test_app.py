@@ -211,4 +211,4 @@ def test_browser_generates_and_shows_the_video(server, tmp_path):
     from PIL import Image
 
     image = np.asarray(Image.open(shot).convert("RGB"))
-    assert image.shape[:2] == (900, 1280) and image.std() > 5
+    assert image.shape[:2] == (1250, 1280) and image.std() > 5

@@ -94,7 +94,8 @@ def build_app(engine: Engine, title: str = TITLE):
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True, loop=True, interactive=False, elem_id="video")
                 files = gr.File(label="Download (mp4, gif)", file_count="multiple", interactive=False)
-                command = gr.Code(label="Remake it with", language="shell", interactive=False, elem_id="command")
+                command = gr.Code(label="Remake it with", language="shell", interactive=False, wrap_lines=True,
+                                  elem_id="command")
                 settings = gr.JSON(label="Settings")
 
         inputs = [prompt, negative, frames, height, width, steps, guidance, seed, random_seed, scheduler, fps, mode,
