@@ -9,6 +9,7 @@
     ls-video ablation -c configs/ablation/toy.yaml
     ls-video transfer extract|apply ...         motion as a file
     ls-video make-toy-base --out assets/toy-base
+    ls-video app --model M                      a web page: prompt -> video (Gradio)
 
 This file is the application layer: it names each subcommand's module by path and imports it only
 when that subcommand runs, so the library below (``ls_video``) never imports ``callbacks`` or
@@ -33,6 +34,7 @@ COMMANDS = {  # name: (module with main(argv), one-line help)
     "transfer": ("ls_video.commands.transfer", "carry motion onto another fine-tune of the base"),
     "make-toy-base": ("ls_video.toy.make_base", "build the toy text-to-image base model"),
     "curve": ("ls_video.toy.curve", "toy accuracy of every checkpoint of a run"),
+    "app": ("ls_video.commands.app", "serve a model as a web page (Gradio; the [app] extra)"),
     "toy-videos": ("ls_video.toy.videos", "write toy-world clips with captions (a stand-in for your videos)"),
 }
 
