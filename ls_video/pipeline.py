@@ -95,6 +95,8 @@ class LatentShiftPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save as a diffusers folder plus the shift settings in ``unet/latent_shift.json``."""
+        if self.controlnet is not None:  # (set by assignment, diffusers' config still says (None, None))
+            self.register_modules(controlnet=self.controlnet)
         super().save_pretrained(save_directory, **kwargs)
         (get_temporal_config(self.unet) or TemporalConfig("none")).save(os.path.join(save_directory, "unet"))
 
