@@ -203,3 +203,32 @@ def test_sample_cli_with_controlnet_and_edges(pipe, cn, tiny_base, tmp_path):
     assert np.array_equal(read_video(plain)[0], videos["0"])
     assert not np.array_equal(videos["1"], videos["0"])
     assert main([*base[:5], "3", *base[6:], "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_the_steered_unet_call_runs_at_the_clips_frame_count(pipe, cn, cond):
+    """``FrameControl`` calls the U-Net, residuals included, inside ``using_frames(unet, F)``: its output is the
+    shifted U-Net's (not the frames' independent images), and a ``(B, F, L, D)`` per-frame embedding equals the
+    ``(B, L, D)`` one repeated. Fails if the frame-count context does not cover the residual call."""
+    from einops import rearrange
+
+    from ls_video.controlnet import FrameControl, prepare_conditioning_frames
+    from ls_video.unet import using_frames
+
+    torch.manual_seed(0)
+    latents = torch.randn(1, F, 4, 8, 8)
+    embeds = pipe.encode_prompt(["a red square"], None, 1, False)
+    rows = prepare_conditioning_frames(cond, F, 1, 16, 16, torch.device("cpu"), torch.float32)
+    pipe.scheduler.set_timesteps(2)
+    t = pipe.scheduler.timesteps[0]
+    control = FrameControl(cn, rows, pipe.scheduler.timesteps)
+    with torch.no_grad():
+        out = control(pipe.unet, latents, t, embeds)
+        per_frame = control(pipe.unet, latents, t, embeds[:, None].expand(-1, F, -1, -1))
+        x, ts, ctx = rearrange(latents, "b f c h w -> (b f) c h w"), t.expand(F), embeds.expand(F, -1, -1)
+        extra = control.residuals(x, ts, ctx, 1.0)
+        images = pipe.unet(x, ts, encoder_hidden_states=ctx, **extra).sample
+        with using_frames(pipe.unet, F):
+            video = pipe.unet(x, ts, encoder_hidden_states=ctx, **extra).sample
+    torch.testing.assert_close(out[0], video)
+    torch.testing.assert_close(per_frame, out)
+    assert (out[0] - images).abs().amax() > 1e-3
