@@ -203,6 +203,10 @@ def test_sample_cli_with_controlnet_and_edges(pipe, cn, tiny_base, tmp_path):
     assert np.array_equal(read_video(plain)[0], videos["0"])
     assert not np.array_equal(videos["1"], videos["0"])
     assert main([*base[:5], "3", *base[6:], "--out", str(tmp_path / "bad")]) == 2
+    for wrong in (["--conditioning-frames", str(tmp_path / "missing.mp4")], ["--controlnet", str(tmp_path / "cn")]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--model", tiny_base, "--prompt", "x", *wrong, "--out", str(tmp_path / "bad")])
+        assert exit_.value.code == 2
 
 
 def test_the_steered_unet_call_runs_at_the_clips_frame_count(pipe, cn, cond):

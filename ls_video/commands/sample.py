@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--fps must be > 0")
     if args.controlnet and not args.conditioning_frames:
         p.error("--controlnet needs --conditioning-frames (a video or a folder of images)")
+    if args.conditioning_frames and not os.path.exists(args.conditioning_frames):
+        p.error(f"conditioning frames not found: {args.conditioning_frames} (a video file or a folder of images)")
     return args
 
 
