@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from einops import rearrange
@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.compile import compile_whole
+from ls_video.controlnet import frame_control
 from ls_video.errors import UsageError
 from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
@@ -53,6 +54,7 @@ class LatentShiftPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["controlnet"]  # a ControlNetModel for conditioning_frames (ls_video/controlnet.py)
 
     def __init__(
         self,
@@ -62,10 +64,12 @@ class LatentShiftPipeline(DiffusionPipeline):
         unet: UNet2DConditionModel,
         scheduler,
         compile: bool = False,
+        controlnet: ControlNetModel | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                               scheduler=scheduler)
+        self.register_modules(controlnet=controlnet)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._compile_unet = compile
         self._unet_compiled = False
@@ -91,6 +95,8 @@ class LatentShiftPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save as a diffusers folder plus the shift settings in ``unet/latent_shift.json``."""
+        if self.controlnet is not None:  # (set by assignment, diffusers' config still says (None, None))
+            self.register_modules(controlnet=self.controlnet)
         super().save_pretrained(save_directory, **kwargs)
         (get_temporal_config(self.unet) or TemporalConfig("none")).save(os.path.join(save_directory, "unet"))
 
@@ -153,8 +159,10 @@ class LatentShiftPipeline(DiffusionPipeline):
             embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
         return embeds.to(self.unet.device, self.unet.dtype)  # (a text encoder may sit on another device)
 
-    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict) -> torch.Tensor:
-        """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance."""
+    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict,
+                unet_forward=video_unet_forward) -> torch.Tensor:
+        """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance; ``unet_forward``:
+        the U-Net call (:func:`ls_video.unet.video_unet_forward`, or a ControlNet's ``FrameControl``)."""
         do_cfg = guidance_scale > 1.0
         graphed = self._maybe_compile(latents.device)
         for t in self.progress_bar(self.scheduler.timesteps):
@@ -162,9 +170,9 @@ class LatentShiftPipeline(DiffusionPipeline):
             model_in = self.scheduler.scale_model_input(model_in, t)
             if graphed:  # the graph's output buffer is reused by the next replay: keep a copy
                 torch.compiler.cudagraph_mark_step_begin()
-                pred = video_unet_forward(self.unet, model_in, t, embeds).clone()
+                pred = unet_forward(self.unet, model_in, t, embeds).clone()
             else:
-                pred = video_unet_forward(self.unet, model_in, t, embeds)
+                pred = unet_forward(self.unet, model_in, t, embeds)
             if do_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
@@ -200,6 +208,12 @@ class LatentShiftPipeline(DiffusionPipeline):
         output_type: str = "np",
         decode_chunk_size: int = 8,
         return_dict: bool = True,
+        controlnet: ControlNetModel | None = None,
+        conditioning_frames=None,
+        controlnet_conditioning_scale: float = 1.0,
+        guess_mode: bool = False,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
     ) -> LatentShiftPipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` videos of ``num_frames`` frames.
 
@@ -214,6 +228,13 @@ class LatentShiftPipeline(DiffusionPipeline):
             latents: optional initial noise ``(B, F, C, h, w)``.
             output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"``.
             decode_chunk_size: frames decoded by the VAE at once (memory bound for long videos).
+            controlnet: a ``ControlNetModel`` for this call (default: the pipeline's ``controlnet`` component).
+            conditioning_frames: one condition image per frame (``num_frames`` PIL images, an ``(F, H, W, 3)``
+                array, an ``(F, 3, H, W)`` tensor in [0, 1], or one such video per generated video), each steering
+                its own frame (:mod:`ls_video.controlnet`).
+            controlnet_conditioning_scale: weight of the ControlNet's residuals (0: no ControlNet).
+            guess_mode: with guidance, the ControlNet sees only the prompted half (as diffusers).
+            control_guidance_start, control_guidance_end: the fraction of the steps the ControlNet acts in.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -227,8 +248,11 @@ class LatentShiftPipeline(DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        control = frame_control(self, controlnet, conditioning_frames, shape[0], num_frames, height, width, do_cfg,
+                                controlnet_conditioning_scale, guess_mode, control_guidance_start,
+                                control_guidance_end)
         latents = self.denoise(latents.to(device) * self.scheduler.init_noise_sigma, embeds, guidance_scale,
-                               self._extra_step_kwargs(generator, eta))
+                               self._extra_step_kwargs(generator, eta), unet_forward=control or video_unet_forward)
         frames = latents if output_type == "latent" else self.postprocess(latents, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -52,6 +52,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the U-Net (CUDA graphs on a GPU): faster from the second batch on, "
                         "the first pays about a minute of compilation at SD-1.5 size")
+    p.add_argument("--controlnet", default=None,
+                   help="a diffusers ControlNetModel folder or Hub id (SD-1.x/2.x, the base's family) for every frame")
+    p.add_argument("--conditioning-frames", default=None,
+                   help="the ControlNet's condition per frame: a video file or a folder of images (sorted by name), "
+                        "as many frames as --num-frames")
+    p.add_argument("--condition", default="none", choices=["none", "edges"],
+                   help="none: --conditioning-frames are condition maps already; edges: make edge maps of them")
+    p.add_argument("--controlnet-conditioning-scale", type=float, default=1.0,
+                   help="weight of the ControlNet's residuals (0: no ControlNet)")
+    p.add_argument("--guess-mode", action="store_true", help="the ControlNet sees only the prompted CFG half")
     p.add_argument("--out", required=True, help="folder for videos and manifest.json")
     args = p.parse_args(argv)
     if args.prompts_file:
@@ -66,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.fps <= 0:
         p.error("--fps must be > 0")
+    if args.controlnet and not args.conditioning_frames:
+        p.error("--controlnet needs --conditioning-frames (a video or a folder of images)")
+    if args.conditioning_frames and not os.path.exists(args.conditioning_frames):
+        p.error(f"conditioning frames not found: {args.conditioning_frames} (a video file or a folder of images)")
     return args
 
 
@@ -88,6 +102,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if args.compile:
         pipe.compile_unet()
+    cond = control_inputs(pipe, args)
     pipe.to(device)
     if args.dtype != "float32":
         pipe.to(dtype=getattr(torch, args.dtype))
@@ -102,7 +117,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         videos = pipe([prompt for _, prompt, _ in chunk], num_frames=args.num_frames, height=args.height,
                       width=args.width, num_inference_steps=args.num_inference_steps,
                       guidance_scale=args.guidance_scale,
-                      negative_prompt=args.negative_prompt, generator=generators).frames
+                      negative_prompt=args.negative_prompt, generator=generators, **cond).frames
         for (i, prompt, seed), video in zip(chunk, videos, strict=True):
             name = f"{i:03d}_{slug(prompt)}_s{seed}.{args.format}"
             write_video(os.path.join(args.out, name), video, fps=args.fps)
@@ -115,6 +130,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump({"model": str(args.model), "samples": samples}, f, indent=2)
     return samples
+
+
+def control_inputs(pipe, args: argparse.Namespace) -> dict:
+    """Adds ``--controlnet`` to ``pipe`` (as its component) and returns the pipeline's ControlNet arguments."""
+    if not args.conditioning_frames:
+        return {}
+    from ls_video.controlnet import condition_video, load_controlnet
+
+    if args.controlnet:
+        pipe.register_modules(controlnet=load_controlnet(args.controlnet))
+    return dict(conditioning_frames=condition_video(args.conditioning_frames, args.condition),
+                controlnet_conditioning_scale=args.controlnet_conditioning_scale, guess_mode=args.guess_mode)
 
 
 @command(PROG)
