@@ -13,12 +13,13 @@ import torch
 from ls_video.errors import UsageError
 
 
-def feature_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (unbiased) of ``(N, D)`` features."""
+def feature_stats(features: np.ndarray | torch.Tensor, biased: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of ``(N, D)`` features: divided by ``N - 1`` (clean-fid, numpy), or by ``N`` with
+    ``biased`` (StyleGAN-V's FVD)."""
     x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise UsageError(f"need (N >= 2, D) features, got {tuple(x.shape)}")
-    return x.mean(0).numpy(), torch.cov(x.T).reshape(x.shape[1], x.shape[1]).numpy()
+    return x.mean(0).numpy(), torch.cov(x.T, correction=0 if biased else 1).reshape(x.shape[1], x.shape[1]).numpy()
 
 
 def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
@@ -36,6 +37,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(((mu1 - mu2) ** 2).sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross)
 
 
-def frechet_distance_of(features_a, features_b) -> float:
-    """Fréchet distance between the Gaussian fits of two ``(N, D)`` feature sets."""
-    return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
+def frechet_distance_of(features_a, features_b, biased: bool = False) -> float:
+    """Fréchet distance between the Gaussian fits of two ``(N, D)`` feature sets (``biased``: see feature_stats)."""
+    return frechet_distance(*feature_stats(features_a, biased), *feature_stats(features_b, biased))
