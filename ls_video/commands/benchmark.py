@@ -68,7 +68,7 @@ def _common(p: argparse.ArgumentParser, samples_help: str, samples_default: int 
     m.add_argument("--metrics-batch-size", type=int, default=8, help="videos per feature-network batch")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:]))
@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "UCF-101 zero-shot: one prompt per class, samples with the dataset's class distribution."))
     _common(ucf, "samples, spread over classes in proportion to their videos (fvd2048_16f: 2048)", 2048)
     ucf.add_argument("--c3d", help="StyleGAN-V's c3d_ucf101.pt (path or URL): IS over the samples (needs 16 frames)")
+    ucf.add_argument("--is-splits", type=int, default=10,
+                     help="splits of the IS (StyleGAN-V: 10; needs as many samples)")
     ucf.add_argument("--prompts", help="JSON {CLASS: PROMPT} for every class (default: the class name in words)")
     vtt = sub.add_parser("msrvtt", help="MSR-VTT zero-shot: CLIPSIM, CLIP-FID, FVD", description=(
         "MSR-VTT zero-shot: one caption per test video; CLIPSIM, CLIP-FID and FVD."))
@@ -88,6 +90,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     vtt.add_argument("--caption", default="random", choices=["random", "first"],
                      help="which of a video's captions is its prompt (random: seeded by --seed)")
     vtt.add_argument("--clip-model", help="CLIP ViT-B/32 (folder or Hub id): CLIPSIM and CLIP-FID")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     for name in ("num_frames", "num_inference_steps", "batch_size", "frame_stride", "world_size", "metrics_batch_size"):
         if getattr(args, name) < 1:
@@ -284,8 +291,8 @@ def score(args: argparse.Namespace, plan: dict, extra: dict) -> dict:
         from ls_video.metrics.i3d import C3D, inception_score
 
         net = C3D(args.c3d, device, bs)
-        metrics["is"], metrics["is_std"] = inception_score(features(net, generated()))
-        protocol["is"] = dict(net.protocol, splits=10, shuffle="RandomState(42)")
+        metrics["is"], metrics["is_std"] = inception_score(features(net, generated()), args.is_splits)
+        protocol["is"] = dict(net.protocol, splits=args.is_splits, shuffle="RandomState(42)")
     if args.inception:
         from ls_video.metrics.inception import Inception
 

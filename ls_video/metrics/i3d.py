@@ -44,8 +44,8 @@ class VideoNetwork:
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 8) -> None:
         self.model, self.local, self.sha256 = load_torchscript(path, device)
         self.path, self.device, self.batch_size = path, device, batch_size
-        self.protocol = dict(extractor=self.kind, path=path, sha256=self.sha256,
-                             call=f"detector(videos, {', '.join(f'{k}={v}' for k, v in self.kwargs.items())})",
+        call = ", ".join(["videos"] + [f"{k}={v}" for k, v in self.kwargs.items()])
+        self.protocol = dict(extractor=self.kind, path=path, sha256=self.sha256, call=f"detector({call})",
                              value_range="uint8 [0, 255], (B, 3, T, H, W), RGB")
 
     @torch.no_grad()
