@@ -203,6 +203,7 @@ def test_help_documents_every_option():
         assert all(a.help for a in options), [a.dest for a in options if not a.help]
 
 
+@pytest.mark.slow  # 10-35 s on 2 busy cores (make test runs it)
 def test_ucf101_benchmark_end_to_end_resumes_after_a_kill(nets, tmp_path, monkeypatch, capsys):
     """Guards the UCF-101 command on the toy base: a run killed after two samples leaves whole files only;
     run again, it makes only the missing ones, then writes benchmark.json with the full protocol and the
@@ -229,6 +230,7 @@ def test_ucf101_benchmark_end_to_end_resumes_after_a_kill(nets, tmp_path, monkey
     kept = sorted(os.listdir(out / "samples"))
     assert kept == ["00000.mp4", "00001.mp4"]
     stamps = {name: os.stat(out / "samples" / name).st_mtime_ns for name in kept}
+    (out / "samples" / "00002.part.mp4").write_bytes(b"half a video")  # a kill during a write
 
     def counting(path, video, fps):
         real_save(path, video, fps)
@@ -238,6 +240,7 @@ def test_ucf101_benchmark_end_to_end_resumes_after_a_kill(nets, tmp_path, monkey
     assert benchmark.main(argv) == 0
     assert [os.path.basename(p) for p in written[2:]] == ["00002.mp4", "00003.mp4"]
     assert {n: os.stat(out / "samples" / n).st_mtime_ns for n in kept} == stamps
+    assert sorted(os.listdir(out / "samples")) == [f"{i:05d}.mp4" for i in range(4)]
     result = json.loads((out / "benchmark.json").read_text())
     m, proto = result["metrics"], result["protocol"]
     assert {"fvd", "is", "is_std", "fid"} <= set(m) and m["fvd"] >= 0 and m["fid"] >= 0
@@ -315,3 +318,20 @@ def test_fewer_samples_than_features_is_exact_and_fast():
     for biased in (False, True):
         full = frechet_distance(*feature_stats(a, biased), *feature_stats(b, biased))
         assert frechet_distance_of(a, b, biased) == pytest.approx(full, rel=1e-6)
+
+
+def test_ranks_split_the_samples(nets, tmp_path):
+    """Guards generation on several processes: rank r of w makes the samples whose index is r mod w, and rank 0
+    scores once every sample is there."""
+    from ls_video.commands.benchmark import main
+
+    videos = toy_dataset(tmp_path / "ucf", per_class=(2, 1, 1), frames=4)
+    out = tmp_path / "out"
+    argv = ["ucf101", "--model", TOY_BASE, "--videos", videos, "--out", str(out), "--num-samples", "4",
+            "--num-frames", "3", "--num-inference-steps", "1", "--device", "cpu", "--world-size", "2",
+            "--i3d", nets["i3d"]]
+    assert main(argv + ["--rank", "1"]) == 0
+    assert sorted(os.listdir(out / "samples")) == ["00001.mp4", "00003.mp4"] and not (out / "benchmark.json").exists()
+    assert main(argv + ["--rank", "0", "--wait-timeout", "0"]) == 0
+    assert len(os.listdir(out / "samples")) == 4
+    assert "fvd" in json.loads((out / "benchmark.json").read_text())["metrics"]
