@@ -1,7 +1,7 @@
 """The zero-shot benchmarks of the text-to-video literature, with the published extractors.
 
     ls-video benchmark ucf101 --model M --videos UCF101_DIR --i3d i3d_torchscript.pt [--c3d c3d_ucf101.pt] --out OUT
-    ls-video benchmark msrvtt --model M --annotations test_videodatainfo.json --videos MSRVTT_DIR \
+    ls-video benchmark msrvtt --model M --annotations test_videodatainfo.json --videos MSRVTT_DIR
         --clip-model openai/clip-vit-base-patch32 [--i3d i3d_torchscript.pt] --out OUT
 
 ``ucf101``: one prompt per class, samples drawn with the dataset's class distribution, FVD (I3D, fvd2048_16f
@@ -105,6 +105,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--num-samples must be >= 2")
     if getattr(args, "c3d", None) and args.num_frames != 16:
         p.error("--c3d (IS) needs --num-frames 16: the C3D network takes 16-frame clips")
+    if getattr(args, "c3d", None) and args.num_samples < args.is_splits:
+        p.error(f"--c3d (IS) needs at least --is-splits {args.is_splits} samples")
+    if not (args.generate_only or args.i3d or args.inception or getattr(args, "c3d", None)
+            or getattr(args, "clip_model", None)):
+        nets = "--i3d, --c3d, --inception" if args.benchmark == "ucf101" else "--i3d, --clip-model, --inception"
+        p.error(f"nothing to score: give at least one of {nets} (or --generate-only)")
     return args
 
 
