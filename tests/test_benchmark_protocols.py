@@ -335,3 +335,39 @@ def test_ranks_split_the_samples(nets, tmp_path):
     assert main(argv + ["--rank", "0", "--wait-timeout", "0"]) == 0
     assert len(os.listdir(out / "samples")) == 4
     assert "fvd" in json.loads((out / "benchmark.json").read_text())["metrics"]
+
+
+@pytest.mark.slow  # a subprocess and two generations: 15-40 s on 2 busy cores (make test runs it)
+def test_a_benchmark_killed_by_sigkill_continues(nets, tmp_path):
+    """Guards resume after a real kill (SIGKILL, no clean-up runs): the samples written before it stay, the run
+    again with the same command makes only the others."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ls_video.commands.benchmark import main
+
+    videos = toy_dataset(tmp_path / "ucf", per_class=(2, 1, 1), frames=4)
+    out = tmp_path / "out"
+    argv = ["ucf101", "--model", TOY_BASE, "--videos", videos, "--out", str(out), "--num-samples", "6",
+            "--num-frames", "3", "--num-inference-steps", "2", "--batch-size", "1", "--device", "cpu",
+            "--i3d", nets["i3d"]]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "ls_video.cli", "benchmark", *argv], env=env, cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "samples" / "00000.mp4").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = sorted(p for p in os.listdir(out / "samples") if ".part" not in p)
+    assert 1 <= len(done) < 6 and not (out / "benchmark.json").exists()
+    stamps = {p: os.stat(out / "samples" / p).st_mtime_ns for p in done}
+    assert main(argv) == 0
+    assert {p: os.stat(out / "samples" / p).st_mtime_ns for p in done} == stamps
+    assert sorted(p for p in os.listdir(out / "samples") if ".part" not in p) == [f"{i:05d}.mp4" for i in range(6)]
+    assert "fvd" in json.loads((out / "benchmark.json").read_text())["metrics"]

@@ -23,9 +23,9 @@ def is_url(path: str) -> bool:
 
 
 def is_torchscript_path(path: str) -> bool:
-    """A ``.pt`` / ``.pth`` file (or URL): the published extractors ship as TorchScript archives."""
+    """A ``.pt`` / ``.pth`` name (file or URL): the published extractors ship as TorchScript archives."""
     name = urllib.parse.urlparse(str(path)).path if is_url(path) else str(path)
-    return name.lower().endswith((".pt", ".pth")) and (is_url(path) or os.path.isfile(path))
+    return name.lower().endswith((".pt", ".pth"))
 
 
 def cache_dir() -> str:
