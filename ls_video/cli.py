@@ -29,6 +29,7 @@ COMMANDS = {  # name: (module with main(argv), one-line help)
     "sample": ("ls_video.commands.sample", "turn prompts into videos"),
     "export": ("ls_video.commands.export", "export a checkpoint as a diffusers folder"),
     "eval": ("ls_video.commands.eval", "score a sample folder (motion, CLIP, FVD, FID) and write its gallery"),
+    "benchmark": ("ls_video.commands.benchmark", "UCF-101 / MSR-VTT zero-shot protocols (FVD, IS, FID, CLIP)"),
     "demo": ("ls_video.commands.demo", "the toy world end to end: data, training, export, samples, scores"),
     "ablation": ("ls_video.commands.ablation", "train and compare temporal-mixing variants"),
     "transfer": ("ls_video.commands.transfer", "carry motion onto another fine-tune of the base"),

@@ -15,9 +15,10 @@ and the reference set.
   only, as ``image_color_acc`` / ``image_shape_acc`` (``image_n`` of them), apart from the videos;
   ``--images DIR2`` adds the one-frame samples of another ``sample.py`` folder (``make demo`` does).
 * ``clipsim``: CLIP image-text cosine, ``--clip-model`` (any transformers ``CLIPModel`` folder or id).
-* ``fvd``: Fréchet distance of clip features, ``--fvd-model`` (VideoMAE, CLIP, or our toy net from
-  ``python -m ls_video.metrics.toy_net``), against ``--reference``.
-* ``fid``: Fréchet distance of per-frame CLIP image features, ``--fid-model`` (default: the CLIP model).
+* ``fvd``: Fréchet distance of clip features, ``--fvd-model`` (StyleGAN-V's ``i3d_torchscript.pt``: the
+  published FVD; VideoMAE, CLIP, or our toy net from ``python -m ls_video.metrics.toy_net``), against ``--reference``.
+* ``fid``: Fréchet distance of per-frame features, ``--fid-model`` (``inception-2015-12-05.pt``: the published FID
+  through clean-fid; a CLIP folder: CLIP-FID; default: the CLIP model).
 
 ``--reference`` is a folder of real videos (mp4/gif/webm, or a ``sample.py`` folder) or ``toy``:
 clips of the toy world's validation split rendered at the samples' resolution and frame count.
@@ -144,7 +145,7 @@ def frechet_scores(metrics: tuple[str, ...], videos: list, reference: str, fvd_m
             continue
         ex = Extractor(path, device)
         feats = ex.video_features if name == "fvd" else ex.frame_features
-        result[name] = frechet_distance_of(feats(videos), feats(real))
+        result[name] = frechet_distance_of(feats(videos), feats(real), biased=ex.biased)
         protocol[name] = dict(ex.protocol, reference=described, num_generated=len(videos), num_real=len(real))
     return result
 
@@ -194,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", help="folder written by sample.py")
     p.add_argument("--metrics", default="motion", help=f"comma-separated, from {list(METRICS)}")
     p.add_argument("--clip-model", help="CLIPModel folder or hub id (clipsim; default extractor for fid)")
-    p.add_argument("--fvd-model", help="video feature extractor: VideoMAE / CLIP folder or a toy-net folder")
-    p.add_argument("--fid-model", help="frame feature extractor for fid (a CLIP folder; default --clip-model)")
+    p.add_argument("--fvd-model", help="video feature extractor: i3d_torchscript.pt (path or URL), a VideoMAE / CLIP "
+                                       "folder or a toy-net folder")
+    p.add_argument("--fid-model", help="frame feature extractor for fid: inception-2015-12-05.pt (path or URL) or a "
+                                       "CLIP folder (default --clip-model)")
     p.add_argument("--reference", help="real videos for fvd/fid: a folder of videos, a sample.py folder, or 'toy'")
     p.add_argument("--device", default="cpu", help="device for the feature extractors")
     p.add_argument("--html", action="store_true", help="also write DIR/index.html (samples, metrics, curves)")

@@ -5,11 +5,13 @@
 * ``VideoMAEModel`` (transformers): clip features (FVD), the mean of the last hidden states.
 * our toy video net (``python -m ls_video.metrics.toy_net``): clip features for the toy-world FVD.
 
-Published FVD numbers use the I3D Kinetics-400 network (StyleGAN-V's ``i3d_torchscript.pt``), and
-published FID the Inception-v3 pool features; neither is a transformers model, so numbers from the
-extractors here are comparable between runs of this project, not with papers, unless a paper used
-the same extractor (CLIPSIM does: ViT-B/32 CLIP, raw cosine). Every result records the extractor and
-the SHA-256 of its weights.
+* a TorchScript file (``.pt``, path or URL): the published networks. As a clip extractor (FVD) it is
+  StyleGAN-V's I3D (``ls_video.metrics.i3d``), as a frame extractor (FID) clean-fid's Inception-v3
+  (``ls_video.metrics.inception``): with these, FVD and FID are the published ones.
+
+Numbers from the transformers extractors are comparable between runs of this project, not with papers,
+unless a paper used the same extractor (CLIPSIM and CLIP-FID do: ViT-B/32 CLIP). Every result records
+the extractor and the SHA-256 of its weights.
 """
 
 from __future__ import annotations
@@ -55,8 +57,16 @@ class Extractor:
     ``protocol``.
     """
 
+    biased = False  # the covariance of the Fréchet distance: 1/N for StyleGAN-V's I3D, 1/(N-1) otherwise
+
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 16) -> None:
+        from ls_video.metrics.torchscript import is_torchscript_path
+
         self.path, self.device, self.batch_size = path, device, batch_size
+        if is_torchscript_path(path):  # the published networks: I3D for clips, Inception (clean-fid) for frames
+            self.kind, self.network = "torchscript", None
+            self.protocol = dict(extractor=path, model_type="torchscript")
+            return
         self.kind = model_type(path)
         if self.kind == "ls_video_toy_net":
             from ls_video.metrics.toy_net import ToyVideoNet
@@ -82,8 +92,18 @@ class Extractor:
         self.protocol = dict(extractor=path, model_type=self.kind, weights_sha256=weights_hash(path),
                              value_range=value_range)
 
+    def _published(self, cls: type) -> object:
+        if not isinstance(self.network, cls):
+            self.network = cls(self.path, self.device)
+            self.protocol = dict(self.network.protocol, model_type="torchscript")
+        return self.network
+
     @torch.no_grad()
     def frame_features(self, videos: list[np.ndarray]) -> np.ndarray:
+        if self.kind == "torchscript":
+            from ls_video.metrics.inception import Inception
+
+            return self._published(Inception).frames(videos)
         if self.kind not in ("clip", "clip_vision_model"):
             raise UsageError(f"{self.path} gives clip features, not frame features (use a CLIP model for FID)")
         frames = [f for v in videos for f in v]
@@ -101,6 +121,11 @@ class Extractor:
 
     @torch.no_grad()
     def video_features(self, videos: list[np.ndarray]) -> np.ndarray:
+        if self.kind == "torchscript":
+            from ls_video.metrics.i3d import I3D
+
+            self.biased = True
+            return self._published(I3D)(videos)
         out = []
         for i in range(0, len(videos), self.batch_size):
             chunk = videos[i:i + self.batch_size]
