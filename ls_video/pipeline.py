@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.compile import compile_whole
+from ls_video.conditioning import FrameInputs, encode_travel, is_travel
 from ls_video.errors import UsageError
 from ls_video.text import encode_prompts
 from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
@@ -153,11 +154,14 @@ class LatentShiftPipeline(DiffusionPipeline):
             embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
         return embeds.to(self.unet.device, self.unet.dtype)  # (a text encoder may sit on another device)
 
-    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict) -> torch.Tensor:
-        """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance."""
+    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict,
+                timesteps: torch.Tensor | None = None, step_end=None) -> torch.Tensor:
+        """The scheduler's loop over its timesteps (set beforehand; ``timesteps``: only those), with classifier-free
+        guidance. ``embeds``: ``(B, L, D)``, or ``(B, F, L, D)`` per frame; ``step_end(i, t, latents)`` returns the
+        latents after step ``i`` (image-to-video holds its frames there)."""
         do_cfg = guidance_scale > 1.0
         graphed = self._maybe_compile(latents.device)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps if timesteps is None else timesteps)):
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
             if graphed:  # the graph's output buffer is reused by the next replay: keep a copy
@@ -169,6 +173,8 @@ class LatentShiftPipeline(DiffusionPipeline):
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
+            if step_end is not None:
+                latents = step_end(i, t, latents)
         return latents
 
     def postprocess(self, latents: torch.Tensor, output_type: str, decode_chunk_size: int):
@@ -186,7 +192,7 @@ class LatentShiftPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | dict[int, str] | list[dict[int, str]],
         num_frames: int = 16,
         height: int | None = None,
         width: int | None = None,
@@ -200,13 +206,20 @@ class LatentShiftPipeline(DiffusionPipeline):
         output_type: str = "np",
         decode_chunk_size: int = 8,
         return_dict: bool = True,
+        prompt_interpolation: str = "linear",
+        video: list[Image.Image] | np.ndarray | torch.Tensor | None = None,
+        strength: float = 0.8,
+        image: Image.Image | np.ndarray | torch.Tensor | None = None,
+        last_image: Image.Image | np.ndarray | torch.Tensor | None = None,
     ) -> LatentShiftPipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` videos of ``num_frames`` frames.
 
         Args:
-            prompt: one prompt or a list.
-            num_frames: frames per video (1 gives images).
-            height, width: output size in pixels (default: the U-Net's ``sample_size`` x VAE factor).
+            prompt: one prompt or a list; a prompt may be a ``{frame: prompt}`` dict (prompt travel,
+                :mod:`ls_video.conditioning`), as may ``negative_prompt``.
+            num_frames: frames per video (1 gives images; with ``video``: its length).
+            height, width: output size in pixels (default: the size of ``video`` / ``image``, else the U-Net's
+                ``sample_size`` x VAE factor).
             num_inference_steps: denoising steps of the scheduler.
             guidance_scale: classifier-free guidance weight (<= 1 disables guidance).
             negative_prompt: prompt(s) to guide away from (default: the empty prompt).
@@ -214,21 +227,32 @@ class LatentShiftPipeline(DiffusionPipeline):
             latents: optional initial noise ``(B, F, C, h, w)``.
             output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"``.
             decode_chunk_size: frames decoded by the VAE at once (memory bound for long videos).
+            prompt_interpolation: per-frame embeddings between travel keys, ``"linear"`` or ``"hold"``.
+            video: input frames for video-to-video (PIL list, ``(F, H, W, 3)`` array, ``(F, 3, H, W)`` tensor).
+            strength: how much of ``video`` is redone (0: the video through the VAE; 1: text-to-video).
+            image, last_image: first / last frame held during denoising (image-to-video, keyframes).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str | dict) else list(prompt)
+        given = FrameInputs.of(video=video, strength=strength, image=image, last_image=last_image)
+        num_frames, height, width = given.size(num_frames, height, width)
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         self.check_inputs(height, width, num_frames, num_inference_steps)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
-        embeds = self.encode_prompt(prompts, negative_prompt if do_cfg else None, num_videos_per_prompt, do_cfg)
+        if is_travel(prompts) or is_travel(negative_prompt):
+            embeds = encode_travel(self, prompts, negative_prompt, num_frames, num_videos_per_prompt, do_cfg,
+                                   prompt_interpolation)
+        else:
+            embeds = self.encode_prompt(prompts, negative_prompt if do_cfg else None, num_videos_per_prompt, do_cfg)
         shape = (embeds.shape[0] // (2 if do_cfg else 1), num_frames, self.unet.config.in_channels,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = self.denoise(latents.to(device) * self.scheduler.init_noise_sigma, embeds, guidance_scale,
-                               self._extra_step_kwargs(generator, eta))
+        start, timesteps, step_end = given.start(self, latents.to(device), num_inference_steps, decode_chunk_size)
+        latents = self.denoise(start, embeds, guidance_scale, self._extra_step_kwargs(generator, eta), timesteps,
+                               step_end)
         frames = latents if output_type == "latent" else self.postprocess(latents, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         if not return_dict:
