@@ -188,3 +188,41 @@ def test_image_first_and_last_frames_are_kept(pipe, clip, scheduler):
     assert torch.equal(only_first[0, 0], known) and torch.equal(only_first[1, 0], known)
     with_video = call(pipe, video=clip, strength=0.6, image=clip[2], num_inference_steps=4)
     np.testing.assert_allclose(with_video[0, 0], vae_round_trip(pipe, to_frames(clip[2], "image"))[0], atol=1e-4)
+
+
+def test_cli_travel_image_and_video(tiny_base, clip, tmp_path):
+    """``ls-video sample`` (in-process) runs each mode: a travel prompt with first and last images, and a video with a strength
+    (its length and size become the output's); the manifest names the inputs."""
+    import json
+
+    from PIL import Image
+
+    from ls_video.commands.sample import main
+    from ls_video.video_io import read_video, write_video
+
+    Image.fromarray(clip[0]).save(tmp_path / "first.png")
+    Image.fromarray(clip[4]).save(tmp_path / "last.png")
+    write_video(tmp_path / "in.mp4", clip, fps=8)
+    base = ["--model", tiny_base, "--num-inference-steps", "2", "--device", "cpu"]
+    runs = {"i2v": ["--prompt", f"0:{LEFT}|3:{RIGHT}", "--prompt-interpolation", "hold", "--num-frames", "4",
+                    "--image", str(tmp_path / "first.png"), "--last-image", str(tmp_path / "last.png")],
+            "v2v": ["--prompt", LEFT, "--video", str(tmp_path / "in.mp4"), "--strength", "0.5"]}
+    for name, args in runs.items():
+        assert main([*base, *args, "--out", str(tmp_path / name)]) == 0
+        (sample,) = json.loads((tmp_path / name / "manifest.json").read_text())["samples"]
+        frames, _ = read_video(tmp_path / name / sample["file"])
+        assert frames.shape == ((4, 16, 16, 3) if name == "i2v" else (5, 16, 16, 3))
+    assert sample["strength"] == 0.5 and sample["video"].endswith("in.mp4")
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--strength", "0.5"], "--strength needs --video"),
+    (["--video", "missing.mp4"], "--video not found"),
+    (["--prompt", "0:a|b"], "not FRAME:PROMPT"),
+])
+def test_cli_errors_are_one_line(args, msg, capsys):
+    from ls_video.commands.sample import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--prompt", "x", "--out", "o", *args])
+    assert msg in capsys.readouterr().err
