@@ -191,8 +191,8 @@ def test_image_first_and_last_frames_are_kept(pipe, clip, scheduler):
 
 
 def test_cli_travel_image_and_video(tiny_base, clip, tmp_path):
-    """``ls-video sample`` (in-process) runs each mode: a travel prompt with first and last images, and a video with a strength
-    (its length and size become the output's); the manifest names the inputs."""
+    """``ls-video sample`` (in-process) runs each mode: a travel prompt with first and last images, and a video
+    with a strength (its length and size become the output's); the manifest names the inputs."""
     import json
 
     from PIL import Image
