@@ -80,6 +80,21 @@ def test_each_frame_gets_its_interpolated_or_held_embedding(pipe, interpolation)
     assert torch.equal(seen[6 + 4], e_right) and torch.equal(seen[6 + 0], e_left)  # key frames: exactly their own
 
 
+def test_linear_travel_is_diffusers_free_noise_interpolation():
+    """The same dict means the same per-frame embeddings as in diffusers' FreeNoise: its ``_lerp`` between
+    consecutive keys, the last key held to the end (fails on an off-by-one in the blend weight)."""
+    from diffusers.pipelines.free_noise_utils import AnimateDiffFreeNoiseMixin
+
+    from ls_video.conditioning import travel_embeddings
+
+    e = torch.randn(3, 4, 5)
+    ours = travel_embeddings([0, 3, 7], e, 10, "linear")
+    lerp = AnimateDiffFreeNoiseMixin._lerp
+    theirs = torch.cat([lerp(None, 0, 3, e[:1], e[1:2]), lerp(None, 3, 7, e[1:2], e[2:])[1:],
+                        lerp(None, 7, 9, e[2:], e[2:])[1:]])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
 def test_one_key_dict_is_the_plain_prompt_exactly(pipe, guidance_scale):
     """``{0: p}`` (and ``{1: p}``: frames before the first key hold it) gives bit-identical videos to ``p``, with
