@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.compile import compile_whole
+from ls_video.conditioning import FrameInputs, encode_travel, is_travel
 from ls_video.controlnet import frame_control
 from ls_video.errors import UsageError
 from ls_video.text import encode_prompts
@@ -160,12 +161,15 @@ class LatentShiftPipeline(DiffusionPipeline):
         return embeds.to(self.unet.device, self.unet.dtype)  # (a text encoder may sit on another device)
 
     def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict,
+                timesteps: torch.Tensor | None = None, step_end=None,
                 unet_forward=video_unet_forward) -> torch.Tensor:
-        """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance; ``unet_forward``:
-        the U-Net call (:func:`ls_video.unet.video_unet_forward`, or a ControlNet's ``FrameControl``)."""
+        """The scheduler's loop over its timesteps (set beforehand; ``timesteps``: only those), with classifier-free
+        guidance. ``embeds``: ``(B, L, D)``, or ``(B, F, L, D)`` per frame; ``step_end(i, t, latents)`` returns the
+        latents after step ``i`` (image-to-video holds its frames there); ``unet_forward``: the U-Net call
+        (:func:`ls_video.unet.video_unet_forward`, or a ControlNet's ``FrameControl``)."""
         do_cfg = guidance_scale > 1.0
         graphed = self._maybe_compile(latents.device)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps if timesteps is None else timesteps)):
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
             if graphed:  # the graph's output buffer is reused by the next replay: keep a copy
@@ -177,6 +181,8 @@ class LatentShiftPipeline(DiffusionPipeline):
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
+            if step_end is not None:
+                latents = step_end(i, t, latents)
         return latents
 
     def postprocess(self, latents: torch.Tensor, output_type: str, decode_chunk_size: int):
@@ -194,7 +200,7 @@ class LatentShiftPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | dict[int, str] | list[dict[int, str]],
         num_frames: int = 16,
         height: int | None = None,
         width: int | None = None,
@@ -214,13 +220,20 @@ class LatentShiftPipeline(DiffusionPipeline):
         guess_mode: bool = False,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
+        prompt_interpolation: str = "linear",
+        video: list[Image.Image] | np.ndarray | torch.Tensor | None = None,
+        strength: float = 0.8,
+        image: Image.Image | np.ndarray | torch.Tensor | None = None,
+        last_image: Image.Image | np.ndarray | torch.Tensor | None = None,
     ) -> LatentShiftPipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` videos of ``num_frames`` frames.
 
         Args:
-            prompt: one prompt or a list.
-            num_frames: frames per video (1 gives images).
-            height, width: output size in pixels (default: the U-Net's ``sample_size`` x VAE factor).
+            prompt: one prompt or a list; a prompt may be a ``{frame: prompt}`` dict (prompt travel,
+                :mod:`ls_video.conditioning`), as may ``negative_prompt``.
+            num_frames: frames per video (1 gives images; with ``video``: its length).
+            height, width: output size in pixels (default: the size of ``video`` / ``image``, else the U-Net's
+                ``sample_size`` x VAE factor).
             num_inference_steps: denoising steps of the scheduler.
             guidance_scale: classifier-free guidance weight (<= 1 disables guidance).
             negative_prompt: prompt(s) to guide away from (default: the empty prompt).
@@ -235,14 +248,24 @@ class LatentShiftPipeline(DiffusionPipeline):
             controlnet_conditioning_scale: weight of the ControlNet's residuals (0: no ControlNet).
             guess_mode: with guidance, the ControlNet sees only the prompted half (as diffusers).
             control_guidance_start, control_guidance_end: the fraction of the steps the ControlNet acts in.
+            prompt_interpolation: per-frame embeddings between travel keys, ``"linear"`` or ``"hold"``.
+            video: input frames for video-to-video (PIL list, ``(F, H, W, 3)`` array, ``(F, 3, H, W)`` tensor).
+            strength: how much of ``video`` is redone (0: the video through the VAE; 1: text-to-video).
+            image, last_image: first / last frame held during denoising (image-to-video, keyframes).
         """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str | dict) else list(prompt)
+        given = FrameInputs.of(video=video, strength=strength, image=image, last_image=last_image)
+        num_frames, height, width = given.size(num_frames, height, width)
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         self.check_inputs(height, width, num_frames, num_inference_steps)
         device = self._execution_device
         do_cfg = guidance_scale > 1.0
-        embeds = self.encode_prompt(prompts, negative_prompt if do_cfg else None, num_videos_per_prompt, do_cfg)
+        if is_travel(prompts) or is_travel(negative_prompt):
+            embeds = encode_travel(self, prompts, negative_prompt, num_frames, num_videos_per_prompt, do_cfg,
+                                   prompt_interpolation)
+        else:
+            embeds = self.encode_prompt(prompts, negative_prompt if do_cfg else None, num_videos_per_prompt, do_cfg)
         shape = (embeds.shape[0] // (2 if do_cfg else 1), num_frames, self.unet.config.in_channels,
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
@@ -251,8 +274,9 @@ class LatentShiftPipeline(DiffusionPipeline):
         control = frame_control(self, controlnet, conditioning_frames, shape[0], num_frames, height, width, do_cfg,
                                 controlnet_conditioning_scale, guess_mode, control_guidance_start,
                                 control_guidance_end)
-        latents = self.denoise(latents.to(device) * self.scheduler.init_noise_sigma, embeds, guidance_scale,
-                               self._extra_step_kwargs(generator, eta), unet_forward=control or video_unet_forward)
+        start, timesteps, step_end = given.start(self, latents.to(device), num_inference_steps, decode_chunk_size)
+        latents = self.denoise(start, embeds, guidance_scale, self._extra_step_kwargs(generator, eta), timesteps,
+                               step_end, unet_forward=control or video_unet_forward)
         frames = latents if output_type == "latent" else self.postprocess(latents, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -327,7 +327,8 @@ def video_unet_forward(
     Args:
         latents: ``(B, F, C, h, w)`` noisy latents.
         timesteps: ``(B,)`` one timestep per clip (or a scalar), shared by its frames.
-        encoder_hidden_states: ``(B, L, D)`` text embeddings, shared by the frames of a clip.
+        encoder_hidden_states: ``(B, L, D)`` text embeddings, shared by the frames of a clip, or
+            ``(B, F, L, D)``: one per frame (prompt travel).
 
     Returns:
         ``(B, F, C, h, w)`` model output (noise or v, as the scheduler's ``prediction_type``).
@@ -338,7 +339,10 @@ def video_unet_forward(
     if timesteps.ndim == 0:
         timesteps = timesteps.expand(b)
     t = timesteps.repeat_interleave(f)
-    context = encoder_hidden_states.repeat_interleave(f, dim=0)
+    if encoder_hidden_states.ndim == 4:
+        context = rearrange(encoder_hidden_states, "b f l d -> (b f) l d")
+    else:
+        context = encoder_hidden_states.repeat_interleave(f, dim=0)
     with using_frames(unet, f):
         out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
     return rearrange(out, "(b f) c h w -> b f c h w", b=b)

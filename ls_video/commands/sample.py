@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0], epilog=EPILOG)
     p.add_argument("--model", required=True,
                    help="diffusers folder or Hub id (ORG/NAME), exported folder, or Lightning .ckpt")
-    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="a prompt (repeat for several); 'FRAME:PROMPT|FRAME:PROMPT' travels between prompts")
     p.add_argument("--prompts-file", help="text file with one prompt per line")
     p.add_argument("--negative-prompt", default=None, help="prompt to guide away from")
     p.add_argument("--num-frames", type=int, default=16, help="frames per video (1 gives an image)")
@@ -62,8 +63,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--controlnet-conditioning-scale", type=float, default=1.0,
                    help="weight of the ControlNet's residuals (0: no ControlNet)")
     p.add_argument("--guess-mode", action="store_true", help="the ControlNet sees only the prompted CFG half")
+    p.add_argument("--prompt-interpolation", default="linear", choices=["linear", "hold"],
+                   help="prompt travel: embeddings linear between key frames, or held until the next key")
+    p.add_argument("--video", help="input video for video-to-video (its length is --num-frames)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="video-to-video: share of the steps redone (0: the input, 1: text-to-video; default 0.8)")
+    p.add_argument("--image", help="image-to-video: an image held as the first frame")
+    p.add_argument("--last-image", help="an image held as the last frame")
     p.add_argument("--out", required=True, help="folder for videos and manifest.json")
     args = p.parse_args(argv)
+    for name in ("video", "image", "last_image"):
+        if getattr(args, name) and not os.path.isfile(getattr(args, name)):
+            p.error(f"--{name.replace('_', '-')} not found: {getattr(args, name)}")
+    if args.strength is not None and not args.video:
+        p.error("--strength needs --video")
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        p.error("--strength must be in [0, 1]")
     if args.prompts_file:
         if not os.path.isfile(args.prompts_file):
             p.error(f"prompts file not found: {args.prompts_file}")
@@ -80,6 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--controlnet needs --conditioning-frames (a video or a folder of images)")
     if args.conditioning_frames and not os.path.exists(args.conditioning_frames):
         p.error(f"conditioning frames not found: {args.conditioning_frames} (a video file or a folder of images)")
+    from ls_video.conditioning import parse_travel
+    from ls_video.errors import UsageError
+
+    try:
+        args.travel = [parse_travel(prompt) for prompt in args.prompt]
+        args.negative_travel = None if args.negative_prompt is None else parse_travel(args.negative_prompt)
+    except UsageError as err:
+        p.error(str(err))
     return args
 
 
@@ -94,7 +117,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     from ls_video.checkpoint import load_pipeline
     from ls_video.schedulers import make_scheduler
-    from ls_video.video_io import contact_sheet, to_uint8, write_video
+    from ls_video.video_io import contact_sheet, read_video, to_uint8, write_video
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model, ema=False if args.raw else (True if args.ema else None))
@@ -107,6 +130,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.dtype != "float32":
         pipe.to(dtype=getattr(torch, args.dtype))
     os.makedirs(args.out, exist_ok=True)
+    given = dict(prompt_interpolation=args.prompt_interpolation,
+                 image=Image.open(args.image).convert("RGB") if args.image else None,
+                 last_image=Image.open(args.last_image).convert("RGB") if args.last_image else None)
+    if args.video:
+        given.update(video=read_video(args.video)[0], strength=0.8 if args.strength is None else args.strength)
+    inputs = {k: v for k, v in dict(video=args.video, strength=given.get("strength"), image=args.image,
+                                   last_image=args.last_image).items() if v is not None}
 
     jobs = [(i, prompt, args.seed + k) for i, prompt in enumerate(args.prompt)
             for k in range(args.num_videos_per_prompt)]
@@ -114,10 +144,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     for start in range(0, len(jobs), args.batch_size):
         chunk = jobs[start : start + args.batch_size]
         generators = [torch.Generator(device).manual_seed(seed) for _, _, seed in chunk]
-        videos = pipe([prompt for _, prompt, _ in chunk], num_frames=args.num_frames, height=args.height,
+        videos = pipe([args.travel[i] for i, _, _ in chunk], num_frames=args.num_frames, height=args.height,
                       width=args.width, num_inference_steps=args.num_inference_steps,
                       guidance_scale=args.guidance_scale,
-                      negative_prompt=args.negative_prompt, generator=generators, **cond).frames
+                      negative_prompt=args.negative_travel, generator=generators, **cond, **given).frames
         for (i, prompt, seed), video in zip(chunk, videos, strict=True):
             name = f"{i:03d}_{slug(prompt)}_s{seed}.{args.format}"
             write_video(os.path.join(args.out, name), video, fps=args.fps)
@@ -125,7 +155,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             samples.append(dict(prompt=prompt, seed=seed, file=name, num_frames=int(video.shape[0]),
                                 height=int(video.shape[1]), width=int(video.shape[2]), steps=args.num_inference_steps,
                                 guidance_scale=args.guidance_scale, scheduler=args.scheduler, fps=args.fps,
-                                ema=ema))
+                                ema=ema, **inputs))
     Image.fromarray(contact_sheet(np.stack(firsts[:64]))).save(os.path.join(args.out, "contact_sheet.png"))
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump({"model": str(args.model), "samples": samples}, f, indent=2)
