@@ -22,8 +22,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ls_video.compile import compile_whole
 from ls_video.errors import UsageError
+from ls_video.long_video import FreeNoiseMixin, reschedule_noise, windowed_forward
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
+from ls_video.unet import TemporalConfig, get_temporal_config
 from ls_video.vae_space import LatentScale
 
 
@@ -35,7 +36,7 @@ class LatentShiftPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor | list
 
 
-class LatentShiftPipeline(DiffusionPipeline):
+class LatentShiftPipeline(DiffusionPipeline, FreeNoiseMixin):
     """Text-to-video with a Latent-Shift U-Net.
 
     Components are those of Stable Diffusion (``vae``, ``text_encoder``, ``tokenizer``, ``unet``,
@@ -49,6 +50,10 @@ class LatentShiftPipeline(DiffusionPipeline):
     with CUDA graphs on a GPU (``mode="reduce-overhead"``): each denoising step is then one graph
     replay instead of hundreds of kernel launches. The first call with a new shape (prompts x videos,
     frames, size) pays the compilation (about a minute at SD-1.5 size); later calls are fast.
+
+    Long clips: any ``num_frames`` in one pass, or in overlapping windows after
+    ``enable_free_noise(context_length, context_stride, weighting_scheme, noise_type)`` (diffusers' names;
+    :mod:`ls_video.long_video`); ``loop=True`` samples a seamless loop (a circular shift).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -153,8 +158,10 @@ class LatentShiftPipeline(DiffusionPipeline):
             embeds = torch.cat([neg.repeat_interleave(num_videos_per_prompt, 0), embeds])
         return embeds.to(self.unet.device, self.unet.dtype)  # (a text encoder may sit on another device)
 
-    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict) -> torch.Tensor:
-        """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance."""
+    def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict,
+                loop: bool = False) -> torch.Tensor:
+        """The scheduler's loop over its timesteps (set beforehand), with classifier-free guidance; the U-Net in
+        windows after ``enable_free_noise``, circular with ``loop`` (:func:`ls_video.long_video.windowed_forward`)."""
         do_cfg = guidance_scale > 1.0
         graphed = self._maybe_compile(latents.device)
         for t in self.progress_bar(self.scheduler.timesteps):
@@ -162,9 +169,9 @@ class LatentShiftPipeline(DiffusionPipeline):
             model_in = self.scheduler.scale_model_input(model_in, t)
             if graphed:  # the graph's output buffer is reused by the next replay: keep a copy
                 torch.compiler.cudagraph_mark_step_begin()
-                pred = video_unet_forward(self.unet, model_in, t, embeds).clone()
+                pred = windowed_forward(self.unet, model_in, t, embeds, self._free_noise, loop).clone()
             else:
-                pred = video_unet_forward(self.unet, model_in, t, embeds)
+                pred = windowed_forward(self.unet, model_in, t, embeds, self._free_noise, loop)
             if do_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
@@ -200,6 +207,7 @@ class LatentShiftPipeline(DiffusionPipeline):
         output_type: str = "np",
         decode_chunk_size: int = 8,
         return_dict: bool = True,
+        loop: bool = False,
     ) -> LatentShiftPipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` videos of ``num_frames`` frames.
 
@@ -214,6 +222,7 @@ class LatentShiftPipeline(DiffusionPipeline):
             latents: optional initial noise ``(B, F, C, h, w)``.
             output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"``.
             decode_chunk_size: frames decoded by the VAE at once (memory bound for long videos).
+            loop: a seamless loop: the shift is circular (the last frame is the first one's previous neighbour).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         height = height or self.unet.config.sample_size * self.vae_scale_factor
@@ -226,9 +235,10 @@ class LatentShiftPipeline(DiffusionPipeline):
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+            latents = reschedule_noise(latents, self._free_noise, generator)  # (FreeNoise, when enabled)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = self.denoise(latents.to(device) * self.scheduler.init_noise_sigma, embeds, guidance_scale,
-                               self._extra_step_kwargs(generator, eta))
+                               self._extra_step_kwargs(generator, eta), loop=loop)
         frames = latents if output_type == "latent" else self.postprocess(latents, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         if not return_dict:
