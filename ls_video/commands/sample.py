@@ -53,6 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile the U-Net (CUDA graphs on a GPU): faster from the second batch on, "
                         "the first pays about a minute of compilation at SD-1.5 size")
     p.add_argument("--out", required=True, help="folder for videos and manifest.json")
+    p.add_argument("--loop", action="store_true", help="a seamless loop: the shift wraps around the clip's ends")
+    p.add_argument("--context-length", type=int, default=None,
+                   help="denoise in overlapping windows of this many frames (memory bound for long clips)")
+    p.add_argument("--context-stride", type=int, default=4, help="frames between window starts")
+    p.add_argument("--weighting-scheme", default="pyramid", choices=["pyramid", "flat"],
+                   help="how overlapping windows blend")
+    p.add_argument("--noise-type", default="shuffle_context", choices=["shuffle_context", "repeat_context", "random"],
+                   help="initial noise of later windows (FreeNoise; with --context-length)")
     args = p.parse_args(argv)
     if args.prompts_file:
         if not os.path.isfile(args.prompts_file):
@@ -66,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.fps <= 0:
         p.error("--fps must be > 0")
+    if args.context_length is not None and not 1 <= args.context_stride <= args.context_length:
+        p.error("--context-stride must be between 1 and --context-length")
     return args
 
 
@@ -88,6 +98,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
     if args.compile:
         pipe.compile_unet()
+    if args.context_length is not None:
+        pipe.enable_free_noise(args.context_length, args.context_stride, args.weighting_scheme, args.noise_type)
     pipe.to(device)
     if args.dtype != "float32":
         pipe.to(dtype=getattr(torch, args.dtype))
@@ -102,7 +114,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         videos = pipe([prompt for _, prompt, _ in chunk], num_frames=args.num_frames, height=args.height,
                       width=args.width, num_inference_steps=args.num_inference_steps,
                       guidance_scale=args.guidance_scale,
-                      negative_prompt=args.negative_prompt, generator=generators).frames
+                      negative_prompt=args.negative_prompt, generator=generators, loop=args.loop).frames
         for (i, prompt, seed), video in zip(chunk, videos, strict=True):
             name = f"{i:03d}_{slug(prompt)}_s{seed}.{args.format}"
             write_video(os.path.join(args.out, name), video, fps=args.fps)
