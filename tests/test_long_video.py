@@ -74,6 +74,27 @@ def test_circular_shift_gradient_is_the_reverse_roll():
     assert torch.equal(x.grad, want)
 
 
+def test_circular_shift_traces_into_one_graph():
+    """``torch.compile(fullgraph=True)`` traces the circular form (no graph break) and matches eager, forward
+    and gradient."""
+    x = torch.randn(8, 16, 3, 3, requires_grad=True)
+    compiled = torch.compile(lambda t: temporal_shift(t, 4, circular=True), backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    assert torch.equal(out, temporal_shift(x, 4, circular=True))
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    assert torch.equal(grad, torch.autograd.grad(temporal_shift(x, 4, circular=True).square().sum(), x)[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("in_place", [False, True])
+def test_circular_shift_on_cuda_matches_cpu(in_place):
+    """CUDA routes the circular shift to the torch path (the Triton kernels only zero-pad): same values."""
+    x = torch.randn(10, 16, 4, 4, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    want = temporal_shift(x.float(), 5, circular=True).half()
+    fn = temporal_shift_ if in_place else temporal_shift
+    assert torch.equal(fn(x.cuda(), 5, circular=True).cpu(), want)
+
+
 @pytest.fixture()
 def shift_unet():
     torch.manual_seed(0)
