@@ -112,7 +112,9 @@ def windowed_forward(unet: torch.nn.Module, latents: torch.Tensor, timestep: tor
     for idx in index:
         total.index_add_(0, idx, weights)
     out = None
-    for idx in index:
+    for k, idx in enumerate(index):
+        if k and latents.is_cuda:  # CUDA graphs (compile=True): this replay may reuse the last window's buffer,
+            torch.compiler.cudagraph_mark_step_begin()  # which was blended into ``out`` already; a no-op otherwise
         pred = video_unet_forward(unet, latents[:, idx], timestep, encoder_hidden_states, circular=loop_window)
         share = (weights / total[idx]).to(pred.dtype).view(1, -1, 1, 1, 1)  # 1 exactly for a frame in one window
         if out is None:
