@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.fps <= 0:
         p.error("--fps must be > 0")
+    if args.context_length is not None and args.context_length < 1:
+        p.error("--context-length must be >= 1")
     if args.context_length is not None and not 1 <= args.context_stride <= args.context_length:
         p.error("--context-stride must be between 1 and --context-length")
     return args
