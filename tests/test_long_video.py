@@ -310,3 +310,15 @@ def test_cli_refuses_windows_that_leave_frames_out(capsys):
         parse_args(["--model", "m", "--prompt", PROMPT, "--context-length", "4", "--context-stride", "5", "--out", "o"])
     assert exit_.value.code == 2
     assert "--context-stride must be between 1 and --context-length" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # dynamo traces the U-Net twice (about 35 s on a busy 2-core CPU); make test runs it
+def test_compiled_unet_follows_the_loop_switch(shift_unet):
+    """A ``torch.compile``d U-Net is guarded on the switch: open, loop, open again after compiling give the
+    eager results (fails if a graph traced for one setting is replayed for the other)."""
+    x, t, ctx = unet_inputs()
+    compiled = torch.compile(shift_unet, backend="eager")
+    with torch.no_grad():
+        for circular in (False, True, False):
+            want = video_unet_forward(shift_unet, x, t, ctx, circular=circular)
+            assert torch.equal(video_unet_forward(compiled, x, t, ctx, circular=circular), want)
