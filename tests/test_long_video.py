@@ -301,6 +301,8 @@ def test_cli_long_windowed_loop(tiny_base, tmp_path):
     assert r.returncode == 0, r.stderr
     sample = json.loads((out / "manifest.json").read_text())["samples"][0]
     assert read_video(out / sample["file"])[0].shape[0] == 12
+    assert sample["loop"] is True and sample["context_windows"] == dict(
+        context_length=8, context_stride=4, weighting_scheme="pyramid", noise_type="shuffle_context")
 
 
 def test_cli_refuses_windows_that_leave_frames_out(capsys):

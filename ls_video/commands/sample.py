@@ -125,6 +125,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                                 height=int(video.shape[1]), width=int(video.shape[2]), steps=args.num_inference_steps,
                                 guidance_scale=args.guidance_scale, scheduler=args.scheduler, fps=args.fps,
                                 ema=ema))
+    windows = None if args.context_length is None else dict(
+        context_length=args.context_length, context_stride=args.context_stride,
+        weighting_scheme=args.weighting_scheme, noise_type=args.noise_type)
+    for sample in samples:  # (long videos and loops: how the clip was denoised)
+        sample.update(loop=args.loop, context_windows=windows)
     Image.fromarray(contact_sheet(np.stack(firsts[:64]))).save(os.path.join(args.out, "contact_sheet.png"))
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump({"model": str(args.model), "samples": samples}, f, indent=2)
