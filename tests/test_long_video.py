@@ -124,16 +124,19 @@ def test_loop_is_per_call_and_per_thread(shift_unet):
         inside, leave = threading.Event(), threading.Event()
 
         def other():
-            inside.wait()
-            seen["open"] = video_unet_forward(shift_unet, x, t, ctx)  # while the main thread is in a loop
+            if inside.wait(30):  # (timeouts: a failing switch must not hang the suite)
+                seen["open"] = video_unet_forward(shift_unet, x, t, ctx)  # while the main thread is in a loop
             leave.set()
 
-        thread = threading.Thread(target=other)
+        thread = threading.Thread(target=other, daemon=True)
         thread.start()
-        with using_frames(shift_unet, 6, circular=True):
+        try:
+            with using_frames(shift_unet, 6, circular=True):
+                inside.set()
+                leave.wait(30)
+        finally:
             inside.set()
-            leave.wait(30)
-        thread.join()
+            thread.join(30)
         assert torch.equal(seen["open"], want_open)
         assert torch.equal(video_unet_forward(shift_unet, x, t, ctx), want_open)
 
