@@ -30,7 +30,8 @@ from ls_video.errors import DataStalledError, UsageError
 
 # A batch that stands for "no batch came": ``{DATA_STOP: {"signal": n}}`` (a stop signal while the trainer waited
 # for data, :func:`next_batch`) or ``{DATA_STOP: {"stalled": message}}`` (the stream found no data for its
-# ``stall_timeout``, datamodules.stream); :func:`stop_for_data` ends the run on every rank when any rank has one.
+# ``stall_timeout``, ls_video.datamodules.stream); :func:`stop_for_data` ends the run on every rank when any rank
+# has one.
 DATA_STOP = "__data_stop__"
 _signalled = 0  # the first stop signal of this process's fit (set by Preemption's handler)
 _waiting = False  # the main thread is blocked in next_batch
@@ -145,7 +146,8 @@ class Preemption(L.Callback):
 
     def _note(self, signum: int, frame: Any) -> None:
         """The handler: no I/O, no collective; the step boundary does the work. (DataLoader workers ignore the
-        signals: ``datamodules.stream.ignore_stop_signals``; a forked copy of this handler ignores them too.)"""
+        signals: ``ls_video.datamodules.stream.ignore_stop_signals``; a forked copy of this handler ignores them
+        too.)"""
         global _signalled
         if os.getpid() != self._pid:
             return

@@ -3,7 +3,7 @@
     ls-video fit -c configs/toy.yaml                 (or: python train.py fit -c configs/toy.yaml)
     ls-video fit -c configs/toy.yaml --ckpt_path last
     ls-video fit --model.pretrained_model_name_or_path BASE \
-        --data.class_path datamodules.LatentVideoDataModule --data.init_args.train_urls SHARDS \
+        --data.class_path ls_video.datamodules.LatentVideoDataModule --data.init_args.train_urls SHARDS \
         --trainer.max_steps 1000
 
 Checkpoints go to ``{default_root_dir}/checkpoints`` (``last.ckpt`` kept), so ``--ckpt_path last``
