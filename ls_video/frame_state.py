@@ -4,7 +4,8 @@ Inside the U-Net a video is a batch ``(B·F, C, h, w)`` with no trace of ``F``. 
 :func:`ls_video.unet.apply_temporal_mixing` installs (the shift, the added layers of
 :mod:`ls_video.temporal_layers`) read ``F`` from one :class:`FrameState` per U-Net: 1 (a batch of
 images) except inside :meth:`FrameState.using_frames`. The count is per thread, so threads sampling
-clips of different lengths with one U-Net at the same time each get what they would get alone.
+clips of different lengths with one U-Net at the same time each get what they would get alone. So is
+the loop switch (``circular``: the clip's ends are neighbours, :func:`ls_video.shift.shift_frames`).
 
 Gradient checkpointing runs a block again during backward, after that ``using_frames`` block has ended, so
 the recomputation would see ``F = 1`` and compute other activations than the forward did (wrong
@@ -34,6 +35,7 @@ class FrameState(threading.local):
 
     def __init__(self) -> None:
         self.num_frames = 1
+        self.circular = False  # the clip is a loop (the shift wraps around its ends)
 
     def __deepcopy__(self, memo: dict) -> FrameState:
         return type(self)()
@@ -42,14 +44,15 @@ class FrameState(threading.local):
         return (type(self), ())
 
     @contextlib.contextmanager
-    def using_frames(self, num_frames: int) -> Iterator[None]:
-        """Within the block this thread's batches are clips of ``num_frames`` frames; the previous count
-        comes back after."""
-        previous, self.num_frames = self.num_frames, num_frames
+    def using_frames(self, num_frames: int, circular: bool = False) -> Iterator[None]:
+        """Within the block this thread's batches are clips of ``num_frames`` frames (loops when ``circular``);
+        the previous count and switch come back after."""
+        previous = self.num_frames, self.circular
+        self.num_frames, self.circular = num_frames, circular
         try:
             yield
         finally:
-            self.num_frames = previous
+            self.num_frames, self.circular = previous
 
 
 def checkpoint(module: Callable, *args: object) -> object:
@@ -58,15 +61,17 @@ def checkpoint(module: Callable, *args: object) -> object:
 
 
 class _AtFrames:
-    """``module`` called at a fixed frame count: what the checkpointing function runs and reruns."""
+    """``module`` called at a fixed frame count (and loop switch): what the checkpointing function runs and
+    reruns."""
 
-    def __init__(self, module: Callable, state: FrameState, num_frames: int) -> None:
+    def __init__(self, module: Callable, state: FrameState, num_frames: int, circular: bool = False) -> None:
         self.module = module
         self.state = state
         self.num_frames = num_frames
+        self.circular = circular
 
     def __call__(self, *args: object, **kwargs: object) -> object:
-        with self.state.using_frames(self.num_frames):
+        with self.state.using_frames(self.num_frames, self.circular):
             return self.module(*args, **kwargs)
 
 
@@ -81,7 +86,7 @@ class FrameAwareCheckpoint:
         self.inner = inner
 
     def __call__(self, module: torch.nn.Module, *args: object) -> object:
-        return self.inner(_AtFrames(module, self.state, self.state.num_frames), *args)
+        return self.inner(_AtFrames(module, self.state, self.state.num_frames, self.state.circular), *args)
 
 
 class _EnableFrameAware:

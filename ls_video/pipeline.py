@@ -7,6 +7,7 @@ in chunks. ``num_frames=1`` gives images.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from ls_video.compile import compile_whole
 from ls_video.conditioning import FrameInputs, encode_travel, is_travel
 from ls_video.controlnet import frame_control
 from ls_video.errors import UsageError
+from ls_video.long_video import FreeNoiseMixin, reschedule_noise, windowed_forward
 from ls_video.text import encode_prompts
-from ls_video.unet import TemporalConfig, get_temporal_config, video_unet_forward
+from ls_video.unet import TemporalConfig, get_temporal_config
 from ls_video.vae_space import LatentScale
 from ls_video.video_unet import load_video_unet
 
@@ -38,7 +40,7 @@ class LatentShiftPipelineOutput(BaseOutput):
     frames: np.ndarray | torch.Tensor | list
 
 
-class LatentShiftPipeline(DiffusionPipeline):
+class LatentShiftPipeline(DiffusionPipeline, FreeNoiseMixin):
     """Text-to-video with a Latent-Shift U-Net.
 
     Components are those of Stable Diffusion (``vae``, ``text_encoder``, ``tokenizer``, ``unet``,
@@ -52,6 +54,10 @@ class LatentShiftPipeline(DiffusionPipeline):
     with CUDA graphs on a GPU (``mode="reduce-overhead"``): each denoising step is then one graph
     replay instead of hundreds of kernel launches. The first call with a new shape (prompts x videos,
     frames, size) pays the compilation (about a minute at SD-1.5 size); later calls are fast.
+
+    Long clips: any ``num_frames`` in one pass, or in overlapping windows after
+    ``enable_free_noise(context_length, context_stride, weighting_scheme, noise_type)`` (diffusers' names;
+    :mod:`ls_video.long_video`); ``loop=True`` samples a seamless loop (a circular shift).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -161,12 +167,14 @@ class LatentShiftPipeline(DiffusionPipeline):
         return embeds.to(self.unet.device, self.unet.dtype)  # (a text encoder may sit on another device)
 
     def denoise(self, latents: torch.Tensor, embeds: torch.Tensor, guidance_scale: float, extra: dict,
-                timesteps: torch.Tensor | None = None, step_end=None,
-                unet_forward=video_unet_forward) -> torch.Tensor:
+                timesteps: torch.Tensor | None = None, step_end=None, unet_forward=None,
+                loop: bool = False) -> torch.Tensor:
         """The scheduler's loop over its timesteps (set beforehand; ``timesteps``: only those), with classifier-free
         guidance. ``embeds``: ``(B, L, D)``, or ``(B, F, L, D)`` per frame; ``step_end(i, t, latents)`` returns the
-        latents after step ``i`` (image-to-video holds its frames there); ``unet_forward``: the U-Net call
-        (:func:`ls_video.unet.video_unet_forward`, or a ControlNet's ``FrameControl``)."""
+        latents after step ``i`` (image-to-video holds its frames there); ``unet_forward``: the U-Net call (default:
+        :func:`ls_video.long_video.windowed_forward`, in windows after ``enable_free_noise``, circular with ``loop``;
+        or a ControlNet's ``FrameControl``)."""
+        forward = unet_forward or functools.partial(windowed_forward, context=self._free_noise, loop=loop)
         do_cfg = guidance_scale > 1.0
         graphed = self._maybe_compile(latents.device)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps if timesteps is None else timesteps)):
@@ -174,9 +182,9 @@ class LatentShiftPipeline(DiffusionPipeline):
             model_in = self.scheduler.scale_model_input(model_in, t)
             if graphed:  # the graph's output buffer is reused by the next replay: keep a copy
                 torch.compiler.cudagraph_mark_step_begin()
-                pred = unet_forward(self.unet, model_in, t, embeds).clone()
+                pred = forward(self.unet, model_in, t, embeds).clone()
             else:
-                pred = unet_forward(self.unet, model_in, t, embeds)
+                pred = forward(self.unet, model_in, t, embeds)
             if do_cfg:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + guidance_scale * (cond - uncond)
@@ -225,6 +233,7 @@ class LatentShiftPipeline(DiffusionPipeline):
         strength: float = 0.8,
         image: Image.Image | np.ndarray | torch.Tensor | None = None,
         last_image: Image.Image | np.ndarray | torch.Tensor | None = None,
+        loop: bool = False,
     ) -> LatentShiftPipelineOutput | tuple:
         """Generate ``len(prompt) * num_videos_per_prompt`` videos of ``num_frames`` frames.
 
@@ -252,6 +261,7 @@ class LatentShiftPipeline(DiffusionPipeline):
             video: input frames for video-to-video (PIL list, ``(F, H, W, 3)`` array, ``(F, 3, H, W)`` tensor).
             strength: how much of ``video`` is redone (0: the video through the VAE; 1: text-to-video).
             image, last_image: first / last frame held during denoising (image-to-video, keyframes).
+            loop: a seamless loop: the shift is circular (the last frame is the first one's previous neighbour).
         """
         prompts = [prompt] if isinstance(prompt, str | dict) else list(prompt)
         given = FrameInputs.of(video=video, strength=strength, image=image, last_image=last_image)
@@ -270,13 +280,16 @@ class LatentShiftPipeline(DiffusionPipeline):
                  height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+            latents = reschedule_noise(latents, self._free_noise, generator)  # (FreeNoise, when enabled)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         control = frame_control(self, controlnet, conditioning_frames, shape[0], num_frames, height, width, do_cfg,
                                 controlnet_conditioning_scale, guess_mode, control_guidance_start,
                                 control_guidance_end)
+        if control is not None and (loop or self._free_noise is not None):
+            raise UsageError("a ControlNet samples the whole clip in one pass: not with loop or frame windows yet")
         start, timesteps, step_end = given.start(self, latents.to(device), num_inference_steps, decode_chunk_size)
         latents = self.denoise(start, embeds, guidance_scale, self._extra_step_kwargs(generator, eta), timesteps,
-                               step_end, unet_forward=control or video_unet_forward)
+                               step_end, unet_forward=control, loop=loop)
         frames = latents if output_type == "latent" else self.postprocess(latents, output_type, decode_chunk_size)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -3,7 +3,10 @@
 Frames are folded into the batch: the input is ``(B*F, C, H, W)`` with the ``F`` frames of one
 clip adjacent. Channels ``[0, n)`` take their value from the previous frame (shift forward in
 time), channels ``[n, 2n)`` from the next frame (shift backward), the rest stay. Missing
-neighbours at the clip ends are zeros, never wrapped around. With ``F == 1`` it is the identity.
+neighbours at the clip ends are zeros, never wrapped around, unless ``circular=True`` (a loop:
+frame 0's previous frame is the last one and the last frame's next is frame 0, ``torch.roll`` of
+the moved channels; a sampling switch, :func:`ls_video.unet.using_frames`). With ``F == 1`` it is
+the identity.
 
 The shift is one kernel: one Triton launch on CUDA (:mod:`ls_video.shift_triton`), a few slice
 copies elsewhere; its gradient is its adjoint (the same shift with the two directions swapped),
@@ -74,6 +77,27 @@ def _shift_slices_(x: torch.Tensor, num_frames: int, n: int) -> None:
     v[:, :1, :n] = 0
     v[:, :-1, n : 2 * n] = moved[:, 1:, n : 2 * n]
     v[:, -1:, n : 2 * n] = 0
+
+
+def _shift_circular(x: torch.Tensor, num_frames: int, n: int, reverse: bool = False) -> torch.Tensor:
+    """Out-of-place circular shift: ``torch.roll`` of the moved channels over frames (``reverse``: the adjoint).
+
+    The torch path on every device (the Triton kernels only zero-pad); differentiable as it is (autograd
+    rolls back), and mutation-free enough for ``torch.compile`` (a clone and two slice writes)."""
+    src = _frames_view(x, num_frames)
+    out = src.clone()  # (keeps x's memory format)
+    step = -1 if reverse else 1
+    out[:, :, :n] = src[:, :, :n].roll(step, dims=1)  # frame t reads frame t-1 (frame F-1 at t=0)
+    out[:, :, n : 2 * n] = src[:, :, n : 2 * n].roll(-step, dims=1)  # frame t reads t+1 (frame 0 at t=F-1)
+    return out.view(x.shape)
+
+
+def _shift_circular_(x: torch.Tensor, num_frames: int, n: int) -> None:
+    """In-place circular shift: only the ``2n`` moved channels are written."""
+    v = _frames_view(x, num_frames)
+    moved = v[:, :, : 2 * n].clone()
+    v[:, :, :n] = moved[:, :, :n].roll(1, dims=1)
+    v[:, :, n : 2 * n] = moved[:, :, n:].roll(-1, dims=1)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -164,13 +188,20 @@ def _shift_inplace_op(x: torch.Tensor, num_frames: int, n: int) -> None:
 
 
 # ----------------------------------------------------------------------------- public functions
-def shift_frames(x: torch.Tensor, num_frames: int, n: int, in_place: bool = False) -> torch.Tensor:
+def shift_frames(x: torch.Tensor, num_frames: int, n: int, in_place: bool = False,
+                 circular: bool = False) -> torch.Tensor:
     """The hot path of the U-Net hooks: shift ``n`` channels each way, no argument checks.
 
     ``in_place`` writes only the moved channels into ``x`` (when nothing else reads ``x``), also under
     autograd (see ``_ShiftInPlace``). Under ``torch.compile`` the mutation-free form is traced instead,
-    so inductor can fuse it.
+    so inductor can fuse it. ``circular`` wraps the clip ends around (a loop) on the torch path
+    (``torch.roll``) on every device; under autograd it is always out of place.
     """
+    if circular:
+        if in_place and not (x.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling():
+            _shift_circular_(x, num_frames, n)
+            return x
+        return _shift_circular(x, num_frames, n)
     if torch.compiler.is_compiling():
         return _shift_functional(x, num_frames, n)
     tracked = x.requires_grad and torch.is_grad_enabled()
@@ -184,13 +215,15 @@ def shift_frames(x: torch.Tensor, num_frames: int, n: int, in_place: bool = Fals
     return _kernel(x, num_frames, n, False)
 
 
-def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float = 0.125) -> torch.Tensor:
+def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float = 0.125,
+                   circular: bool = False) -> torch.Tensor:
     """Shift ``fraction`` of the channels one frame forward and as many one frame backward.
 
     Args:
         x: ``(B*F, C, H, W)`` features, frames of a clip adjacent (any float dtype, any memory format).
         num_frames: ``F``; must divide the leading dimension.
         fraction: share of channels moved in each direction (``1/8`` forward + ``1/8`` backward).
+        circular: the clip is a loop: the first frame's previous frame is the last (``torch.roll``), not zeros.
 
     Returns:
         A new tensor of the same shape, dtype and memory format (``x`` itself when nothing moves).
@@ -199,10 +232,11 @@ def temporal_shift(x: torch.Tensor, num_frames: int, fraction: float = 0.125) ->
     if num_frames == 1 or n == 0:
         return x
     _frames_view(x, num_frames)  # one clear error before any kernel
-    return shift_frames(x, num_frames, n)
+    return shift_frames(x, num_frames, n, circular=circular)
 
 
-def temporal_shift_(x: torch.Tensor, num_frames: int, fraction: float = 0.125) -> torch.Tensor:
+def temporal_shift_(x: torch.Tensor, num_frames: int, fraction: float = 0.125,
+                    circular: bool = False) -> torch.Tensor:
     """In-place :func:`temporal_shift` for inference: only the ``2n`` moved channels are written.
 
     Only for tensors nothing else reads afterwards (e.g. the activation right before a convolution)
@@ -214,4 +248,4 @@ def temporal_shift_(x: torch.Tensor, num_frames: int, fraction: float = 0.125) -
     if torch.is_grad_enabled() and x.requires_grad and not torch.compiler.is_compiling():
         raise RuntimeError("temporal_shift_ is for inference; use temporal_shift under autograd")
     _frames_view(x, num_frames)
-    return shift_frames(x, num_frames, n, in_place=True)
+    return shift_frames(x, num_frames, n, in_place=True, circular=circular)

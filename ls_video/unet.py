@@ -142,8 +142,12 @@ def _temporal(unet: torch.nn.Module) -> tuple[torch.nn.Module, _Temporal | None]
     return inner, getattr(inner, "_latent_shift", None)
 
 
-def using_frames(unet: torch.nn.Module, num_frames: int) -> contextlib.AbstractContextManager[None]:
+def using_frames(unet: torch.nn.Module, num_frames: int,
+                 circular: bool = False) -> contextlib.AbstractContextManager[None]:
     """Within the block, calls of ``unet`` from this thread treat their batch as clips of ``num_frames`` frames.
+
+    ``circular``: the clips are loops, the shift wraps around their ends (frame 0's previous frame is the last);
+    only the shift can (an added-layer baseline is a :class:`UsageError`).
 
     ``unet`` may be wrapped (:func:`unwrap_unet`). A plain image U-Net (no temporal mixing anywhere in it) gets
     a no-op: its frames stay independent. A video U-Net that cannot be reached is a :class:`UsageError`, never
@@ -158,8 +162,11 @@ def using_frames(unet: torch.nn.Module, num_frames: int) -> contextlib.AbstractC
             raise UsageError(f"{type(unet).__name__} holds a video U-Net that using_frames cannot reach (through "
                              ".module, ._orig_mod or .base_model.model): pass that U-Net itself")
         return contextlib.nullcontext()
+    if circular and temporal.config.temporal_mixing not in ("shift", "none"):
+        raise UsageError(f"a loop (circular shift) needs temporal_mixing='shift', this U-Net has "
+                         f"{temporal.config.temporal_mixing!r}")
     temporal.refresh(inner)
-    return temporal.state.using_frames(num_frames)
+    return temporal.state.using_frames(num_frames, circular)
 
 
 class _ShiftHook:
@@ -187,8 +194,9 @@ class _ShiftHook:
             return None  # the identity: leave the input as it is
         x = args[0]
         in_place = self.in_place_grad if torch.is_grad_enabled() else self.in_place
+        circular = self.state.circular
         for _ in range(self.frames_moved):
-            x = shift_frames(x, num_frames, self.n, in_place)
+            x = shift_frames(x, num_frames, self.n, in_place, circular)
         return (x, *args[1:])
 
 
@@ -321,8 +329,9 @@ def video_unet_forward(
     latents: torch.Tensor,
     timesteps: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
+    circular: bool = False,
 ) -> torch.Tensor:
-    """Run the U-Net on a video batch.
+    """Run the U-Net on a video batch (loops when ``circular``: see :func:`using_frames`).
 
     Args:
         latents: ``(B, F, C, h, w)`` noisy latents.
@@ -343,6 +352,6 @@ def video_unet_forward(
         context = rearrange(encoder_hidden_states, "b f l d -> (b f) l d")
     else:
         context = encoder_hidden_states.repeat_interleave(f, dim=0)
-    with using_frames(unet, f):
+    with using_frames(unet, f, circular):
         out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
     return rearrange(out, "(b f) c h w -> b f c h w", b=b)

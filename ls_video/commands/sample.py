@@ -71,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", help="image-to-video: an image held as the first frame")
     p.add_argument("--last-image", help="an image held as the last frame")
     p.add_argument("--out", required=True, help="folder for videos and manifest.json")
+    p.add_argument("--loop", action="store_true", help="a seamless loop: the shift wraps around the clip's ends")
+    p.add_argument("--context-length", type=int, default=None,
+                   help="denoise in overlapping windows of this many frames (memory bound for long clips)")
+    p.add_argument("--context-stride", type=int, default=4, help="frames between window starts")
+    p.add_argument("--weighting-scheme", default="pyramid", choices=["pyramid", "flat"],
+                   help="how overlapping windows blend")
+    p.add_argument("--noise-type", default="shuffle_context", choices=["shuffle_context", "repeat_context", "random"],
+                   help="initial noise of later windows (FreeNoise; with --context-length)")
     args = p.parse_args(argv)
     for name in ("video", "image", "last_image"):
         if getattr(args, name) and not os.path.isfile(getattr(args, name)):
@@ -103,6 +111,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.negative_travel = None if args.negative_prompt is None else parse_travel(args.negative_prompt)
     except UsageError as err:
         p.error(str(err))
+    if args.context_length is not None and args.context_length < 1:
+        p.error("--context-length must be >= 1")
+    if args.context_length is not None and not 1 <= args.context_stride <= args.context_length:
+        p.error("--context-stride must be between 1 and --context-length")
     return args
 
 
@@ -126,6 +138,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     if args.compile:
         pipe.compile_unet()
     cond = control_inputs(pipe, args)
+    if args.context_length is not None:
+        pipe.enable_free_noise(args.context_length, args.context_stride, args.weighting_scheme, args.noise_type)
     pipe.to(device)
     if args.dtype != "float32":
         pipe.to(dtype=getattr(torch, args.dtype))
@@ -147,7 +161,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         videos = pipe([args.travel[i] for i, _, _ in chunk], num_frames=args.num_frames, height=args.height,
                       width=args.width, num_inference_steps=args.num_inference_steps,
                       guidance_scale=args.guidance_scale,
-                      negative_prompt=args.negative_travel, generator=generators, **cond, **given).frames
+                      negative_prompt=args.negative_travel, generator=generators, loop=args.loop, **cond,
+                      **given).frames
         for (i, prompt, seed), video in zip(chunk, videos, strict=True):
             name = f"{i:03d}_{slug(prompt)}_s{seed}.{args.format}"
             write_video(os.path.join(args.out, name), video, fps=args.fps)
@@ -156,6 +171,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                                 height=int(video.shape[1]), width=int(video.shape[2]), steps=args.num_inference_steps,
                                 guidance_scale=args.guidance_scale, scheduler=args.scheduler, fps=args.fps,
                                 ema=ema, **inputs))
+    windows = None if args.context_length is None else dict(
+        context_length=args.context_length, context_stride=args.context_stride,
+        weighting_scheme=args.weighting_scheme, noise_type=args.noise_type)
+    for sample in samples:  # (long videos and loops: how the clip was denoised)
+        sample.update(loop=args.loop, context_windows=windows)
     Image.fromarray(contact_sheet(np.stack(firsts[:64]))).save(os.path.join(args.out, "contact_sheet.png"))
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump({"model": str(args.model), "samples": samples}, f, indent=2)
