@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ls_video.video_io import read_video
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "<!-- runnable"
 # Training and sampling budgets: the README shows a real run's, the test runs the same commands briefly.
@@ -30,7 +32,7 @@ def test_marked_blocks_are_found():
     """Fails if the README loses its runnable walk-through or a marker stops matching its block."""
     text = (ROOT / "README.md").read_text()
     blocks = runnable_blocks(text)
-    assert text.count(MARK) == len(blocks) >= 2
+    assert text.count(MARK) == len(blocks) >= 3
     assert {lang for lang, _ in blocks} == {"bash", "python"}
     assert len(text.splitlines()) <= 150
 
@@ -51,3 +53,6 @@ def test_readme_walkthrough_runs_from_an_empty_folder(tmp_path):
     assert len(list((tmp_path / "my_shards").glob("shard-*.tar"))) == 8
     assert (tmp_path / "my_model" / "unet" / "latent_shift.json").is_file()
     assert len(list((tmp_path / "my_samples").glob("*.mp4"))) == 1 and (tmp_path / "left.mp4").is_file()
+    for out, frames in (("long_loop", 48), ("travel", 16), ("v2v", 6), ("i2v", 6)):  # the generation modes
+        (video,) = (tmp_path / out).glob("*.mp4")
+        assert read_video(str(video))[0].shape[0] == frames, out
