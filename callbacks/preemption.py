@@ -70,6 +70,15 @@ class Preemption(L.Callback):
         if stage == "fit":
             self._install()
             consensus_of(trainer).register("preemption", len(self.signals), self._flags)
+            self._silence_lightning_sigterm_broadcast(trainer)
+
+    def _silence_lightning_sigterm_broadcast(self, trainer: L.Trainer) -> None:
+        """Lightning (2.x) broadcasts ``trainer.received_sigterm`` from rank zero before every batch under DDP
+        (a collective and a host read per batch). Only Lightning's SIGTERM handler sets it, and this callback
+        replaces that handler, so the broadcast could only ever say "no": it is switched off for this trainer."""
+        loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+        if signal.SIGTERM in self.signals and hasattr(loop, "_broadcast_sigterm_tensor"):
+            loop._broadcast_sigterm_tensor = lambda: None
 
     def _flags(self) -> list[float]:
         return [float(self.received == sig) for sig in self.signals]

@@ -32,15 +32,21 @@ class StepConsensus:
 
     def __init__(self) -> None:
         self._slots: dict[str, tuple[int, Callable[[], Values]]] = {}
+        self._then: dict[str, Callable[[list[float]], None]] = {}
         self._results: dict[str, list[float]] = {}
         self._agreed_step: int | None = None
         self.collectives = 0  # all-reduces issued so far (0 on a single process)
 
-    def register(self, name: str, size: int, values: Callable[[], Values]) -> None:
+    def register(self, name: str, size: int, values: Callable[[], Values],
+                 then: Callable[[list[float]], None] | None = None) -> None:
         """Take part from now on: ``values()`` gives this rank's ``size`` floats (a tensor or a sequence) when
-        the step's agreement is made. Every rank registers the same names and sizes (registering a name again
-        replaces its slot, as a new fit of the same trainer does)."""
+        the step's agreement is made; ``then`` (if given) is called with the sums right after it (it may end the
+        run: every rank calls it with the same sums). Every rank registers the same names and sizes, before its
+        first step (registering a name again replaces its slot, as a new fit of the same trainer does)."""
         self._slots[name] = (int(size), values)
+        self._then.pop(name, None)
+        if then is not None:
+            self._then[name] = then
         self._results.pop(name, None)
 
     def registered(self, name: str) -> bool:
@@ -76,6 +82,9 @@ class StepConsensus:
             size = self._slots[name][0]
             self._results[name] = flat[start:start + size]
             start += size
+        for name in names:
+            if name in self._then:
+                self._then[name](self._results[name])
 
     def result(self, name: str) -> list[float]:
         """Slot ``name``'s values summed over the ranks at the last agreement (zeros before the first)."""

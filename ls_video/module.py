@@ -34,6 +34,7 @@ from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer, select_trainable
 from ls_video.performance import PerformanceConfig, apply_performance
 from ls_video.pipeline import LatentShiftPipeline
+from ls_video.preemption import is_data_stop
 from ls_video.sharding import is_sharded, shard_unet
 from ls_video.text import encode_prompts
 from ls_video.trainer_options import check_trainer
@@ -233,6 +234,8 @@ class LatentShiftModule(NonFiniteGuard):
         generator = self.step_generator()
         if self._trainer is not None:  # (back to 0 when the window's optimizer step is taken: NonFiniteGuard)
             self.micro_batch += 1
+        if is_data_stop(batch):  # no batch came (DDP): a null micro-batch; the step's agreement ends the run
+            return sum((p.sum() * 0.0 for p in self.trainable_parameters()), torch.zeros((), device=self.device))
         parts = [part for part in (batch, batch.get(IMAGE_BATCH)) if part is not None]
         losses = [self.batch_loss(part, generator) for part in parts]
         total = sum(losses[1:], losses[0])

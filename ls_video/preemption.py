@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import threading
+import weakref
 from typing import Any
 
 import lightning as L
@@ -28,6 +29,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ls_video.consensus import consensus_of
 from ls_video.errors import DataStalledError
 
 # A batch that stands for "no batch came": ``{DATA_STOP: {"signal": n}}`` (a stop signal while the trainer waited
@@ -106,18 +108,37 @@ def _gather_text(trainer: L.Trainer, text: str) -> list[str]:
 def stop_for_data(trainer: L.Trainer, batch: Any) -> None:
     """Called with every batch before it is used, on every rank: if any rank's is a ``DATA_STOP`` batch, every
     rank writes (its part of) ``last.ckpt``, stops its DataLoader workers and leaves: ``Preempted`` for a signal,
-    :class:`~ls_video.errors.DataStalledError` naming the storage error for a stall. One all-reduce."""
+    :class:`~ls_video.errors.DataStalledError` naming the storage error for a stall.
+
+    Alone: at once, no collective. Several ranks, training: the stop is a slot of the optimizer step's one
+    agreement (:mod:`ls_video.consensus`): the ``DATA_STOP`` batch goes on (a null micro-batch,
+    :func:`is_data_stop`) and, before the optimizer step, every rank leaves with the checkpoint of the step's
+    start (the step is not taken). Validation with several ranks: one all-reduce per batch."""
     mine = batch.get(DATA_STOP) if isinstance(batch, dict) else None
     signum, stalled = (int(mine.get("signal", 0)), str(mine.get("stalled", ""))) if mine else (0, "")
+    if trainer.world_size > 1 and trainer.training:
+        pending = _data_stop_of(trainer)
+        pending.signum, pending.stalled = pending.signum or signum, pending.stalled or stalled
+        return
     any_stalled = bool(stalled)
     if trainer.world_size > 1:
         flags = torch.tensor([float(signum), float(any_stalled)], device=trainer.strategy.root_device)
         flags = trainer.strategy.reduce(flags, reduce_op="max")
         signum, any_stalled = int(flags[0].item()), bool(flags[1].item())
-        if any_stalled:
-            stalled = next(t for t in _gather_text(trainer, stalled) if t)
+    _stop_for_data(trainer, signum, any_stalled, stalled)
+
+
+def is_data_stop(batch: Any) -> bool:
+    """Whether ``batch`` stands for "no batch came" (under DDP it is trained on as a null micro-batch)."""
+    return isinstance(batch, dict) and DATA_STOP in batch
+
+
+def _stop_for_data(trainer: L.Trainer, signum: int, any_stalled: bool, stalled: str) -> None:
+    """End the run on every rank if any rank had no batch (``signum``: a signal; ``any_stalled``: a stall)."""
     if not signum and not any_stalled:
         return
+    if any_stalled and trainer.world_size > 1:
+        stalled = next(t for t in _gather_text(trainer, stalled) if t)
     path = save_last_checkpoint(trainer)
     stop_loader_workers()
     if signum:
@@ -129,6 +150,35 @@ def stop_for_data(trainer: L.Trainer, batch: Any) -> None:
         raise Preempted(128 + signum)
     raise DataStalledError(f"{stalled}; stopped at step {trainer.global_step}, checkpoint {path} (fix the storage, "
                            "then --ckpt_path last)")
+
+
+class _PendingDataStop:
+    """This rank's ``DATA_STOP`` of the current optimizer step, a slot of the step's agreement: one flag per
+    signal number, then a stall flag."""
+
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.trainer, self.signum, self.stalled = weakref.proxy(trainer), 0, ""
+
+    def values(self) -> list[float]:
+        flags = [0.0] * (signal.NSIG + 1)
+        flags[self.signum] = float(bool(self.signum))  # (index 0 unused)
+        flags[-1] = float(bool(self.stalled))
+        return flags
+
+    def then(self, sums: list[float]) -> None:
+        signum = max((n for n in range(1, signal.NSIG) if sums[n] > 0), default=0)
+        _stop_for_data(self.trainer, signum, sums[-1] > 0, self.stalled)
+
+
+_PENDING: weakref.WeakKeyDictionary[Any, _PendingDataStop] = weakref.WeakKeyDictionary()
+
+
+def _data_stop_of(trainer: L.Trainer) -> _PendingDataStop:
+    pending = _PENDING.get(trainer)
+    if pending is None:
+        pending = _PENDING[trainer] = _PendingDataStop(trainer)
+        consensus_of(trainer).register("data_stop", signal.NSIG + 1, pending.values, pending.then)
+    return pending
 
 
 class Preempted(SystemExit):
