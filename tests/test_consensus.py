@@ -66,15 +66,14 @@ def _fit(tiny_base, tmp_path, devices: int) -> list[dict]:
     return [json.loads((tmp_path / "counts" / f"rank{k}.json").read_text()) for k in range(devices)]
 
 
-def test_two_processes_agree_once_per_optimizer_step(tiny_base, tmp_path):
+@pytest.mark.slow
+def test_one_collective_per_optimizer_step_with_two_processes_none_alone(tiny_base, tmp_path):
     """2 CPU processes (gloo), the shipped toy config's callbacks (DataHealth, EMA, ...) plus Preemption (the
-    CLI's) and BucketCounts: exactly one collective per optimizer step on each rank. Fails on separate
-    agreements (the non-finite guard, Preemption and DataHealth each all-reduced: 3 per step)."""
-    counts = _fit(tiny_base, tmp_path, devices=2)
+    CLI's) and BucketCounts, the data-stop check of every batch: exactly one collective per optimizer step on
+    each rank, and none on one process. Fails on separate agreements (before: the non-finite guard, Preemption,
+    DataHealth, the data-stop check and Lightning's SIGTERM broadcast: 5 per step)."""
+    counts = _fit(tiny_base, tmp_path / "ddp", devices=2)
     assert [c["global_step"] for c in counts] == [4, 4]
     assert [c["collectives"] for c in counts] == [4, 4], [c["where"] for c in counts]
-
-
-def test_one_process_trains_without_a_collective(tiny_base, tmp_path):
-    counts = _fit(tiny_base, tmp_path, devices=1)
-    assert counts[0]["global_step"] == 4 and counts[0]["collectives"] == 0, counts[0]["where"]
+    alone = _fit(tiny_base, tmp_path / "alone", devices=1)[0]
+    assert alone["global_step"] == 4 and alone["collectives"] == 0, alone["where"]
