@@ -38,6 +38,9 @@ class CountCollectives(L.Callback):
         self.count, self.counting = 0, True
         self.where.clear()
 
+    def on_exception(self, trainer, pl_module, exception):
+        self.on_train_end(trainer, pl_module)
+
     def on_train_end(self, trainer, pl_module):
         self.counting = False
         os.makedirs(self.out, exist_ok=True)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from ls_video.consensus import StepConsensus
 
@@ -77,3 +78,32 @@ def test_one_collective_per_optimizer_step_with_two_processes_none_alone(tiny_ba
     assert [c["collectives"] for c in counts] == [4, 4], [c["where"] for c in counts]
     alone = _fit(tiny_base, tmp_path / "alone", devices=1)[0]
     assert alone["global_step"] == 4 and alone["collectives"] == 0, alone["where"]
+
+
+@pytest.mark.slow
+def test_a_stall_on_two_processes_is_agreed_at_the_step_end(tiny_base, tmp_path):
+    """2 processes over dead storage (``stall_timeout`` 3 s): each rank trains its "no batch came" as a null
+    micro-batch and the step's one agreement stops both before the optimizer step: exit 2, one
+    ``DataStalledError`` line, ``last.ckpt`` of step 0, and one agreement plus the gather of the error message
+    (fails on a separate data-stop all-reduce per batch, and on Lightning's SIGTERM broadcast per batch)."""
+    from fault_helpers import dead_urls, kill_session, shard_config, start
+
+    config = shard_config(tmp_path, tiny_base, dead_urls(), stall_timeout=3.0,
+                          trainer={"devices": 2, "strategy": "ddp"})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["callbacks"] = [{"class_path": "count_collectives.CountCollectives",
+                                    "init_args": {"out": str(tmp_path / "counts")}}]
+    config.write_text(yaml.safe_dump(cfg))
+    proc, log = start(tmp_path, "fit", "-c", str(config))
+    try:
+        proc.wait(timeout=300)
+    finally:
+        kill_session(proc)
+    text = log.read_text()
+    assert proc.returncode == 2, text[-3000:]
+    lines = [line for line in text.splitlines() if "error: DataStalledError" in line]
+    assert len(lines) == 1 and "Traceback" not in text and "last.ckpt" in lines[0], text[-3000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 0
+    for k in range(2):
+        counts = json.loads((tmp_path / "counts" / f"rank{k}.json").read_text())
+        assert counts["where"] == {"consensus.py:agree": 1, "preemption.py:_gather_text": 1}, counts
