@@ -30,7 +30,7 @@ class BucketCounts(L.Callback):
         self.names = [*table.sizes, "other"] if table is not None else []
         self.counts = torch.zeros(len(self.names), dtype=torch.float64)
         if stage == "fit" and self.names and trainer.world_size > 1:
-            consensus_of(trainer).register("bucket_counts", len(self.names), self.counts.clone)
+            consensus_of(trainer).register("bucket_counts", len(self.names), lambda: self.counts.clone())
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._step_end.start(trainer)

@@ -44,6 +44,7 @@ class StepConsensus:
         run: every rank calls it with the same sums). Every rank registers the same names and sizes, before its
         first step (registering a name again replaces its slot, as a new fit of the same trainer does)."""
         self._slots[name] = (int(size), values)
+        self._agreed_step = None  # (a new fit may count its steps from the same number again)
         self._then.pop(name, None)
         if then is not None:
             self._then[name] = then
