@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from ls_video.consensus import StepEnd, consensus_of
 from ls_video.errors import BadDataError, UsageError
 from ls_video.preemption import save_last_checkpoint
 
@@ -22,9 +23,10 @@ class DataHealth(L.Callback):
     ``data/seen``, and stops the run once more than ``max_bad_fraction`` of the last ``window`` samples
     (over all ranks) were corrupt.
 
-    The counts are summed over the ranks every step (one all-reduce), so every rank takes the same
-    decision at the same step: all of them write ``last.ckpt`` and raise the same :class:`BadDataError`
-    (rank zero's names its worst shards). Network failures never count as bad data, and only the recent
+    The counts are summed over the ranks at every optimizer step (a slot of the step's one agreement,
+    :mod:`ls_video.consensus`), so every rank takes the same decision at the same step (a step's last
+    batch): all of them write ``last.ckpt`` and raise the same :class:`BadDataError` (rank zero's names its
+    worst shards); alone, every batch is judged. Network failures never count as bad data, and only the recent
     window is judged, so a storage outage or an early bad stretch of a long run does not end it.
 
     Args:
@@ -39,9 +41,25 @@ class DataHealth(L.Callback):
             raise UsageError("need 0 <= max_bad_fraction <= 1, min_samples >= 1 and window >= 1")
         self.max_bad_fraction, self.min_samples, self.window = max_bad_fraction, min_samples, window
         self._workers: dict[int, dict] = {}
-        self._counted = torch.zeros(3)  # this rank's (good, corrupt, network) already in the window
+        self._counted = torch.zeros(3, dtype=torch.float64)  # this rank's (good, corrupt, network) in the window
         self._recent: deque[tuple[float, float]] = deque()  # (seen, corrupt) per step, all ranks
         self._in_window = [0.0, 0.0]  # their sums
+        self._local = torch.zeros(3, dtype=torch.float64)  # this rank's (good, corrupt, network) so far
+        self._step_end = StepEnd()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """With several ranks the counts take part in each step's agreement (alone, every batch is judged)."""
+        if stage == "fit" and trainer.world_size > 1:
+            consensus_of(trainer).register("data_health", 3, self._new_counts)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._step_end.start(trainer)
+
+    def _new_counts(self) -> torch.Tensor:
+        """This rank's counts not yet in the window (the step's agreement sums them over the ranks)."""
+        new = self._local - self._counted
+        self._counted = self._local.clone()
+        return new
 
     def totals(self) -> tuple[int, Counter, Counter]:
         """(good samples, skipped by reason, skipped by shard) summed over this rank's workers."""
@@ -56,12 +74,8 @@ class DataHealth(L.Callback):
         """(samples seen, corrupt samples) in the window, over all ranks."""
         return self._in_window[0], self._in_window[1]
 
-    def _advance_window(self, trainer: L.Trainer, counts: torch.Tensor) -> None:
-        new = counts - self._counted
-        self._counted = counts
-        if trainer.world_size > 1:  # every rank, every step: the decision below is the same everywhere
-            new = trainer.strategy.reduce(new.to(trainer.strategy.root_device), reduce_op="sum").cpu()
-        good, corrupt, _ = new.tolist()
+    def _advance_window(self, new: list[float]) -> None:
+        good, corrupt, _ = new
         self._push(good + corrupt, corrupt, +1)
         while len(self._recent) > 1 and self._in_window[0] - self._recent[0][0] >= self.window:
             self._push(*self._recent[0], -1)
@@ -74,15 +88,30 @@ class DataHealth(L.Callback):
             self._recent.popleft()
         self._in_window = [self._in_window[0] + sign * seen, self._in_window[1] + sign * corrupt]
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def _note(self, batch: Any) -> tuple[int, Counter, Counter, int, int]:
+        """Take the batch's stats in; (good, reasons, shards, corrupt, network) of this rank so far."""
         stats = batch.get("data_stats") if isinstance(batch, dict) else None
         if stats:
             self._workers[stats["worker"]] = stats
         good, reasons, shards = self.totals()
         network = sum(n for r, n in reasons.items() if r in NETWORK_REASONS)
         corrupt = sum(reasons.values()) - network
-        self._advance_window(trainer, torch.tensor([good, corrupt, network], dtype=torch.float64))
+        self._local = torch.tensor([good, corrupt, network], dtype=torch.float64)
+        return good, reasons, shards, corrupt, network
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """The batch's counts are this rank's before its step's agreement (made before the optimizer step)."""
+        self._note(batch)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stats = batch.get("data_stats") if isinstance(batch, dict) else None
+        good, reasons, shards, corrupt, network = self._note(batch)
+        if trainer.world_size == 1:  # alone: every batch advances the window, no agreement needed
+            self._advance_window(self._new_counts().tolist())
+        elif self._step_end.stepped(trainer):  # several ranks: once per optimizer step, on every rank alike
+            self._advance_window(consensus_of(trainer).result("data_health"))
         seen, bad = self.recent()
         if stats:
             metrics = {f"data/skipped_{reason}": float(n) for reason, n in reasons.items()}

@@ -23,7 +23,7 @@ from ls_video.datamodules.stream import LatentClipStream, collate, expand, ignor
 from ls_video.datamodules.text_cache import check_text, read_empty
 from ls_video.datamodules.vae_check import check_vae, first_meta
 from ls_video.errors import UsageError
-from ls_video.preemption import next_batch, stop_for_data
+from ls_video.preemption import DATA_STOP, is_data_stop, next_batch, stop_for_data
 
 
 class StoppableLoader(torch.utils.data.DataLoader):
@@ -35,14 +35,23 @@ class StoppableLoader(torch.utils.data.DataLoader):
 
 
 class _Stoppable:
+    """Once a ``DATA_STOP`` batch came, every later ``next`` gives it again at once (under DDP the rest of the
+    step's accumulation window runs on null micro-batches until the step's agreement ends the run)."""
+
     def __init__(self, iterator: Iterator[Any]) -> None:
         self.iterator = iterator
+        self.stopped: Any = None
 
     def __iter__(self) -> _Stoppable:
         return self
 
     def __next__(self) -> Any:
-        return next_batch(self.iterator)
+        if self.stopped is None:
+            batch = next_batch(self.iterator)
+            if not is_data_stop(batch):
+                return batch
+            self.stopped = batch
+        return {DATA_STOP: dict(self.stopped[DATA_STOP])}
 
     def __len__(self) -> int:
         return len(self.iterator)

@@ -34,6 +34,7 @@ from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.optim import OptimConfig, build_optimizer, select_trainable
 from ls_video.performance import PerformanceConfig, apply_performance
 from ls_video.pipeline import LatentShiftPipeline
+from ls_video.preemption import is_data_stop
 from ls_video.sharding import is_sharded, shard_unet
 from ls_video.text import encode_prompts
 from ls_video.trainer_options import check_trainer
@@ -49,6 +50,15 @@ def _as(cls: type[T], value: T | dict | None) -> T:
     if value is None:
         return cls()
     return cls(**value) if isinstance(value, dict) else dataclasses.replace(value)
+
+
+class Unregistered:
+    """Holds a module *beside* a LightningModule rather than in it: assigned to the holder's ``module``, it is
+    no child (torch's ``__setattr__`` registers every ``nn.Module`` attribute), so it is not in ``state_dict``
+    or checkpoints, not moved by ``.to()`` / the strategy, not counted in the model summary."""
+
+    def __init__(self, module: torch.nn.Module | None = None) -> None:
+        self.module = module
 
 
 class LatentShiftModule(NonFiniteGuard):
@@ -121,7 +131,7 @@ class LatentShiftModule(NonFiniteGuard):
             select_trainable(self.unet, optim.trainable_patterns)
         apply_performance(self.unet, performance)
         self._empty_embedding: torch.Tensor | None = None
-        self._sampling_text_encoder: list = []  # (a list: a text encoder loaded only to sample is no submodule)
+        self._sampling_text_encoder = Unregistered()  # loaded only to sample: no submodule, never saved
 
     @staticmethod
     def _load_parts(path: str | None, revision: str | None, given: dict[str, Any], temporal: TemporalConfig,
@@ -180,10 +190,10 @@ class LatentShiftModule(NonFiniteGuard):
         """The text encoder; with cached text embeddings, loaded on first use on the CPU (to sample videos)."""
         if self.text_encoder is not None:
             return self.text_encoder
-        if not self._sampling_text_encoder:
-            self._sampling_text_encoder.append(load_text_encoder(self.hparams.pretrained_model_name_or_path,
-                                                                 self.hparams.revision, self.hparams.get("variant")))
-        return self._sampling_text_encoder[0]
+        if self._sampling_text_encoder.module is None:
+            self._sampling_text_encoder.module = load_text_encoder(
+                self.hparams.pretrained_model_name_or_path, self.hparams.revision, self.hparams.get("variant"))
+        return self._sampling_text_encoder.module
 
     def empty_embedding(self) -> torch.Tensor:
         """``(1, L, D)`` embedding of the empty prompt (caption dropout target), cached."""
@@ -201,9 +211,11 @@ class LatentShiftModule(NonFiniteGuard):
         seed = int.from_bytes(hashlib.sha256(key).digest()[:8], "little")  # distinct for every (seed, step, rank)
         return torch.Generator(self.device).manual_seed(seed)
 
-    def text_embeddings(self, batch: dict, drop: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Embeddings for the batch (cached ``text_embeds`` if present), with caption dropout ``drop`` (to the
-        batch's cached ``empty_text_embeds`` if present)."""
+    def text_embeddings(self, batch: dict, dropout: bool = False,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """Embeddings for the batch (cached ``text_embeds`` if present); ``dropout``: a training batch, with the
+        objective's caption dropout (to the batch's cached ``empty_text_embeds`` if present, else the encoded
+        empty prompt; :meth:`DiffusionObjective.drop_captions` owns the probability)."""
         if "text_embeds" in batch:
             embeds = batch["text_embeds"].to(self.device)
         elif self.hparams.cached_text_embeddings:
@@ -211,10 +223,14 @@ class LatentShiftModule(NonFiniteGuard):
                              "shards with --text-encoder")
         else:
             embeds = self.encode_text(batch["captions"])
-        if drop <= 0:
+        if not dropout:
             return embeds
-        empty = batch["empty_text_embeds"].to(self.device) if "empty_text_embeds" in batch else self.empty_embedding()
-        return self.objective.drop_captions(embeds, empty, generator, p=drop)
+
+        def empty() -> torch.Tensor:
+            return batch["empty_text_embeds"].to(self.device) if "empty_text_embeds" in batch else \
+                self.empty_embedding()
+
+        return self.objective.drop_captions(embeds, empty, generator)
 
     def diffusion_loss(self, latents: torch.Tensor, embeds: torch.Tensor, timesteps: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, images: bool = False) -> torch.Tensor:
@@ -233,6 +249,8 @@ class LatentShiftModule(NonFiniteGuard):
         generator = self.step_generator()
         if self._trainer is not None:  # (back to 0 when the window's optimizer step is taken: NonFiniteGuard)
             self.micro_batch += 1
+        if is_data_stop(batch):  # no batch came (DDP): a null micro-batch; the step's agreement ends the run
+            return sum((p.sum() * 0.0 for p in self.trainable_parameters()), torch.zeros((), device=self.device))
         parts = [part for part in (batch, batch.get(IMAGE_BATCH)) if part is not None]
         losses = [self.batch_loss(part, generator) for part in parts]
         total = sum(losses[1:], losses[0])
@@ -245,12 +263,12 @@ class LatentShiftModule(NonFiniteGuard):
 
     def batch_loss(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """Training loss of one batch (``latents`` and ``captions`` or ``text_embeds``), caption dropout on."""
-        embeds = self.text_embeddings(batch, self.objective.config.caption_dropout, generator)
+        embeds = self.text_embeddings(batch, dropout=True, generator=generator)
         return self.diffusion_loss(batch["latents"], embeds, generator=generator, images=is_image_batch(batch))
 
     def validation_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         latents = batch["latents"]
-        embeds = self.text_embeddings(batch, 0.0)
+        embeds = self.text_embeddings(batch)
         generator = torch.Generator(device=latents.device).manual_seed(batch_idx)
         losses = []
         for t in self.objective.validation_timesteps():

@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from ls_video.consensus import consensus_of
 from ls_video.errors import DivergedError
 
 
@@ -21,9 +22,9 @@ class NonFiniteGuard(L.LightningModule):
     The decision is made once per optimizer step, over its whole accumulation window
     (``accumulate_grad_batches``), in :meth:`on_before_optimizer_step`: if any micro-batch's loss was
     non-finite on any rank (or, without an fp16 gradient scaler, any gradient is), the step is skipped on
-    every rank (one all-reduce per optimizer step): backward still ran everywhere (DDP stays in step), the
-    window's gradients are dropped, the LR schedule and EMA do not advance, and ``train/nonfinite_steps``
-    counts it once; ``max_nonfinite_steps`` skipped steps in a row stop the run.
+    every rank (its flag is a slot of the step's one agreement, :mod:`ls_video.consensus`): backward still
+    ran everywhere (DDP stays in step), the window's gradients are dropped, the LR schedule and EMA do not
+    advance, and ``train/nonfinite_steps`` counts it once; ``max_nonfinite_steps`` skipped steps in a row stop the run.
     """
 
     max_nonfinite_steps: int = 5
@@ -35,10 +36,13 @@ class NonFiniteGuard(L.LightningModule):
         self.skipping_step = False  # this optimizer step is skipped; read by callbacks (EMA) and the hooks below
         self.micro_batch = 0  # index of the next micro-batch within the accumulation window
         self._window_nonfinite: torch.Tensor | None = None  # a non-finite loss so far in this window (this rank)
+        self._step_flag: torch.Tensor = torch.zeros(())  # this rank's flag for the step being agreed
 
     def on_train_start(self) -> None:
-        """A fit starts at a window's start (checkpoints are written at optimizer steps only)."""
+        """A fit starts at a window's start (checkpoints are written at optimizer steps only); the flag takes
+        part in the step's agreement."""
         self.micro_batch, self._window_nonfinite = 0, None
+        consensus_of(self.trainer).register("nonfinite", 1, lambda: self._step_flag)
 
     def note_loss(self, loss: torch.Tensor) -> bool:
         """Record a micro-batch's loss for this window's decision; whether it is finite on this rank."""
@@ -53,11 +57,16 @@ class NonFiniteGuard(L.LightningModule):
         return (~torch.stack([torch.isfinite(g).all() for g in grads]).all()).float()
 
     def any_rank_nonfinite(self, flag: torch.Tensor) -> bool:
-        """Whether ``flag`` (> 0: non-finite) is set on this or any other rank (one all-reduce under DDP)."""
-        flag = flag.detach().float().to(self.device)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            flag = self.trainer.strategy.reduce(flag, reduce_op="sum")
-        return bool(flag > 0)
+        """Whether ``flag`` (> 0: non-finite) is set on this or any other rank: this optimizer step's agreement
+        (:mod:`ls_video.consensus`; no collective on one process)."""
+        self._step_flag = flag.detach().float().reshape(())
+        if self._trainer is None:
+            return bool(self._step_flag > 0)
+        consensus = consensus_of(self.trainer)
+        if not consensus.registered("nonfinite"):  # (a step outside fit's hooks)
+            consensus.register("nonfinite", 1, lambda: self._step_flag)
+        consensus.agree(self.trainer, self.trainer.global_step)
+        return consensus.result("nonfinite")[0] > 0
 
     def count_nonfinite(self) -> None:
         """Count a skipped step (the same count on every rank); stop after too many in a row."""

@@ -98,12 +98,15 @@ class DiffusionObjective:
         """Raw VAE latents -> the diffusion model's space."""
         return self.latent_scale.to_model(raw)
 
-    def drop_captions(self, embeds: torch.Tensor, empty: torch.Tensor, generator: torch.Generator | None = None,
-                      p: float | None = None) -> torch.Tensor:
-        """Replace each sample's text embedding by ``empty`` with probability ``p`` (default: the config's)."""
-        p = self.config.caption_dropout if p is None else p
+    def drop_captions(self, embeds: torch.Tensor, empty: torch.Tensor | Callable[[], torch.Tensor],
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """Replace each sample's text embedding by ``empty`` (or what ``empty()`` gives, asked for only when the
+        probability is above 0) with the probability ``config.caption_dropout``: the one owner of caption dropout
+        (the module only says which embeddings are training ones)."""
+        p = self.config.caption_dropout
         if p <= 0:
             return embeds
+        empty = empty() if callable(empty) else empty
         keep = torch.rand(embeds.shape[0], device=embeds.device, generator=generator) >= p
         return torch.where(keep[:, None, None], embeds, empty.to(embeds.dtype))
 

@@ -1,11 +1,13 @@
-"""A signal is a checkpoint: SIGTERM / SIGUSR1 end a run at the next step boundary with a resumable
-checkpoint and a non-zero exit status (or a SLURM requeue).
+"""A signal is a checkpoint: the helpers of :class:`ls_video.callbacks.preemption.Preemption` (the Lightning callback),
+which ends a run at the next step boundary after SIGTERM / SIGUSR1 with a resumable checkpoint and a non-zero
+exit status (or a SLURM requeue): the process's noted signal, the wait for data a signal ends, the data-stop
+agreement, the ``last.ckpt`` writer and the SLURM requeue.
 
 Lightning's own SIGTERM handler broadcasts from inside the signal handler (a collective at an arbitrary
 point of the step, which can pair with another rank's gradient all-reduce) and then exits with status 0
-and no checkpoint. :class:`Preemption` replaces it: the handler only notes the signal; at the end of
-every optimizer step (never inside a gradient-accumulation window) all ranks agree (one all-reduce of
-the signal number) and, if any rank was signalled, every rank takes part in writing ``last.ckpt``
+and no checkpoint. ``Preemption`` replaces it: the handler only notes the signal; at the end of
+every optimizer step (never inside a gradient-accumulation window) all ranks agree (a slot of the step's
+one agreement, :mod:`ls_video.consensus`) and, if any rank was signalled, every rank takes part in writing ``last.ckpt``
 (atomically, through the trainer's checkpoint IO) and leaves with ``128 + signal`` as its exit status,
 the status of a process the signal killed.
 """
@@ -18,6 +20,7 @@ import os
 import signal
 import subprocess
 import threading
+import weakref
 from typing import Any
 
 import lightning as L
@@ -26,7 +29,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ls_video.errors import DataStalledError, UsageError
+from ls_video.consensus import consensus_of
+from ls_video.errors import DataStalledError
 
 # A batch that stands for "no batch came": ``{DATA_STOP: {"signal": n}}`` (a stop signal while the trainer waited
 # for data, :func:`next_batch`) or ``{DATA_STOP: {"stalled": message}}`` (the stream found no data for its
@@ -35,6 +39,20 @@ from ls_video.errors import DataStalledError, UsageError
 DATA_STOP = "__data_stop__"
 _signalled = 0  # the first stop signal of this process's fit (set by Preemption's handler)
 _waiting = False  # the main thread is blocked in next_batch
+
+
+def note_signal(signum: int) -> None:
+    """Record a stop signal (from the handler): a wait for data in :func:`next_batch` ends at once."""
+    global _signalled
+    _signalled = _signalled or signum
+    if _waiting:  # blocked waiting for data (perhaps forever): next_batch returns a DATA_STOP batch
+        raise _DataWaitInterrupted(signum)
+
+
+def reset_signal() -> None:
+    """Forget the noted signal (a fit starts or ends)."""
+    global _signalled
+    _signalled = 0
 
 
 class _DataWaitInterrupted(BaseException):
@@ -91,18 +109,37 @@ def _gather_text(trainer: L.Trainer, text: str) -> list[str]:
 def stop_for_data(trainer: L.Trainer, batch: Any) -> None:
     """Called with every batch before it is used, on every rank: if any rank's is a ``DATA_STOP`` batch, every
     rank writes (its part of) ``last.ckpt``, stops its DataLoader workers and leaves: ``Preempted`` for a signal,
-    :class:`~ls_video.errors.DataStalledError` naming the storage error for a stall. One all-reduce."""
+    :class:`~ls_video.errors.DataStalledError` naming the storage error for a stall.
+
+    Alone: at once, no collective. Several ranks, training: the stop is a slot of the optimizer step's one
+    agreement (:mod:`ls_video.consensus`): the ``DATA_STOP`` batch goes on (a null micro-batch,
+    :func:`is_data_stop`) and, before the optimizer step, every rank leaves with the checkpoint of the step's
+    start (the step is not taken). Validation with several ranks: one all-reduce per batch."""
     mine = batch.get(DATA_STOP) if isinstance(batch, dict) else None
     signum, stalled = (int(mine.get("signal", 0)), str(mine.get("stalled", ""))) if mine else (0, "")
+    if trainer.world_size > 1 and trainer.training:
+        pending = _data_stop_of(trainer)
+        pending.signum, pending.stalled = pending.signum or signum, pending.stalled or stalled
+        return
     any_stalled = bool(stalled)
     if trainer.world_size > 1:
         flags = torch.tensor([float(signum), float(any_stalled)], device=trainer.strategy.root_device)
         flags = trainer.strategy.reduce(flags, reduce_op="max")
         signum, any_stalled = int(flags[0].item()), bool(flags[1].item())
-        if any_stalled:
-            stalled = next(t for t in _gather_text(trainer, stalled) if t)
+    _stop_for_data(trainer, signum, any_stalled, stalled)
+
+
+def is_data_stop(batch: Any) -> bool:
+    """Whether ``batch`` stands for "no batch came" (under DDP it is trained on as a null micro-batch)."""
+    return isinstance(batch, dict) and DATA_STOP in batch
+
+
+def _stop_for_data(trainer: L.Trainer, signum: int, any_stalled: bool, stalled: str) -> None:
+    """End the run on every rank if any rank had no batch (``signum``: a signal; ``any_stalled``: a stall)."""
     if not signum and not any_stalled:
         return
+    if any_stalled and trainer.world_size > 1:
+        stalled = next(t for t in _gather_text(trainer, stalled) if t)
     path = save_last_checkpoint(trainer)
     stop_loader_workers()
     if signum:
@@ -116,112 +153,37 @@ def stop_for_data(trainer: L.Trainer, batch: Any) -> None:
                            "then --ckpt_path last)")
 
 
+class _PendingDataStop:
+    """This rank's ``DATA_STOP`` of the current optimizer step, a slot of the step's agreement: one flag per
+    signal number, then a stall flag."""
+
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.trainer, self.signum, self.stalled = weakref.proxy(trainer), 0, ""
+
+    def values(self) -> list[float]:
+        flags = [0.0] * (signal.NSIG + 1)
+        flags[self.signum] = float(bool(self.signum))  # (index 0 unused)
+        flags[-1] = float(bool(self.stalled))
+        return flags
+
+    def then(self, sums: list[float]) -> None:
+        signum = max((n for n in range(1, signal.NSIG) if sums[n] > 0), default=0)
+        _stop_for_data(self.trainer, signum, sums[-1] > 0, self.stalled)
+
+
+_PENDING: weakref.WeakKeyDictionary[Any, _PendingDataStop] = weakref.WeakKeyDictionary()
+
+
+def _data_stop_of(trainer: L.Trainer) -> _PendingDataStop:
+    pending = _PENDING.get(trainer)
+    if pending is None:
+        pending = _PENDING[trainer] = _PendingDataStop(trainer)
+        consensus_of(trainer).register("data_stop", signal.NSIG + 1, pending.values, pending.then)
+    return pending
+
+
 class Preempted(SystemExit):
     """Ends every rank after the preemption checkpoint; its code is ``128 + signal number``."""
-
-
-class Preemption(L.Callback):
-    """Turns ``signals`` into a checkpoint at the next step boundary and a non-zero exit.
-
-    Args:
-        signals: signal names to handle (``SIGTERM``: Kubernetes, torchrun, most schedulers;
-            ``SIGUSR1``: SLURM's ``--signal=USR1@90`` before the time limit).
-        requeue: under SLURM, requeue the job (``scontrol requeue $SLURM_JOB_ID``) after the checkpoint;
-            the requeued job resumes when its command has ``--ckpt_path last``.
-        save_on_train_end: also write ``last.ckpt`` when fit ends at a step the periodic checkpoints missed
-            (``max_steps`` not a multiple of ``every_n_train_steps``), so the last steps are never lost.
-    """
-
-    def __init__(self, signals: list[str] = ["SIGTERM", "SIGUSR1"], requeue: bool = True,  # noqa: B006
-                 save_on_train_end: bool = True) -> None:
-        unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
-        if unknown:
-            raise UsageError(f"unknown signal names {unknown}; use e.g. SIGTERM, SIGUSR1")
-        self.signals, self.requeue = [getattr(signal, s) for s in signals], requeue
-        self.save_on_train_end = save_on_train_end
-        self.received = 0
-        self._previous: dict[int, Any] = {}
-        self._pid, self._active = os.getpid(), False
-        self._seen_step: int | None = None  # the global step at the last train batch's end
-
-    def _note(self, signum: int, frame: Any) -> None:
-        """The handler: no I/O, no collective; the step boundary does the work. (DataLoader workers ignore the
-        signals: ``ls_video.datamodules.stream.ignore_stop_signals``; a forked copy of this handler ignores them
-        too.)"""
-        global _signalled
-        if os.getpid() != self._pid:
-            return
-        if not self._active:  # left installed by Lightning's teardown after fit: behave as if absent
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        self.received = self.received or signum
-        _signalled = _signalled or signum
-        if _waiting:  # blocked waiting for data (perhaps forever): next_batch returns a DATA_STOP batch
-            raise _DataWaitInterrupted(signum)
-
-    def _install(self) -> None:
-        global _signalled
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if not self._active:
-            _signalled = 0
-        self._pid, self._active = os.getpid(), True
-        for sig in self.signals:
-            previous = signal.signal(sig, self._note)
-            self._previous.setdefault(sig, previous)
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """From setup on, a signal is noted (Lightning then adds its handlers, which call this one too)."""
-        if stage == "fit":
-            self._install()
-
-    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Lightning's handlers (registered after setup, before the sanity check) are replaced: only the note
-        remains, from the first hook after their registration on."""
-        self._install()
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._install()  # (no sanity check ran: the first hook after Lightning's registration)
-        self._seen_step = trainer.global_step
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        global _signalled
-        self._active, _signalled = False, 0
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def agreed_signal(self, trainer: L.Trainer) -> int:
-        """The largest signal number any rank received (0: none); one all-reduce with several ranks."""
-        if trainer.world_size == 1:
-            return self.received
-        flag = torch.tensor(float(self.received), device=trainer.strategy.root_device)
-        return int(trainer.strategy.reduce(flag, reduce_op="max").item())
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        """At a step boundary only: inside an accumulation window (no optimizer step since the last batch, the
-        same on every rank) the signal waits for the window's end, so a resume never splits a window."""
-        stepped, self._seen_step = trainer.global_step != self._seen_step, trainer.global_step
-        if not stepped:
-            return
-        signum = self.agreed_signal(trainer)
-        if not signum:
-            return
-        path = save_last_checkpoint(trainer)
-        name = signal.Signals(signum).name
-        rank_zero_info(f"{name}: stopped at step {trainer.global_step}, checkpoint {path}; "
-                       "resume with --ckpt_path last")
-        if self.requeue and signum == signal.SIGUSR1 and SLURMEnvironment.detect():
-            requeue_slurm_job(trainer)
-        raise Preempted(128 + signum)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        callback = trainer.checkpoint_callback
-        saved_at = getattr(callback, "_last_global_step_saved", None)  # Lightning's record of its last save
-        if self.save_on_train_end and callback is not None and saved_at != trainer.global_step:
-            save_last_checkpoint(trainer)
 
 
 def save_last_checkpoint(trainer: L.Trainer) -> str:

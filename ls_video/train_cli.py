@@ -19,9 +19,9 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ls_video.callbacks.preemption import Preemption
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
-from ls_video.preemption import Preemption
 from ls_video.run_lock import acquire, is_first_process, release
 from ls_video.shipped import shipped_path
 from ls_video.trainer_options import check_precision_request, check_trainer

@@ -15,9 +15,9 @@ import yaml
 from test_train_cli import ROOT, train, write_config
 
 from ls_video.callbacks import EMA
+from ls_video.callbacks.preemption import Preemption
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
-from ls_video.preemption import Preemption
 
 ACCUMULATE = 2
 

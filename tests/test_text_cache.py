@@ -3,6 +3,7 @@ the empty prompt's; training from them never loads the text encoder; shards from
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -81,9 +82,10 @@ def test_training_from_cached_embeddings_never_loads_the_text_encoder(cached_sha
 
     monkeypatch.setattr(transformers.CLIPTextModel, "from_pretrained", refuse)
     data = fit(module, cached_shards, tmp_path)
-    assert module.global_step == 3 and not module._sampling_text_encoder
+    assert module.global_step == 3 and module._sampling_text_encoder.module is None
     batch = data.on_before_batch_transfer(next(iter(data.train_dataloader())), 0)
-    dropped = module.text_embeddings(batch, drop=1.0)
+    module.objective.config = dataclasses.replace(module.objective.config, caption_dropout=1.0)
+    dropped = module.text_embeddings(batch, dropout=True)
     empty = torch.from_numpy(np.load(cached_shards / EMPTY_FILE, allow_pickle=False)).float()
     torch.testing.assert_close(dropped.float(), empty.expand_as(dropped))
 

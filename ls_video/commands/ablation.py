@@ -122,7 +122,7 @@ def side_by_side_times(ckpts: dict[str, str], reps: int, frames: int = 6) -> dic
         def setup():
             m = modules[name]
             m.unet.zero_grad(set_to_none=True)
-            return lambda: m.diffusion_loss(batch["latents"], m.text_embeddings(batch, 0.0)).backward()
+            return lambda: m.diffusion_loss(batch["latents"], m.text_embeddings(batch)).backward()
         return setup
 
     def sample(name):
