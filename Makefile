@@ -11,7 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" || $(PY) -m pip install --quiet torch
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# (setuptools' notice that a folder named like the package may shadow it: the clone's ls_video/ is the package)
+	PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed

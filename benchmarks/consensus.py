@@ -54,7 +54,7 @@ def config(out: Path, base: str, args: argparse.Namespace, name: str) -> Path:
                           default_root_dir=run_dir, val_check_interval=None, limit_val_batches=0,
                           enable_progress_bar=False)
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = run_dir
-    cfg["trainer"]["callbacks"].append({"class_path": "callbacks.BucketCounts"})
+    cfg["trainer"]["callbacks"].append({"class_path": "ls_video.callbacks.BucketCounts"})
     cfg["checkpoint"] = {"every_n_train_steps": 10**6}
     cfg["model"]["pretrained_model_name_or_path"] = base
     cfg["data"]["init_args"].update(cache_dir=str(out / "cache"), num_train_clips=64, num_val_clips=4,

@@ -11,8 +11,8 @@ import argparse
 import tempfile
 import time
 
-from datamodules import LatentVideoDataModule
-from datamodules.synthetic import write_synthetic_shards
+from ls_video.datamodules import LatentVideoDataModule
+from ls_video.datamodules.synthetic import write_synthetic_shards
 
 
 def main() -> None:

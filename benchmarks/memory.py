@@ -69,7 +69,7 @@ def base_folder(out: Path, size: str) -> tuple[str, tuple[int, int]]:
 
 
 def shards(out: Path, frames: int, latent: int, text: tuple[int, int]) -> str:
-    from datamodules.synthetic import write_synthetic_shards
+    from ls_video.datamodules.synthetic import write_synthetic_shards
 
     folder = out / f"shards-{frames}x{latent}-{text[0]}x{text[1]}"
     if not (folder / "shard-000001.tar").exists():
@@ -84,8 +84,8 @@ def config(out: Path, name: str, base: str, urls: str, frames: int, steps: int, 
                           val_check_interval=None, limit_val_batches=0, enable_progress_bar=False, accelerator="auto")
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = run_dir
     names = {c["class_path"] for c in cfg["trainer"]["callbacks"]}
-    if "callbacks.StepSpeed" not in names:
-        cfg["trainer"]["callbacks"].append({"class_path": "callbacks.StepSpeed"})
+    if "ls_video.callbacks.StepSpeed" not in names:
+        cfg["trainer"]["callbacks"].append({"class_path": "ls_video.callbacks.StepSpeed"})
     cfg["checkpoint"] = {"every_n_train_steps": 10**6}
     cfg["model"]["pretrained_model_name_or_path"] = base
     cfg["data"]["init_args"].update(train_urls=urls, val_urls=None, num_workers=1, num_frames=frames,

@@ -8,7 +8,7 @@ Then, with the job's default DataLoader workers:
 
 1. decode + resize (VAE excluded): the job's clip stream over the set listed ``--repeat`` times,
    16-frame 256x256 clips at 8 fps -> clips/s;
-2. the whole job (``python -m datamodules.preprocess``, start-up included) with the toy VAE
+2. the whole job (``python -m ls_video.datamodules.preprocess``, start-up included) with the toy VAE
    (``assets/toy-base``) on the set, same clips;
 3. the whole job on the long 1080p file: one 16-frame clip at 8 fps, 64x64 (the case of issue 13).
 
@@ -107,7 +107,7 @@ def make_data(work: Path, videos: int, long_seconds: int) -> tuple[Path, Path]:
 
 
 def _write(job: dict) -> None:
-    from datamodules.synthetic_videos import write_synthetic_video
+    from ls_video.datamodules.synthetic_videos import write_synthetic_video
 
     final = job.pop("path")
     part = final.with_suffix(".part.mp4")
@@ -121,10 +121,10 @@ def decode_only(folder: str, repeat: int, num_frames: int, fps: float, size: int
 
     import torch
 
-    from datamodules.clip_stream import ClipStream, collate, file_units
-    from datamodules.clips import ClipSpec
-    from datamodules.preprocess import preprocess
-    from datamodules.sources import list_sources
+    from ls_video.datamodules.clip_stream import ClipStream, collate, file_units
+    from ls_video.datamodules.clips import ClipSpec
+    from ls_video.datamodules.preprocess import preprocess
+    from ls_video.datamodules.sources import list_sources
 
     defaults = {k: v.default for k, v in inspect.signature(preprocess).parameters.items()}
     sources = list_sources(folder) * repeat
@@ -158,7 +158,7 @@ def main() -> None:
     work, steps = Path(args.work), {int(s) for s in args.steps.split(",")}
     folder, long_dir = make_data(work, args.videos, args.long_seconds)
     env = {**os.environ, "PYTHONPATH": args.repo, "TOKENIZERS_PARALLELISM": "false"}
-    job = [sys.executable, "-m", "datamodules.preprocess", "--vae", str(ROOT / "assets" / "toy-base"),
+    job = [sys.executable, "-m", "ls_video.datamodules.preprocess", "--vae", str(ROOT / "assets" / "toy-base"),
            "--accelerator", "cpu"]
     print(f"machine: {os.cpu_count()} CPUs; job code: {args.repo}", flush=True)
     result = None

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def prepare(out: Path, size: str, frames: int, latent: int) -> tuple[str, str]:
     """(base folder, shard pattern), written once."""
-    from datamodules.synthetic import write_synthetic_shards
     from ls_video.components import save_sd_folder
+    from ls_video.datamodules.synthetic import write_synthetic_shards
     from ls_video.testing.tiny import tiny_components
 
     base = out / f"base-{size}"
@@ -53,7 +53,7 @@ def config(out: Path, base: str, shards: str, args: argparse.Namespace, name: st
                           default_root_dir=run_dir, val_check_interval=None, limit_val_batches=0,
                           enable_progress_bar=False, accelerator="auto")
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = run_dir
-    cfg["trainer"]["callbacks"].append({"class_path": "callbacks.StepSpeed"})
+    cfg["trainer"]["callbacks"].append({"class_path": "ls_video.callbacks.StepSpeed"})
     cfg["checkpoint"] = {"every_n_train_steps": 10**6}
     cfg["model"]["pretrained_model_name_or_path"] = base
     cfg["data"]["init_args"].update(train_urls=shards, val_urls=None, num_workers=2, num_frames=args.frames,

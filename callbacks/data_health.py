@@ -12,7 +12,7 @@ from ls_video.consensus import StepEnd, consensus_of
 from ls_video.errors import BadDataError, UsageError
 from ls_video.preemption import save_last_checkpoint
 
-# Skip reasons that are the storage's fault, not the data's (datamodules.storage): a stalled read, a refused or
+# Skip reasons that are the storage's fault, not the data's (ls_video.datamodules.storage): a stalled read, a refused or
 # reset connection, a transfer cut short, a 5xx answer, a failing ``pipe:`` command. Counted apart.
 NETWORK_REASONS = frozenset({"timeout", "connection", "truncated", "http_5xx", "pipe_error"})
 

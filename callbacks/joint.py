@@ -25,10 +25,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from datamodules.latent_video import LatentVideoDataModule
-from datamodules.stream import LatentClipStream, collate, ignore_stop_signals, resumed_seed
-from datamodules.toy import ToyDataModule
 from ls_video.batch import IMAGE_BATCH
+from ls_video.datamodules.latent_video import LatentVideoDataModule
+from ls_video.datamodules.stream import LatentClipStream, collate, ignore_stop_signals, resumed_seed
+from ls_video.datamodules.toy import ToyDataModule
 from ls_video.errors import UsageError
 
 MODES = ("replace", "add")

@@ -44,7 +44,8 @@ class Preemption(L.Callback):
 
     def _note(self, signum: int, frame: Any) -> None:
         """The handler: no I/O, no collective; the step boundary does the work. (DataLoader workers ignore the
-        signals: ``datamodules.stream.ignore_stop_signals``; a forked copy of this handler ignores them too.)"""
+        signals: ``ls_video.datamodules.stream.ignore_stop_signals``; a forked copy of this handler ignores them
+        too.)"""
         if os.getpid() != self._pid:
             return
         if not self._active:  # left installed by Lightning's teardown after fit: behave as if absent

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from callbacks.ema import find_ema
-from callbacks.tensorboard_video import add_video
+from ls_video.callbacks.ema import find_ema
+from ls_video.callbacks.tensorboard_video import add_video
 from ls_video.errors import UsageError
 from ls_video.video_io import contact_sheet, write_video
 

@@ -1,6 +1,6 @@
 """Data for Latent-Shift: latent shards in, ``{"latents": (B, F, C, h, w), "captions"}`` batches out."""
 
-from datamodules.latent_video import ImageLatentDataModule, LatentVideoDataModule
-from datamodules.toy import ToyDataModule
+from ls_video.datamodules.latent_video import ImageLatentDataModule, LatentVideoDataModule
+from ls_video.datamodules.toy import ToyDataModule
 
 __all__ = ["ImageLatentDataModule", "LatentVideoDataModule", "ToyDataModule"]

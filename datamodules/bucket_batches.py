@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from datamodules.storage import RemoteOptions, open_shard
-from datamodules.stream import LatentClipStream, collate
+from ls_video.datamodules.storage import RemoteOptions, open_shard
+from ls_video.datamodules.stream import LatentClipStream, collate
 from ls_video.preemption import DATA_STOP
 
 log = logging.getLogger(__name__)

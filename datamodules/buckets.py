@@ -128,7 +128,7 @@ def bucket_report(stats: list[dict], settings: dict) -> dict:
 
 
 def bucket_settings(spec, vae_factor: int) -> dict:
-    """Job settings of a bucketed :class:`~datamodules.clips.ClipSpec` (``{}`` unbucketed: shards unchanged);
+    """Job settings of a bucketed :class:`~ls_video.datamodules.clips.ClipSpec` (``{}`` unbucketed: shards unchanged);
     checks the buckets against the VAE's downsampling ``vae_factor``."""
     if not spec.bucketed:
         return {}

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from datamodules.clips import ClipError, ClipSpec, load_clips
-from datamodules.sources import VIDEO_EXTENSIONS, Source
-from datamodules.storage import tar_samples
+from ls_video.datamodules.clips import ClipError, ClipSpec, load_clips
+from ls_video.datamodules.sources import VIDEO_EXTENSIONS, Source
+from ls_video.datamodules.storage import tar_samples
 
 
 @dataclass(frozen=True)

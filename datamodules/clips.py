@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from datamodules.buckets import Bucket, crop_fraction, longest_fitting, nearest_bucket
-from datamodules.decode import ShortVideoError, VideoReader
+from ls_video.datamodules.buckets import Bucket, crop_fraction, longest_fitting, nearest_bucket
+from ls_video.datamodules.decode import ShortVideoError, VideoReader
 from ls_video.errors import UsageError
 
 CLIP_STARTS = ("start", "middle", "random")
@@ -39,7 +39,7 @@ class ClipSpec:
             (fewer if the video is too short); ``0`` = as many as fit.
         seed: base seed of ``random``.
         buckets: aspect-ratio buckets (``--buckets``): each video's frames cover the nearest one and are
-            centre-cropped to it, instead of the ``size`` square (:mod:`datamodules.buckets`).
+            centre-cropped to it, instead of the ``size`` square (:mod:`ls_video.datamodules.buckets`).
         frame_buckets: clip lengths, longest first (``--frame-buckets``): each video's clips get the longest
             one it can fill, instead of ``num_frames``.
     """
@@ -134,7 +134,7 @@ def load_clips(file: str | os.PathLike | bytes, spec: ClipSpec, name: str | None
 
     ``name`` names the video in metadata and errors; ``seed_key`` (default: the file name) seeds
     ``clip_start="random"``, so the clips stay the same when the data moves. Only the frames the clips
-    need are decoded (see :mod:`datamodules.decode`). Raises :class:`ClipError` when the video gives no
+    need are decoded (see :mod:`ls_video.datamodules.decode`). Raises :class:`ClipError` when the video gives no
     clip at all (``missing``, ``unreadable``, ``too_short``).
     """
     name = str(file) if name is None else name

@@ -10,11 +10,18 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from datamodules.bucket_batches import BucketBatches, BucketOptions, BucketTable, index_path, read_index, unbatched
-from datamodules.storage import RemoteOptions
-from datamodules.stream import LatentClipStream, collate, expand, ignore_stop_signals, resumed_seed
-from datamodules.text_cache import check_text, read_empty
-from datamodules.vae_check import check_vae, first_meta
+from ls_video.datamodules.bucket_batches import (
+    BucketBatches,
+    BucketOptions,
+    BucketTable,
+    index_path,
+    read_index,
+    unbatched,
+)
+from ls_video.datamodules.storage import RemoteOptions
+from ls_video.datamodules.stream import LatentClipStream, collate, expand, ignore_stop_signals, resumed_seed
+from ls_video.datamodules.text_cache import check_text, read_empty
+from ls_video.datamodules.vae_check import check_vae, first_meta
 from ls_video.errors import UsageError
 from ls_video.preemption import DATA_STOP, is_data_stop, next_batch, stop_for_data
 
@@ -70,7 +77,7 @@ class LatentVideoDataModule(L.LightningDataModule):
             ``s`` draws its training stream from ``(seed, s)`` instead, so it continues with new draws
             rather than replaying the ones it started with (see docs/RELIABILITY.md).
         prefetch_factor: batches prefetched per worker (batches are pinned when a GPU is present).
-        remote: timeouts and retries of remote shards (:class:`~datamodules.storage.RemoteOptions`):
+        remote: timeouts and retries of remote shards (:class:`~ls_video.datamodules.storage.RemoteOptions`):
             ``connect_timeout`` (seconds to connect to an http(s) server), ``read_timeout`` (seconds without
             a byte, http(s) or ``pipe:``, before a shard is abandoned as ``timeout``; training never waits
             longer on one shard), ``retries`` (extra attempts to open a shard, exponential backoff from
@@ -81,7 +88,7 @@ class LatentVideoDataModule(L.LightningDataModule):
         allow_vae_mismatch: train even when the shards record another VAE than the model's (by default
             ``fit`` stops before the first step with one line naming both).
         buckets: bucket-homogeneous batches from shards of mixed shapes (``preprocess --buckets``;
-            :class:`~datamodules.bucket_batches.BucketOptions`: ``index``, ``budget``, ``batch_sizes``);
+            :class:`~ls_video.datamodules.bucket_batches.BucketOptions`: ``index``, ``budget``, ``batch_sizes``);
             ``batch_size`` is then the batch of the largest bucket, smaller buckets get proportionally more
             clips, and an epoch is ``epoch_length // batch_size`` batches per device. ``None``: one shape.
         stall_timeout: seconds without any shard data (every shard unreadable: the storage is down) before the
@@ -140,7 +147,7 @@ class LatentVideoDataModule(L.LightningDataModule):
 
     def check_shards(self, stage: str | None) -> None:
         """Before fitting: the shards' recorded VAE must be the model's (see ``allow_vae_mismatch``), and so must
-        their text encoder when they carry text embeddings (:mod:`datamodules.text_cache`); the first shard's
+        their text encoder when they carry text embeddings (:mod:`ls_video.datamodules.text_cache`); the first shard's
         record is read once for both."""
         trainer = getattr(self, "trainer", None)
         module = trainer.lightning_module if trainer is not None else None

@@ -1,16 +1,16 @@
 """Videos + captions -> WebDataset shards of VAE latents, as a Lightning predict loop.
 
-    python -m datamodules.preprocess --videos SRC --vae PATH_OR_ID --out DIR [--num-frames 16]
+    python -m ls_video.datamodules.preprocess --videos SRC --vae PATH_OR_ID --out DIR [--num-frames 16]
         [--fps 8 | --frame-stride K] [--clip-start start|middle|random] [--clips-per-video K]
         [--size 256] [--shard-size 1000] [--batch-size 8] [--devices N] [--num-nodes N] [--text-encoder BASE]
 
-Only the frames a clip needs are decoded (``datamodules.decode``). Source ``i`` of the sorted source
+Only the frames a clip needs are decoded (``ls_video.datamodules.decode``). Source ``i`` of the sorted source
 list always goes to shard ``i // shard_size`` (raw-video tar shard ``j`` in: output shard ``j``) and
 shard ``k`` to rank ``k % world_size``, so ranks write disjoint shards and a rerun skips shards that
 are already complete (a shard appears under its final name only once fully written). Videos, tar
 members or tars that cannot give a clip are skipped and counted by reason in ``DIR/report.json``;
 ``DIR/index.json`` lists the shards. With ``--text-encoder`` each sample also carries its caption's text
-embeddings (:mod:`datamodules.text_cache`), so training never loads the text encoder.
+embeddings (:mod:`ls_video.datamodules.text_cache`), so training never loads the text encoder.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ import lightning as L
 import numpy as np
 import torch
 
-from datamodules.buckets import (
+from ls_video.datamodules.buckets import (
     Bucket,
     add_bucket_args,
     bucket_settings,
     bucket_summary,
 )
-from datamodules.clip_stream import ClipStream, collate, file_units, parts_per_shard, tar_units
-from datamodules.clips import CLIP_STARTS, ClipSpec
-from datamodules.shard_writer import SHARD_PATTERN, ShardWriterCallback, write_index
-from datamodules.sources import list_sources, shard_urls
-from datamodules.text_cache import TextCache
+from ls_video.datamodules.clip_stream import ClipStream, collate, file_units, parts_per_shard, tar_units
+from ls_video.datamodules.clips import CLIP_STARTS, ClipSpec
+from ls_video.datamodules.shard_writer import SHARD_PATTERN, ShardWriterCallback, write_index
+from ls_video.datamodules.sources import list_sources, shard_urls
+from ls_video.datamodules.text_cache import TextCache
 from ls_video.errors import UsageError, command
 from ls_video.shipped import shipped_path
 from ls_video.vae_space import pixels_to_vae
@@ -99,8 +99,9 @@ def preprocess(videos: str, vae: str, out: str, num_frames: int = 16, fps: float
                buckets: tuple[Bucket, ...] = (), frame_buckets: tuple[int, ...] = (),
                text_encoder: str | None = None) -> dict:
     """Run the job (see the module docstring) and return the merged report; ``buckets`` / ``frame_buckets``:
-    :mod:`datamodules.buckets`; ``text_encoder``: cache each caption's text embeddings too
-    (:mod:`datamodules.text_cache`). ``in_process`` runs the same predict step and writer in a plain loop on this
+    :mod:`ls_video.datamodules.buckets`; ``text_encoder``: cache each caption's text embeddings too
+    (:mod:`ls_video.datamodules.text_cache`). ``in_process`` runs the same predict step and writer in a plain loop
+    on this
     process's device, without a ``Trainer`` (for callers that already run inside one, e.g.
     ``ToyDataModule.prepare_data``)."""
     if frame_stride is not None:
@@ -168,7 +169,7 @@ def _settings(model: VaeEncoder, spec: ClipSpec) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m datamodules.preprocess", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ls_video.datamodules.preprocess", description=__doc__.split("\n")[0])
     p.add_argument("--videos", required=True,
                    help="folder of videos + .txt captions, a .csv/.jsonl of path,caption, or raw-video tar shards "
                         "as video2dataset writes them ({key}.mp4 + .txt + .json): 'raw/{00000..00099}.tar', "

@@ -1,5 +1,5 @@
 """Writing latent shards: each rank's samples into their WebDataset tar shards (atomically, with per-shard stats),
-then ``index.json`` and ``report.json`` merged from those stats. Used by :mod:`datamodules.preprocess`."""
+then ``index.json`` and ``report.json`` merged from those stats. Used by :mod:`ls_video.datamodules.preprocess`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import webdataset as wds
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm import tqdm
 
-from datamodules.buckets import bucket_report, count_bucket
-from datamodules.shards import encode_sample
+from ls_video.datamodules.buckets import bucket_report, count_bucket
+from ls_video.datamodules.shards import encode_sample
 
 SHARD_PATTERN = "shard-{:06d}.tar"
 

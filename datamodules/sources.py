@@ -5,7 +5,7 @@
 * WebVid's CSV (``videoid, name`` columns): ``path`` becomes ``{video_dir}/{videoid}.mp4``;
 * raw-video WebDataset shards as video2dataset writes them (``{key}.mp4`` + ``{key}.txt`` +
   ``{key}.json``): local paths, brace patterns (``raw/{00000..00099}.tar``), URLs or ``pipe:`` commands,
-  read as streams by :mod:`datamodules.clip_stream`.
+  read as streams by :mod:`ls_video.datamodules.clip_stream`.
 """
 
 from __future__ import annotations

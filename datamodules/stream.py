@@ -19,8 +19,8 @@ import torch
 import webdataset as wds
 from webdataset.shardlists import expand_urls
 
-from datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
-from datamodules.storage import RemoteOptions, ShardReadError, check_protocols, open_shard
+from ls_video.datamodules.shards import BadSampleError, UnsafeShardError, decode_sample
+from ls_video.datamodules.storage import RemoteOptions, ShardReadError, check_protocols, open_shard
 from ls_video.errors import UsageError
 from ls_video.preemption import DATA_STOP
 
@@ -43,7 +43,7 @@ class LatentClipStream(torch.utils.data.IterableDataset):
 
     Args:
         urls: shard URLs or brace patterns (local paths, ``pipe:`` commands, any fsspec URL: ``s3://``,
-            ``gs://``, ``hf://``, http(s); :mod:`datamodules.storage`).
+            ``gs://``, ``hf://``, http(s); :mod:`ls_video.datamodules.storage`).
         rank, world_size: this process's place in a distributed job (shards are split over ranks,
             then over DataLoader workers; without ``resampled`` every shard is read once per epoch).
         resampled: draw shards at random forever (seeded per rank and worker); set ``epoch_length``.
@@ -54,10 +54,10 @@ class LatentClipStream(torch.utils.data.IterableDataset):
         split_by: ``"shard"`` gives each rank / worker its own shards (training); ``"sample"`` lets
             every rank read all shards and keep every ``world_size``-th sample, so each rank gets data
             even with fewer shards than ranks (validation sets are small).
-        remote: timeouts, retries and fsspec storage options of remote shards (:mod:`datamodules.storage`);
+        remote: timeouts, retries and fsspec storage options of remote shards (:mod:`ls_video.datamodules.storage`);
             a shard that cannot be read is skipped and counted by reason.
         mixed_shapes: let samples differ in shape (bucketed shards, batched by
-            :class:`~datamodules.bucket_batches.BucketBatches`); by default a sample whose ``(C, h, w)``
+            :class:`~ls_video.datamodules.bucket_batches.BucketBatches`); by default a sample whose ``(C, h, w)``
             differs from the stream's first is skipped as ``bad_shape``.
         stall_timeout: seconds without a byte of shard data (every shard failing: the storage is down) after
             which the stream ends with a ``DATA_STOP`` sample naming the last error (the trainer then stops

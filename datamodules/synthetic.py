@@ -8,8 +8,8 @@ import os
 import numpy as np
 import webdataset as wds
 
-from datamodules.shards import encode_sample
-from datamodules.text_cache import EMPTY_FILE
+from ls_video.datamodules.shards import encode_sample
+from ls_video.datamodules.text_cache import EMPTY_FILE
 
 
 def write_synthetic_shards(out: str | os.PathLike, num_shards: int, per_shard: int, shape=(16, 4, 32, 32),

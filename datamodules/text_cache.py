@@ -4,7 +4,7 @@
 and the empty prompt's as ``empty_text_embeds.npy`` next to the shards (caption dropout's target). Training with
 ``model.cached_text_embeddings: true`` then never loads the text encoder: the datamodule adds the empty-prompt
 embedding to every batch that carries ``text_embeds`` (``batch["empty_text_embeds"]``), and checks before step 1
-that the shards' text encoder is the model's (as :mod:`datamodules.vae_check` does for the VAE).
+that the shards' text encoder is the model's (as :mod:`ls_video.datamodules.vae_check` does for the VAE).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from datamodules.storage import RemoteOptions, open_shard
+from ls_video.datamodules.storage import RemoteOptions, open_shard
 from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)

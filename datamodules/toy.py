@@ -1,5 +1,5 @@
 """``ToyDataModule``: the embedded default data. On first use it writes toy mp4 clips, encodes them
-with the base model's VAE through the real preprocessing job (``datamodules.preprocess``) into a
+with the base model's VAE through the real preprocessing job (``ls_video.datamodules.preprocess``) into a
 cache folder, then streams those shards like any :class:`LatentVideoDataModule`."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import os
 import shutil
 from typing import Any
 
-from datamodules.bucket_batches import BucketOptions
-from datamodules.buckets import Bucket
-from datamodules.latent_video import LatentVideoDataModule
+from ls_video.datamodules.bucket_batches import BucketOptions
+from ls_video.datamodules.buckets import Bucket
+from ls_video.datamodules.latent_video import LatentVideoDataModule
 from ls_video.errors import UsageError
 from ls_video.toy.world import ToyWorld
 
@@ -107,7 +107,7 @@ class ToyDataModule(LatentVideoDataModule):
         """Generate and preprocess once; a finished cache has ``done.json``."""
         if os.path.isfile(os.path.join(self.root, "done.json")):
             return
-        from datamodules.preprocess import preprocess
+        from ls_video.datamodules.preprocess import preprocess
 
         jobs = [(split, n) for split, n in self.counts.items() if n > 0]
         for split, n in jobs:

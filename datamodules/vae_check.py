@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from datamodules.storage import RemoteOptions, tar_samples
+from ls_video.datamodules.storage import RemoteOptions, tar_samples
 from ls_video.errors import UsageError
 
 log = logging.getLogger(__name__)

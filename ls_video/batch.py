@@ -5,7 +5,7 @@ A batch is a dict with
 * ``latents``: raw (unscaled) VAE latents ``(B, F, C, h, w)``;
 * ``captions`` (a list of strings) or precomputed ``text_embeds``;
 * optionally ``image_batch`` (:data:`IMAGE_BATCH`): a second batch, of images, trained in the same step
-  (``callbacks.JointImageVideo`` in mode ``"add"``; its loss is added to the batch's).
+  (``ls_video.callbacks.JointImageVideo`` in mode ``"add"``; its loss is added to the batch's).
 
 A batch is an **image batch** when its clips have one frame (``F = 1``); :func:`is_image_batch` is the only
 place that decides it. Datamodules and callbacks make image batches by giving them one frame

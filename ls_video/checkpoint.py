@@ -19,7 +19,7 @@ from ls_video.objective import DiffusionObjective, ObjectiveConfig
 from ls_video.pipeline import LatentShiftPipeline
 from ls_video.video_unet import load_video_unet
 
-EMA_KEY = "ema_unet"  # checkpoint entry with the EMA weights (U-Net parameter names), written by callbacks.EMA
+EMA_KEY = "ema_unet"  # checkpoint entry with the EMA weights (U-Net parameter names), written by ls_video.callbacks.EMA
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def uses_ema(checkpoint: dict[str, Any], ema: bool | None = None) -> bool:
 
 
 def ema_decay(checkpoint: dict[str, Any]) -> float | None:
-    """The decay the run's ``callbacks.EMA`` averaged with (its saved state), if recorded."""
+    """The decay the run's ``ls_video.callbacks.EMA`` averaged with (its saved state), if recorded."""
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if str(key).startswith("EMA") and isinstance(state, dict) and "decay" in state:
             return float(state["decay"])

@@ -25,7 +25,7 @@ import sys
 from ls_video.errors import command, take_debug_flag
 
 COMMANDS = {  # name: (module with main(argv), one-line help)
-    "preprocess": ("datamodules.preprocess", "encode videos into latent shards"),
+    "preprocess": ("ls_video.datamodules.preprocess", "encode videos into latent shards"),
     "sample": ("ls_video.commands.sample", "turn prompts into videos"),
     "export": ("ls_video.commands.export", "export a checkpoint as a diffusers folder"),
     "eval": ("ls_video.commands.eval", "score a sample folder (motion, CLIP, FVD, FID) and write its gallery"),

@@ -1,9 +1,9 @@
 """One agreement of every rank per optimizer step: one all-reduce, one host read.
 
 Several parts of a fit must take the same decision on every rank at the same step: the non-finite guard
-(skip this step?), :class:`~callbacks.preemption.Preemption` (was any rank signalled?),
-:class:`~callbacks.data_health.DataHealth` (bad-sample counts of all ranks) and
-:class:`~callbacks.bucket_counts.BucketCounts` (clips per bucket of all ranks). Each one all-reduced and read
+(skip this step?), :class:`~ls_video.callbacks.preemption.Preemption` (was any rank signalled?),
+:class:`~ls_video.callbacks.data_health.DataHealth` (bad-sample counts of all ranks) and
+:class:`~ls_video.callbacks.bucket_counts.BucketCounts` (clips per bucket of all ranks). Each one all-reduced and read
 its result on the host every step; on a GPU every such read stalls the queue of launched kernels.
 
 Instead each *participant* registers a fixed-size slot of floats (:meth:`StepConsensus.register`) with a

@@ -21,7 +21,7 @@ class UsageError(ValueError):
 
 
 class BadDataError(RuntimeError):
-    """Too much of the training data could not be read (raised by ``callbacks.DataHealth``)."""
+    """Too much of the training data could not be read (raised by ``ls_video.callbacks.DataHealth``)."""
 
 
 class UnreachableError(OSError):

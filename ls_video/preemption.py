@@ -1,4 +1,4 @@
-"""A signal is a checkpoint: the helpers of :class:`callbacks.preemption.Preemption` (the Lightning callback),
+"""A signal is a checkpoint: the helpers of :class:`ls_video.callbacks.preemption.Preemption` (the Lightning callback),
 which ends a run at the next step boundary after SIGTERM / SIGUSR1 with a resumable checkpoint and a non-zero
 exit status (or a SLURM requeue): the process's noted signal, the wait for data a signal ends, the data-stop
 agreement, the ``last.ckpt`` writer and the SLURM requeue.
@@ -34,7 +34,8 @@ from ls_video.errors import DataStalledError
 
 # A batch that stands for "no batch came": ``{DATA_STOP: {"signal": n}}`` (a stop signal while the trainer waited
 # for data, :func:`next_batch`) or ``{DATA_STOP: {"stalled": message}}`` (the stream found no data for its
-# ``stall_timeout``, datamodules.stream); :func:`stop_for_data` ends the run on every rank when any rank has one.
+# ``stall_timeout``, ls_video.datamodules.stream); :func:`stop_for_data` ends the run on every rank when any rank
+# has one.
 DATA_STOP = "__data_stop__"
 _signalled = 0  # the first stop signal of this process's fit (set by Preemption's handler)
 _waiting = False  # the main thread is blocked in next_batch

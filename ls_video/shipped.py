@@ -1,6 +1,7 @@
 """Files the project ships beside its code: ``configs/`` and the toy base ``assets/toy-base``.
 
-In a clone they are folders of the checkout; in an installed wheel they are package data. Commands
+In a clone they are folders of the checkout; in an installed wheel they are package data of ``ls_video``
+(``ls_video.configs``, ``ls_video.assets``: the same names in a clone, see ``ls_video/__init__.py``). Commands
 accept the clone's relative paths (``-c configs/toy.yaml``, ``assets/toy-base``) from any folder:
 a path that does not exist where the command runs is looked up among the shipped files.
 """
@@ -24,7 +25,7 @@ def shipped_path(path: str) -> str:
     if parts[0] not in SHIPPED_FOLDERS or len(parts) < 2:
         return path
     try:
-        candidate = importlib.resources.files(parts[0]).joinpath(*parts[1:])
+        candidate = importlib.resources.files(f"ls_video.{parts[0]}").joinpath(*parts[1:])
     except ModuleNotFoundError:
         return path
     return str(candidate) if candidate.is_file() or candidate.is_dir() else path

@@ -3,7 +3,7 @@
     ls-video fit -c configs/toy.yaml                 (or: python train.py fit -c configs/toy.yaml)
     ls-video fit -c configs/toy.yaml --ckpt_path last
     ls-video fit --model.pretrained_model_name_or_path BASE \
-        --data.class_path datamodules.LatentVideoDataModule --data.init_args.train_urls SHARDS \
+        --data.class_path ls_video.datamodules.LatentVideoDataModule --data.init_args.train_urls SHARDS \
         --trainer.max_steps 1000
 
 Checkpoints go to ``{default_root_dir}/checkpoints`` (``last.ckpt`` kept), so ``--ckpt_path last``
@@ -19,7 +19,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from callbacks.preemption import Preemption
+from ls_video.callbacks.preemption import Preemption
 from ls_video.checkpoint_io import AtomicCheckpointIO
 from ls_video.module import LatentShiftModule
 from ls_video.run_lock import acquire, is_first_process, release

@@ -69,7 +69,7 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Decode every frame: ``(F, H, W, 3)`` uint8 and the stream's frame rate.
 
     Meant for short clips (generated samples, toy videos): memory grows with the video. Long or large
-    videos go through :class:`datamodules.decode.VideoReader`, which decodes only a clip's frames.
+    videos go through :class:`ls_video.datamodules.decode.VideoReader`, which decodes only a clip's frames.
     Raises ``ValueError`` for files that hold no decodable video frames.
     """
     import av

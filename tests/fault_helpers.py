@@ -34,7 +34,7 @@ def shard_config(tmp_path: Path, base: str, train_urls: str, *, trainer: dict | 
                     "num_sanity_val_steps": 0, **(trainer or {})},
         "checkpoint": {"every_n_train_steps": 1000},
         "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3}},
-        "data": {"class_path": "datamodules.LatentVideoDataModule",
+        "data": {"class_path": "ls_video.datamodules.LatentVideoDataModule",
                  "init_args": {"train_urls": train_urls, "batch_size": 2, "num_workers": 1, "shuffle_buffer": 0,
                                "remote": {"connect_timeout": 1.0, "read_timeout": 2.0, "retries": 1,
                                           "backoff": 0.2}, **data}},

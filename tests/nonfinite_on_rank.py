@@ -7,7 +7,7 @@ import os
 import lightning as L
 import torch
 
-from callbacks.ema import find_ema
+from ls_video.callbacks.ema import find_ema
 
 
 class NonFiniteOnRank(L.Callback):

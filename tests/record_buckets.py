@@ -10,7 +10,7 @@ from ls_video.module import IMAGE_BATCH
 
 class RecordBuckets(L.Callback):
     """Writes, per step of this rank, ``[global_step, bucket, keys, frames of the added image batch or 0]`` to
-    ``{out}/rank{R}.json`` (place it after ``callbacks.JointImageVideo``)."""
+    ``{out}/rank{R}.json`` (place it after ``ls_video.callbacks.JointImageVideo``)."""
 
     def __init__(self, out: str) -> None:
         self.out = out

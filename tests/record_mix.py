@@ -1,5 +1,5 @@
 """Test helper callback (importable by train.py subprocesses with PYTHONPATH=tests): place it after
-``callbacks.JointImageVideo`` in the callback list."""
+``ls_video.callbacks.JointImageVideo`` in the callback list."""
 
 import json
 import os

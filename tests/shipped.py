@@ -23,7 +23,7 @@ def shipped_toy(tmp_path: Path, base: str, *, joint_from: int = 2, **trainer) ->
               "enable_progress_bar": False, **trainer})
     t["logger"]["init_args"]["save_dir"] = out
     for cb in t["callbacks"]:
-        if cb["class_path"] == "callbacks.JointImageVideo":  # image batches from step 2, not 1100
+        if cb["class_path"] == "ls_video.callbacks.JointImageVideo":  # image batches from step 2, not 1100
             cb["init_args"].update(start_step=joint_from, batch_size=4)
     cfg["model"]["pretrained_model_name_or_path"] = base
     cfg["data"]["init_args"].update(cache_dir=str(tmp_path / "cache"), num_train_clips=16, num_val_clips=4,

@@ -14,8 +14,8 @@ import torch
 import yaml
 from test_train_cli import ROOT, train, write_config
 
-from callbacks import EMA
-from callbacks.preemption import Preemption
+from ls_video.callbacks import EMA
+from ls_video.callbacks.preemption import Preemption
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from datamodules import LatentVideoDataModule
-from datamodules.bucket_batches import BucketOptions, BucketTable
-from datamodules.synthetic import write_bucketed_shards, write_synthetic_shards
+from ls_video.datamodules import LatentVideoDataModule
+from ls_video.datamodules.bucket_batches import BucketOptions, BucketTable
+from ls_video.datamodules.synthetic import write_bucketed_shards, write_synthetic_shards
 
 # name: ((F, C, h, w), clips); with batch_size 4 the budget is 4 x 8*4*8 = 1024 latent pixels x frames
 BUCKETS = {
@@ -154,13 +154,13 @@ def test_bucketed_fit_in_two_processes_resumes_with_joint_images_and_the_nan_gua
     write_synthetic_shards(tmp_path / "images", num_shards=2, per_shard=8, shape=(1, 4, 4, 4))
     cfg = shipped_toy(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=4, val_check_interval=2,
                       limit_val_batches=1, log_every_n_steps=1)
-    cfg["data"] = {"class_path": "datamodules.LatentVideoDataModule",
+    cfg["data"] = {"class_path": "ls_video.datamodules.LatentVideoDataModule",
                    "init_args": {"train_urls": urls, "val_urls": urls, "batch_size": 4, "num_workers": 2,
                                  "shuffle_buffer": 20, "buckets": {}}}
     for cb in cfg["trainer"]["callbacks"]:
-        if cb["class_path"] == "callbacks.JointImageVideo":
+        if cb["class_path"] == "ls_video.callbacks.JointImageVideo":
             cb["init_args"]["image_urls"] = str(tmp_path / "images" / "shard-{000000..000001}.tar")
-    add_callback(cfg, "callbacks.BucketCounts")
+    add_callback(cfg, "ls_video.callbacks.BucketCounts")
     records, states = {}, {}
     for name, extra in (("first", []), ("resumed", ["--trainer.max_steps", "8", "--ckpt_path", "last"])):
         add_callback(cfg, "record_buckets.RecordBuckets", out=str(tmp_path / name))
@@ -208,7 +208,7 @@ def test_the_shipped_bucketed_data_config_builds():
 
 def test_joint_images_refuse_frames_of_bucketed_shards(shards):
     """Frames drawn from mixed shards would be skipped as bad_shape and read as corrupt data by DataHealth."""
-    from callbacks import JointImageVideo
+    from ls_video.callbacks import JointImageVideo
 
     with pytest.raises(ValueError, match="set image_urls"):
         JointImageVideo(ratio=0.5).resolve_urls(datamodule(shards[0]))

@@ -7,10 +7,10 @@ import sys
 import pytest
 from test_preprocess import ROOT, read_shards
 
-from datamodules.buckets import Bucket, crop_fraction, nearest_bucket, parse_buckets, parse_frame_buckets
-from datamodules.decode import output_size
-from datamodules.preprocess import preprocess
-from datamodules.synthetic_videos import write_synthetic_video
+from ls_video.datamodules.buckets import Bucket, crop_fraction, nearest_bucket, parse_buckets, parse_frame_buckets
+from ls_video.datamodules.decode import output_size
+from ls_video.datamodules.preprocess import preprocess
+from ls_video.datamodules.synthetic_videos import write_synthetic_video
 from ls_video.errors import UsageError
 
 BUCKETS = "32x32,48x32,32x48,64x16"  # square, landscape 3:2, portrait 2:3, and a 4:1 no video is near
@@ -99,7 +99,8 @@ def test_without_buckets_nothing_changes(mixed, tiny_base, tmp_path):
 
 
 def test_cli_prints_clips_per_bucket_and_names_the_drops(mixed, tiny_base, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "datamodules.preprocess", "--videos", str(mixed), "--vae", tiny_base,
+    r = subprocess.run([sys.executable, "-m", "ls_video.datamodules.preprocess", "--videos", str(mixed), "--vae",
+                        tiny_base,
                         "--out", str(tmp_path / "o"), "--buckets", BUCKETS, "--frame-buckets", "8,4", "--fps", "8",
                         "--num-workers", "0", "--accelerator", "cpu"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from datamodules import ToyDataModule
+from ls_video.datamodules import ToyDataModule
 from ls_video.errors import UsageError
 from ls_video.toy.world import ToyWorld
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks import EMA, JointImageVideo, VideoLogger
-from callbacks.tensorboard_video import gif_bytes
-from datamodules import ToyDataModule
+from ls_video.callbacks import EMA, JointImageVideo, VideoLogger
+from ls_video.callbacks.tensorboard_video import gif_bytes
+from ls_video.datamodules import ToyDataModule
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 from ls_video.performance import PerformanceConfig
@@ -111,7 +111,7 @@ def test_batch_size_finder_scales_the_datamodule(tiny_base, toy_data, tmp_path):
 def test_cpu_threads_and_step_speed(tiny_base, toy_data, tmp_path):
     import json
 
-    from callbacks import CPUThreads, StepSpeed
+    from ls_video.callbacks import CPUThreads, StepSpeed
 
     with pytest.raises(ValueError, match="num_threads"):
         CPUThreads(0)

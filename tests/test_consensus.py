@@ -60,7 +60,7 @@ def _fit(tiny_base, tmp_path, devices: int) -> list[dict]:
 
     cfg = shipped_toy(tmp_path, tiny_base, devices=devices, strategy="ddp" if devices > 1 else "auto",
                       max_steps=4, limit_val_batches=0, log_every_n_steps=1)
-    add_callback(cfg, "callbacks.BucketCounts")
+    add_callback(cfg, "ls_video.callbacks.BucketCounts")
     add_callback(cfg, "count_collectives.CountCollectives", out=str(tmp_path / "counts"))
     r = run("fit", "-c", str(write(cfg, tmp_path / "cfg.yaml")), timeout=600)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""``callbacks.DataHealth``'s rule on one rank: network failures apart, a recent window judged."""
+"""``ls_video.callbacks.DataHealth``'s rule on one rank: network failures apart, a recent window judged."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from callbacks import DataHealth
+from ls_video.callbacks import DataHealth
 from ls_video.errors import BadDataError
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import webdataset as wds
 
-from datamodules import ImageLatentDataModule, LatentVideoDataModule, ToyDataModule
-from datamodules.shards import UnsafeShardError, encode_sample
-from datamodules.stream import LatentClipStream, collate
-from datamodules.synthetic import write_synthetic_shards
+from ls_video.datamodules import ImageLatentDataModule, LatentVideoDataModule, ToyDataModule
+from ls_video.datamodules.shards import UnsafeShardError, encode_sample
+from ls_video.datamodules.stream import LatentClipStream, collate
+from ls_video.datamodules.synthetic import write_synthetic_shards
 from ls_video.toy.world import ToyWorld
 
 

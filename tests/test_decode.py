@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from datamodules.clips import ClipError, ClipSpec, load_clips
-from datamodules.decode import VideoReader
-from datamodules.synthetic_videos import index_level, write_synthetic_video
+from ls_video.datamodules.clips import ClipError, ClipSpec, load_clips
+from ls_video.datamodules.decode import VideoReader
+from ls_video.datamodules.synthetic_videos import index_level, write_synthetic_video
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 VFR_TIMES = [0.0, 0.03, 0.1, 0.18, 0.2, 0.45, 0.5, 0.52, 0.61, 0.9, 1.0, 1.07, 1.3, 1.31, 1.5]
@@ -115,7 +115,7 @@ def test_window_placement_policies():
 def test_memory_stays_bounded_on_a_long_video(tmp_path):
     """3000 frames of 256x256 would take 590 MB decoded; a clip from the middle must not come near."""
     path = write_synthetic_video(tmp_path / "long.mp4", 3000, 256, 256, fps=25, preset="ultrafast", keyint=50)
-    code = ("import resource, sys; from datamodules.clips import ClipSpec, load_clips; "
+    code = ("import resource, sys; from ls_video.datamodules.clips import ClipSpec, load_clips; "
             "spec = ClipSpec(num_frames=16, size=64, fps=8, clip_start='middle'); "
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "clips, _ = load_clips(sys.argv[1], spec); "

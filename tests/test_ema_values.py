@@ -3,7 +3,7 @@
 import lightning as L
 import torch
 
-from callbacks import EMA
+from ls_video.callbacks import EMA
 from ls_video.commands.export import export
 from ls_video.components import load_unet
 from ls_video.module import LatentShiftModule

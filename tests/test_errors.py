@@ -69,10 +69,10 @@ def test_ls_video_debug_prints_the_traceback(tmp_path):
 
 
 def _mistakes():
-    from callbacks import EMA, JointImageVideo
-    from callbacks.threads import CPUThreads
-    from datamodules import LatentVideoDataModule
-    from datamodules.clips import ClipSpec
+    from ls_video.callbacks import EMA, JointImageVideo
+    from ls_video.callbacks.threads import CPUThreads
+    from ls_video.datamodules import LatentVideoDataModule
+    from ls_video.datamodules.clips import ClipSpec
     from ls_video.metrics.frechet import feature_stats
     from ls_video.metrics.toy import parse_prompt
 
@@ -94,7 +94,7 @@ def test_user_mistakes_in_callbacks_datamodules_and_metrics_are_usage_errors():
 def test_a_plain_value_error_in_a_datamodule_keeps_its_traceback():
     """Fails if errors are told apart by the module that raised them again (a bug in datamodules/ would print
     one line and exit 2, and could not be debugged)."""
-    from datamodules.synthetic_videos import synthetic_frames
+    from ls_video.datamodules.synthetic_videos import synthetic_frames
 
     @command("prog")
     def run(argv: list[str] | None) -> int:
@@ -108,7 +108,7 @@ def test_a_plain_value_error_in_a_datamodule_keeps_its_traceback():
 def test_storage_that_cannot_be_reached_is_one_line(capsys):
     """Fails if a shard that cannot be read from its storage (after the retries) prints a traceback like a bug: it
     is the network's doing, and the message names the URL and the reason."""
-    from datamodules.storage import ShardReadError
+    from ls_video.datamodules.storage import ShardReadError
 
     @command("prog")
     def run(argv: list[str] | None) -> int:

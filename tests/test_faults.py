@@ -18,11 +18,11 @@ import pytest
 import torch
 from fault_helpers import ROOT, alive, children, dead_urls, kill_session, shard_config, start, wait_for_text
 
-from datamodules import LatentVideoDataModule
-from datamodules.storage import RemoteOptions
-from datamodules.stream import LatentClipStream
-from datamodules.synthetic import write_synthetic_shards
 from ls_video.checkpoint_io import AtomicCheckpointIO
+from ls_video.datamodules import LatentVideoDataModule
+from ls_video.datamodules.storage import RemoteOptions
+from ls_video.datamodules.stream import LatentClipStream
+from ls_video.datamodules.synthetic import write_synthetic_shards
 from ls_video.errors import DiskFullError, UsageError
 from ls_video.preemption import DATA_STOP
 

@@ -1,4 +1,4 @@
-"""Image-video joint training (callbacks.JointImageVideo) and F = 1 training with ImageLatentDataModule."""
+"""Image-video joint training (ls_video.callbacks.JointImageVideo) and F = 1 training with ImageLatentDataModule."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from callbacks import JointImageVideo
-from datamodules import ImageLatentDataModule, LatentVideoDataModule, ToyDataModule
 from ls_video.batch import IMAGE_BATCH
+from ls_video.callbacks import JointImageVideo
+from ls_video.datamodules import ImageLatentDataModule, LatentVideoDataModule, ToyDataModule
 from ls_video.errors import UsageError
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
@@ -160,13 +160,13 @@ def write_config(tmp_path: Path, base: str, name: str, mode: str = "replace", **
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 8, "default_root_dir": str(tmp_path / "run"),
                     "logger": False, "enable_progress_bar": False, "num_sanity_val_steps": 0, "limit_val_batches": 0,
-                    "callbacks": [{"class_path": "callbacks.JointImageVideo",
+                    "callbacks": [{"class_path": "ls_video.callbacks.JointImageVideo",
                                    "init_args": {"ratio": 0.5, "start_step": 3, "batch_size": 3, "mode": mode}},
                                   {"class_path": "record_mix.RecordMix",
                                    "init_args": {"out": str(tmp_path / name)}}], **trainer},
         "checkpoint": {"every_n_train_steps": 4},
         "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3}},
-        "data": {"class_path": "datamodules.ToyDataModule",
+        "data": {"class_path": "ls_video.datamodules.ToyDataModule",
                  "init_args": {"base": base, "cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,
                                "num_val_clips": 2, "world": {"size": 16, "num_frames": 4, "object_size": 4},
                                "batch_size": 2, "num_workers": 0, "shard_size": 4, "images": True}},

@@ -138,7 +138,7 @@ def test_bad_data_on_one_rank_stops_both_ranks_with_one_line_and_a_checkpoint(ti
     cfg = shipped_toy(tmp_path, tiny_base, devices=2, strategy="ddp", max_steps=200, val_check_interval=1000)
     cfg["trainer"]["callbacks"].insert(0, {"class_path": "plant_bad.PlantBad", "init_args": {"rank": 1}})
     for cb in cfg["trainer"]["callbacks"]:
-        if cb["class_path"] == "callbacks.DataHealth":
+        if cb["class_path"] == "ls_video.callbacks.DataHealth":
             cb["init_args"].update(min_samples=8, window=100)
     r = run("fit", "-c", str(write(cfg, tmp_path / "config.yaml")), timeout=300)
     assert r.returncode == 2, r.stderr[-3000:]
@@ -163,7 +163,7 @@ def test_two_nodes_read_disjoint_shards_and_one_rank_writes_checkpoints(tiny_bas
     non-resampled pass over 4 shards: each rank trains on 2 whole shards, the two sets are disjoint and
     together every sample; checkpoints appear only in node 0's folder (each node has its own, as on
     separate disks)."""
-    from datamodules import ToyDataModule
+    from ls_video.datamodules import ToyDataModule
     from ls_video.toy.world import ToyWorld
 
     cfg = shipped_toy(tmp_path, tiny_base, max_steps=-1, max_epochs=1, limit_val_batches=0)

@@ -78,10 +78,7 @@ def test_seam_ratio_is_one_for_a_loop_and_larger_for_a_jump():
 def test_default_world_is_not_wrapped_and_keeps_its_cache_key():
     """wrap=False (default) leaves the world's clips inside the frame and the data cache's settings unchanged
     (no ``wrap`` key, so existing caches are reused); wrap=True changes them."""
-    try:  # this branch predates main's one top-level package (#35.1), which moves it under ls_video
-        from datamodules.toy import ToyDataModule
-    except ImportError:
-        from ls_video.datamodules.toy import ToyDataModule
+    from ls_video.datamodules.toy import ToyDataModule
 
     settings = {}
     for wrap in (False, True):

@@ -18,7 +18,7 @@ def test_card_has_hub_metadata_recipe_scores_and_samples(tmp_path):
                                                                "shift_placement": "residual"},
         "optim": {"learning_rate": 5e-5}}}, ckpt)
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"data": {
-        "class_path": "datamodules.LatentVideoDataModule", "init_args": {"batch_size": 2, "num_frames": 16}}}))
+        "class_path": "ls_video.datamodules.LatentVideoDataModule", "init_args": {"batch_size": 2, "num_frames": 16}}}))
     (tmp_path / "metrics.json").write_text(json.dumps({"direction_acc": 0.969, "clipsim": 0.3, "protocol": {}}))
     for i in range(5):
         write_video(tmp_path / f"{i:03d}_clip.mp4", np.zeros((4, 16, 16, 3), np.uint8), fps=8)

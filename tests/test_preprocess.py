@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from datamodules.preprocess import preprocess
+from ls_video.datamodules.preprocess import preprocess
 from ls_video.toy.world import ToyWorld
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -76,7 +76,8 @@ def test_rerun_skips_finished_shards(videos, tiny_base, tmp_path):
 def test_csv_source_and_cli(videos, tiny_base, tmp_path):
     csv = tmp_path / "list.csv"
     csv.write_text("path,caption\n" + "".join(f"videos/train_{i:06d}.mp4,clip {i}\n" for i in range(3)))
-    r = subprocess.run([sys.executable, "-m", "datamodules.preprocess", "--videos", str(csv), "--vae", tiny_base,
+    r = subprocess.run([sys.executable, "-m", "ls_video.datamodules.preprocess", "--videos", str(csv), "--vae",
+                        tiny_base,
                         "--out", str(tmp_path / "o"), "--num-frames", "4", "--fps", "4", "--size", "16",
                         "--num-workers", "0", "--accelerator", "cpu"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -87,7 +88,7 @@ def test_csv_source_and_cli(videos, tiny_base, tmp_path):
 
 
 def test_webvid_csv_adapter(tmp_path):
-    from datamodules.sources import list_sources
+    from ls_video.datamodules.sources import list_sources
 
     csv = tmp_path / "webvid.csv"
     csv.write_text("videoid,name,page_dir\n1066,a dog runs,x\n")
@@ -96,13 +97,14 @@ def test_webvid_csv_adapter(tmp_path):
 
 
 def test_missing_source_is_one_line(tiny_base, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "datamodules.preprocess", "--videos", "/no/such", "--vae", tiny_base,
+    r = subprocess.run([sys.executable, "-m", "ls_video.datamodules.preprocess", "--videos", "/no/such", "--vae",
+                        tiny_base,
                         "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_clips_per_video_samples_carry_their_start(tmp_path, tiny_base):
-    from datamodules.synthetic_videos import write_synthetic_video
+    from ls_video.datamodules.synthetic_videos import write_synthetic_video
 
     folder = tmp_path / "long"
     folder.mkdir()
@@ -132,7 +134,7 @@ def write_raw_shard(path, samples):
 
 @pytest.fixture()
 def raw_shards(tmp_path):
-    from datamodules.synthetic_videos import write_synthetic_video
+    from ls_video.datamodules.synthetic_videos import write_synthetic_video
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -186,7 +188,7 @@ def test_raw_tar_shards_in(raw_shards, tiny_base, tmp_path):
 def test_two_processes_write_disjoint_shards(videos, tiny_base, tmp_path):
     """``--devices 2`` on CPU: two ranks, disjoint shards, together exactly the samples of one process."""
     def run(out, devices):
-        r = subprocess.run([sys.executable, "-m", "datamodules.preprocess", "--videos", str(videos), "--vae",
+        r = subprocess.run([sys.executable, "-m", "ls_video.datamodules.preprocess", "--videos", str(videos), "--vae",
                             tiny_base, "--out", str(out), "--num-frames", "8", "--frame-stride", "1", "--size", "32",
                             "--shard-size", "2", "--num-workers", "1", "--accelerator", "cpu", "--devices", devices],
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -217,7 +219,7 @@ def test_two_processes_write_disjoint_shards(videos, tiny_base, tmp_path):
 
 
 def test_cli_clip_options():
-    from datamodules.preprocess import parse_args
+    from ls_video.datamodules.preprocess import parse_args
 
     args = parse_args(["--videos", "raw/{00000..00009}.tar", "--vae", "v", "--out", "o", "--clip-start", "random",
                        "--clips-per-video", "0", "--seed", "7"])

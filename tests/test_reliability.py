@@ -17,12 +17,12 @@ import webdataset as wds
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 
-from callbacks import EMA, DataHealth
-from callbacks.data_health import BadDataError
-from datamodules import LatentVideoDataModule
-from datamodules.shards import encode_sample, npy_bytes
+from ls_video.callbacks import EMA, DataHealth
+from ls_video.callbacks.data_health import BadDataError
 from ls_video.checkpoint import EMA_KEY
 from ls_video.checkpoint_io import AtomicCheckpointIO
+from ls_video.datamodules import LatentVideoDataModule
+from ls_video.datamodules.shards import encode_sample, npy_bytes
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 
@@ -175,7 +175,7 @@ def test_long_prompts_are_truncated_with_a_warning(tiny_base):
     (["fit", "--model.optim.learning_rate", "fast"], "learning_rate"),
     (["fit", "--model.temporal.temporal_mixing", "teleport"], "temporal_mixing"),
     (["fit", "--model.pretrained_model_name_or_path", "/no/such/base", "--data.class_path",
-      "datamodules.LatentVideoDataModule", "--data.init_args.train_urls", "x.tar"], "not found"),
+      "ls_video.datamodules.LatentVideoDataModule", "--data.init_args.train_urls", "x.tar"], "not found"),
 ])
 def test_train_bad_input_is_a_short_error(args, msg):
     r = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
@@ -189,11 +189,11 @@ def reliability_config(tmp_path: Path, base: str, steps: int, shard: str) -> Pat
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "max_steps": steps, "default_root_dir": str(tmp_path / "run"),
                     "logger": False, "enable_progress_bar": False, "limit_val_batches": 0, "deterministic": True,
-                    "callbacks": [{"class_path": "callbacks.EMA", "init_args": {"decay": 0.9}}]},
+                    "callbacks": [{"class_path": "ls_video.callbacks.EMA", "init_args": {"decay": 0.9}}]},
         "checkpoint": {"every_n_train_steps": 1},
         "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3},
                   "objective": {"caption_dropout": 0.5}},
-        "data": {"class_path": "datamodules.LatentVideoDataModule",
+        "data": {"class_path": "ls_video.datamodules.LatentVideoDataModule",
                  "init_args": {"train_urls": shard, "batch_size": 4, "num_workers": 0, "resampled": False,
                                "shuffle_buffer": 0}},
     }

@@ -9,10 +9,10 @@ import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_reliability import shard_with_bad
 
-from callbacks import DataHealth
-from datamodules import LatentVideoDataModule
-from datamodules.storage import RemoteOptions, ShardReadError, open_shard
-from datamodules.stream import LatentClipStream
+from ls_video.callbacks import DataHealth
+from ls_video.datamodules import LatentVideoDataModule
+from ls_video.datamodules.storage import RemoteOptions, ShardReadError, open_shard
+from ls_video.datamodules.stream import LatentClipStream
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig
 

@@ -79,7 +79,7 @@ def merge(into: dict, new: dict) -> None:
 @pytest.fixture(scope="module")
 def shards(tiny_base, tmp_path_factory) -> dict[str, str]:
     """16-frame latent shards of toy clips, encoded by the tiny bases' (shared) VAE."""
-    from datamodules import ToyDataModule
+    from ls_video.datamodules import ToyDataModule
     from ls_video.toy.world import ToyWorld
 
     data = ToyDataModule(tiny_base, cache_dir=str(tmp_path_factory.mktemp("cache")), num_train_clips=8,

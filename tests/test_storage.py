@@ -20,11 +20,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 from test_reliability import shard_with_bad
 
-from callbacks.data_health import NETWORK_REASONS
-from datamodules import LatentVideoDataModule
-from datamodules.storage import RemoteOptions
-from datamodules.stream import LatentClipStream
-from datamodules.vae_check import first_meta
+from ls_video.callbacks.data_health import NETWORK_REASONS
+from ls_video.datamodules import LatentVideoDataModule
+from ls_video.datamodules.storage import RemoteOptions
+from ls_video.datamodules.stream import LatentClipStream
+from ls_video.datamodules.vae_check import first_meta
 from ls_video.errors import UsageError
 from ls_video.module import LatentShiftModule
 from ls_video.optim import OptimConfig

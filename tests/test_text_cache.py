@@ -14,10 +14,10 @@ import torch
 import transformers
 import webdataset as wds
 
-from datamodules.latent_video import LatentVideoDataModule
-from datamodules.preprocess import preprocess
-from datamodules.text_cache import EMPTY_FILE
 from ls_video.components import load_components
+from ls_video.datamodules.latent_video import LatentVideoDataModule
+from ls_video.datamodules.preprocess import preprocess
+from ls_video.datamodules.text_cache import EMPTY_FILE
 from ls_video.errors import UsageError
 from ls_video.module import LatentShiftModule
 from ls_video.objective import ObjectiveConfig
@@ -99,7 +99,7 @@ def test_shards_from_another_text_encoder_are_refused(cached_shards, tiny_base, 
 
 
 def test_cached_training_needs_shards_with_embeddings(tiny_base, tmp_path):
-    from datamodules.synthetic import write_synthetic_shards
+    from ls_video.datamodules.synthetic import write_synthetic_shards
 
     write_synthetic_shards(tmp_path / "plain", num_shards=2, per_shard=2, shape=(4, 4, 16, 16))
     with pytest.raises(UsageError, match="carry no text embeddings"):

@@ -100,10 +100,10 @@ def write_config(tmp_path: Path, base: str, **trainer) -> Path:
         "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 3, "default_root_dir": str(tmp_path / "run"),
                     "logger": False, "enable_progress_bar": False, "num_sanity_val_steps": 0,
                     "limit_val_batches": 1, "val_check_interval": 2, "check_val_every_n_epoch": None,
-                    "callbacks": [{"class_path": "callbacks.EMA", "init_args": {"decay": 0.9}}], **trainer},
+                    "callbacks": [{"class_path": "ls_video.callbacks.EMA", "init_args": {"decay": 0.9}}], **trainer},
         "checkpoint": {"every_n_train_steps": 1},
         "model": {"pretrained_model_name_or_path": base, "optim": {"warmup_steps": 0, "learning_rate": 1e-3}},
-        "data": {"class_path": "datamodules.ToyDataModule",
+        "data": {"class_path": "ls_video.datamodules.ToyDataModule",
                  "init_args": {"cache_dir": str(tmp_path / "cache"), "num_train_clips": 8,  # base: the model's
                                "num_val_clips": 2, "world": {"size": 16, "num_frames": 4, "object_size": 4},
                                "batch_size": 2, "num_workers": 0, "shard_size": 4}},
@@ -165,7 +165,7 @@ def test_fit_resume_export_and_sample(tiny_base, tmp_path):
 @pytest.mark.slow
 def test_no_config_file_and_last_with_defaults(tiny_base, tmp_path):
     write_config(tmp_path, tiny_base)  # only to build the toy shards
-    from datamodules import ToyDataModule
+    from ls_video.datamodules import ToyDataModule
     from ls_video.toy.world import ToyWorld
 
     dm = ToyDataModule(tiny_base, cache_dir=str(tmp_path / "cache"), num_train_clips=4, num_val_clips=0,
@@ -173,7 +173,7 @@ def test_no_config_file_and_last_with_defaults(tiny_base, tmp_path):
     dm.prepare_data()
     shards = os.path.join(dm.shard_dir("train"), "shard-000000.tar")
     args = ["fit", "--model.pretrained_model_name_or_path", tiny_base,
-            "--data.class_path", "datamodules.LatentVideoDataModule", "--data.init_args.train_urls", shards,
+            "--data.class_path", "ls_video.datamodules.LatentVideoDataModule", "--data.init_args.train_urls", shards,
             "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
             "--trainer.max_steps", "2", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"]
@@ -272,8 +272,8 @@ def test_shards_from_another_vae_stop_before_step_one(tiny_base, tmp_path):
     import numpy as np
     import webdataset as wds
 
-    from datamodules.shards import encode_sample
     from ls_video.components import vae_fingerprint
+    from ls_video.datamodules.shards import encode_sample
     from ls_video.testing.tiny import tiny_vae
 
     torch.manual_seed(123)
@@ -285,7 +285,7 @@ def test_shards_from_another_vae_stop_before_step_one(tiny_base, tmp_path):
             w.write(encode_sample(f"{i:06d}", np.random.randn(2, 4, 8, 8).astype(np.float16), "a red square", meta))
     config = write_config(tmp_path, tiny_base, max_steps=1)
     cfg = yaml.safe_load(config.read_text())
-    cfg["data"] = {"class_path": "datamodules.LatentVideoDataModule",
+    cfg["data"] = {"class_path": "ls_video.datamodules.LatentVideoDataModule",
                    "init_args": {"train_urls": str(tmp_path / "a.tar"), "batch_size": 2, "num_workers": 0}}
     cfg["trainer"].update(limit_val_batches=0)
     config.write_text(yaml.safe_dump(cfg))

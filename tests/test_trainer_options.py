@@ -86,7 +86,8 @@ def test_supported_options_pass_the_check():
 def test_refused_precision_stops_the_cli_before_step_one_in_one_line(tiny_base, tmp_path):
     """Guards against ``--trainer.precision 64-true`` reaching step 1 and ending in a dtype-mismatch traceback."""
     r = subprocess.run([sys.executable, "train.py", "fit", "--model.pretrained_model_name_or_path", tiny_base,
-                        "--data.class_path", "datamodules.LatentVideoDataModule", "--data.init_args.train_urls",
+                        "--data.class_path", "ls_video.datamodules.LatentVideoDataModule",
+                            "--data.init_args.train_urls",
                         "x.tar", "--trainer.accelerator", "cpu", "--trainer.precision", "64-true",
                         "--trainer.default_root_dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)

@@ -4,7 +4,7 @@
     ls-video demo --out demo --max-steps 50        (the same, from any folder, also from an installed wheel)
 
 1. toy base (``assets/toy-base``, committed; rebuilt with ``ls_video.toy.make_base`` if missing),
-2. toy videos -> latent shards (``ToyDataModule``, through ``datamodules.preprocess``),
+2. toy videos -> latent shards (``ToyDataModule``, through ``ls_video.datamodules.preprocess``),
 3. Latent-Shift fine-tuning: ``ls-video fit -c configs/toy.yaml`` (run as ``python -m ls_video.cli fit``),
 4. export: ``python -m ls_video.commands.export last.ckpt OUT/model``,
 5. samples for the 32 prompts x 2 seeds: ``ls-video sample --model OUT/model ...``, and one-frame samples
