@@ -90,7 +90,8 @@ class ToyDataModule(LatentVideoDataModule):
     @functools.cached_property
     def settings(self) -> dict:
         """Everything the cache depends on (computed once: it stats the base's VAE files)."""
-        world = {k: v for k, v in self.world.__dict__.items() if k != "frame_sizes" or v is not None}  # old caches
+        world = {k: v for k, v in self.world.__dict__.items()  # defaults left out: old caches stay valid
+                 if (k != "frame_sizes" or v is not None) and (k != "wrap" or v)}
         return dict(world=world, counts=self.counts, seed=self.world_seed, shard_size=self.shard_size,
                     images=self.images, vae=_vae_fingerprint(self.base_path()))
 

@@ -118,8 +118,11 @@ class ToyWorld:
     max_speed: int | None = None
     val_fraction: float = 0.1
     frame_sizes: list[tuple[int, int]] | None = None
+    wrap: bool = False
 
     def __post_init__(self) -> None:
+        if self.wrap and self.frame_sizes is not None:
+            raise UsageError("wrap: true needs square frames (no frame_sizes)")
         if self.frame_sizes is not None:
             self.frame_sizes = [tuple(int(v) for v in wh) for wh in self.frame_sizes]
             if not self.frame_sizes or any(len(wh) != 2 or min(wh) <= self.object_size for wh in self.frame_sizes):
@@ -170,16 +173,30 @@ class ToyWorld:
             width, height = frame or (self.size, self.size)
             rooms = (width - self.object_size, height - self.object_size)
 
-            start = (_start(rng, dx, rooms[0], travel), _start(rng, dy, rooms[1], travel))
+            if self.wrap:
+                start = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            else:
+                start = (_start(rng, dx, rooms[0], travel), _start(rng, dy, rooms[1], travel))
             clip = ToyClip(shape, color, direction, start, speed, frame=frame)
             if self.split_of(clip) == split:
-                clip.positions = [(start[0] + dx * speed * t, start[1] + dy * speed * t)
-                                  for t in range(self.num_frames)]
+                clip.positions = self.positions(clip, self.num_frames)
                 return clip
+
+    def positions(self, clip: ToyClip, num_frames: int) -> list[tuple[int, int]]:
+        """The object's top-left ``(x, y)`` over ``num_frames`` frames (any length: wrapped when ``wrap``)."""
+        dx, dy = DIRECTIONS[clip.direction]
+        pts = [(clip.start[0] + dx * clip.speed * t, clip.start[1] + dy * clip.speed * t) for t in range(num_frames)]
+        if self.wrap:
+            width, height = clip.frame or (self.size, self.size)
+            pts = [(x % width, y % height) for x, y in pts]
+        return pts
 
     def render_frame(self, clip: ToyClip, position: tuple[int, int]) -> np.ndarray:
         """``(H, W, 3)`` uint8 frame (``size x size``, or the clip's frame size) with the object at ``position``."""
         width, height = clip.frame or (self.size, self.size)
+        if self.wrap:  # draw at the origin, then roll: the parts past an edge come back at the opposite one
+            frame = replace(self, wrap=False).render_frame(clip, (0, 0))
+            return np.roll(frame, (position[1] % height, position[0] % width), axis=(0, 1))
         frame = np.zeros((height, width, 3), np.uint8)
         x, y, s = position[0], position[1], self.object_size
         color = ALL_COLORS[clip.color]
