@@ -212,3 +212,35 @@ def test_browser_generates_and_shows_the_video(server, tmp_path):
 
     image = np.asarray(Image.open(shot).convert("RGB"))
     assert image.shape[:2] == (1250, 1280) and image.std() > 5
+
+
+def test_loop_mode_and_prompt_travel_reach_the_pipeline():
+    """The generation modes of issue #36 the app offers: ``mode="loop"`` samples with the circular shift and its
+    command says ``--loop``; a key-frame prompt (``0:...|2:...``) travels, as in ``ls-video sample``. Fails if
+    the mode is only a label (the loop video equals the plain one) or the prompt reaches the pipeline as text."""
+    import torch
+
+    from ls_video.app.engine import Engine, Settings
+    from ls_video.pipeline import LatentShiftPipeline
+    from ls_video.schedulers import make_scheduler
+    from ls_video.shipped import shipped_path
+    from ls_video.video_io import read_video
+
+    engine = Engine(shipped_path(MODEL), device="cpu")
+    plain = engine.generate(Settings("a red square moving left", num_frames=4, num_inference_steps=2))
+    loop = engine.generate(Settings("a red square moving left", num_frames=4, num_inference_steps=2, mode="loop"))
+    assert "--loop" in loop.command and "--loop" not in plain.command
+    assert not np.array_equal(read_video(plain.mp4)[0], read_video(loop.mp4)[0])
+    travel = "0:a red square moving left|2:a blue circle moving up"
+    got = engine.generate(Settings(travel, num_frames=4, num_inference_steps=2, guidance_scale=1.0))
+    pipe = LatentShiftPipeline.from_pretrained(shipped_path(MODEL))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)  # the app's default sampler
+    def gap(prompt) -> float:  # mean pixel difference from the app's mp4 (lossy: yuv420p at 32x32)
+        want = pipe(prompt, num_frames=4, num_inference_steps=2, guidance_scale=1.0,
+                    generator=[torch.Generator().manual_seed(got.seed)]).frames[0]
+        return float(np.abs(read_video(got.mp4)[0].astype(int) - (want * 255).round().astype(int)).mean())
+
+    travelled, as_text = gap({0: "a red square moving left", 2: "a blue circle moving up"}), gap(travel)
+    assert travelled < 4.0 and travelled < as_text / 2, (travelled, as_text)
+    assert "--prompt '0:a red square moving left|2:a blue circle moving up'" in got.command

@@ -161,6 +161,7 @@ class Engine:
         import torch
 
         from ls_video.app.modes import MODES
+        from ls_video.conditioning import parse_travel
         from ls_video.video_io import write_video
 
         self.check(s)
@@ -171,9 +172,10 @@ class Engine:
         pipe = self.pipeline(s.scheduler, on_step)
         generator = [torch.Generator(self.device).manual_seed(seed)]  # as ls-video sample: one per video
         try:
-            video = pipe(s.prompt, num_frames=s.num_frames, height=s.height, width=s.width,
+            video = pipe(parse_travel(s.prompt), num_frames=s.num_frames, height=s.height, width=s.width,
                          num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
-                         negative_prompt=s.negative_prompt or None, generator=generator, **call_kwargs).frames[0]
+                         negative_prompt=parse_travel(s.negative_prompt) if s.negative_prompt else None,
+                         generator=generator, **call_kwargs).frames[0]
         except (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError) as err:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
