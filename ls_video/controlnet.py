@@ -25,7 +25,7 @@ from einops import rearrange
 from PIL import Image
 
 from ls_video.errors import UsageError
-from ls_video.unet import using_frames
+from ls_video.unet import fold_video_inputs, using_frames
 
 CONDITIONS = ("none", "edges")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -158,16 +158,8 @@ class FrameControl:
     def __call__(self, unet: UNet2DConditionModel, latents: torch.Tensor, timesteps: torch.Tensor | float,
                  encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         b, f = latents.shape[:2]
-        x = rearrange(latents, "b f c h w -> (b f) c h w")
-        timesteps = torch.as_tensor(timesteps, device=latents.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(b)
-        t = timesteps.repeat_interleave(f)
-        if encoder_hidden_states.ndim == 4:  # (B, F, L, D): one embedding per frame
-            context = rearrange(encoder_hidden_states, "b f l d -> (b f) l d")
-        else:
-            context = encoder_hidden_states.repeat_interleave(f, dim=0)
-        scale = self.step_scale(timesteps[0])
+        x, t, context = fold_video_inputs(latents, timesteps, encoder_hidden_states)
+        scale = self.step_scale(t[0])
         extra = self.residuals(x, t, context, scale) if scale != 0.0 else {}
         with using_frames(unet, f):
             out = unet(x, t, encoder_hidden_states=context, return_dict=False, **extra)[0]

@@ -342,6 +342,16 @@ def video_unet_forward(
     Returns:
         ``(B, F, C, h, w)`` model output (noise or v, as the scheduler's ``prediction_type``).
     """
+    x, t, context = fold_video_inputs(latents, timesteps, encoder_hidden_states)
+    with using_frames(unet, latents.shape[1], circular):
+        out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+    return rearrange(out, "(b f) c h w -> b f c h w", b=latents.shape[0])
+
+
+def fold_video_inputs(latents: torch.Tensor, timesteps: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The U-Net's ``(B·F, ...)`` inputs of a video call (see :func:`video_unet_forward`): latents folded, one
+    timestep and one text embedding per frame row (``(B, L, D)`` repeated per frame, ``(B, F, L, D)`` folded)."""
     b, f = latents.shape[:2]
     x = rearrange(latents, "b f c h w -> (b f) c h w")
     timesteps = torch.as_tensor(timesteps, device=latents.device)
@@ -352,6 +362,4 @@ def video_unet_forward(
         context = rearrange(encoder_hidden_states, "b f l d -> (b f) l d")
     else:
         context = encoder_hidden_states.repeat_interleave(f, dim=0)
-    with using_frames(unet, f, circular):
-        out = unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
-    return rearrange(out, "(b f) c h w -> b f c h w", b=b)
+    return x, t, context
