@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from test_ema_values import by_hand
 from test_train_cli import ROOT, train, write_config
 
 from ls_video.callbacks import EMA
@@ -83,15 +84,6 @@ def test_nonfinite_first_micro_batch_skips_the_whole_step(tiny_base, tmp_path):
     assert all(torch.isfinite(w).all() for w in after.values())
     assert module.nonfinite_steps == 1
     assert not torch.equal(after["conv_in.weight"], before["conv_in.weight"])  # the next step trained again
-
-
-def by_hand(weights: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
-    """``s <- d_n s + (1 - d_n) w_{n+1}`` from ``s = w_0``, with ``d_n = min(decay, (1 + n) / (10 + n))``."""
-    shadow = {k: v.double() for k, v in weights[0].items()}
-    for n, current in enumerate(weights[1:]):
-        d = min(decay, (1 + n) / (10 + n))
-        shadow = {k: d * shadow[k] + (1 - d) * current[k].double() for k in shadow}
-    return shadow
 
 
 def test_ema_updates_once_per_optimizer_step(tiny_base, tmp_path):
