@@ -16,24 +16,10 @@ from ls_video.video_io import write_video
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from ls_video.testing.tiny import save_tiny_clip
 
-    from ls_video.toy.tokenizer import build_tokenizer
-
-    out = tmp_path_factory.mktemp("clip")
-    tok = build_tokenizer(["a", "red", "blue", "square", "circle", "moving", "left", "right"], model_max_length=16)
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    CLIPModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
-    return str(out)
+    words = ["a", "red", "blue", "square", "circle", "moving", "left", "right"]
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"), words)
 
 
 def toy_videos(n=6, seed=0):

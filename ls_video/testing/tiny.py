@@ -61,3 +61,23 @@ def tiny_components(seed: int = 0) -> Parts:
 def save_tiny_base(out: str | os.PathLike, seed: int = 0) -> str:
     """Write a tiny random SD-layout base model to ``out`` and return the path."""
     return save_sd_folder(out, tiny_components(seed))
+
+
+def save_tiny_clip(out: str | os.PathLike, words: list[str]) -> str:
+    """A tiny random CLIP (text + vision, 32-d, 32x32 images) with a tokenizer over ``words``, saved as a
+    transformers folder: the stand-in for CLIPSIM / CLIP-FID tests."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tok = build_tokenizer(words, model_max_length=16)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    CLIPModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    return str(out)
